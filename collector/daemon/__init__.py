@@ -1,0 +1,1 @@
+"""collector-daemon: drains the rings of the app's processes into Redis."""

@@ -1,0 +1,127 @@
+"""The Redis stream contract between ``collector-daemon`` and ``collector-pump``.
+
+Layout
+------
+Records live in ``shards`` Redis streams. With one shard the key is exactly
+``stream_key`` (default ``collector:analytics``); with N > 1 shards, shard
+``i`` is ``f"{stream_key}:{{{i}}}"``, e.g. ``collector:analytics:{0}``. The
+``{i}`` hash tag puts each shard in its own Redis Cluster slot so a cluster
+can spread them. A flusher writes the batches of one ring to one shard
+(``shard_for(ring_id, shards)``), so a ring's records stay in order.
+
+One stream entry is one batch from one ring, with these fields::
+
+    v      b"1"                      format version of the entry
+    ring   ring id (32 hex chars)    the ring the records came from
+    seq    first sequence number     decimal ASCII
+    n      number of records         decimal ASCII
+    recs   msgpack array of bin      each element is one record's own
+                                     msgpack bytes, exactly as record_hit
+                                     encoded it (never decoded by the daemon)
+
+Record ``i`` of an entry has the stable id ``f"{ring}:{seq + i}"``
+(:func:`record_id`). Ring ids are random per ring and sequence numbers
+count up within a ring, so a redelivered batch carries the same ids and a
+sink can drop what it has already stored.
+
+Encoding the array costs one C call over byte strings; a record that does
+not decode does not spoil its neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+FORMAT_VERSION = b"1"
+DEFAULT_STREAM_KEY = "collector:analytics"
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def shard_keys(stream_key: str = DEFAULT_STREAM_KEY, shards: int = 1) -> list[str]:
+    """The Redis keys of every shard."""
+    if shards < 1:
+        raise ValueError(f"shards={shards} must be at least 1")
+    if shards == 1:
+        return [stream_key]
+    return [f"{stream_key}:{{{i}}}" for i in range(shards)]
+
+
+def shard_for(ring_id: str, shards: int) -> int:
+    """The shard a ring's batches go to (stable across processes and restarts)."""
+    return zlib.crc32(ring_id.encode()) % shards
+
+
+def encode_entry(ring_id: str, first_seq: int, records: Sequence[bytes]) -> dict[str, bytes]:
+    """The fields of one stream entry for a batch of raw msgpack records."""
+    return {
+        "v": FORMAT_VERSION,
+        "ring": ring_id.encode(),
+        "seq": str(first_seq).encode(),
+        "n": str(len(records)).encode(),
+        "recs": _packb(list(records)),
+    }
+
+
+class BadEntry(ValueError):
+    """A stream entry that does not follow the format above."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    ring: str
+    first_seq: int
+    records: list[bytes]  # raw msgpack bytes of each record
+
+    def ids(self) -> Iterator[str]:
+        for i in range(len(self.records)):
+            yield record_id(self.ring, self.first_seq + i)
+
+
+def record_id(ring: str, seq: int) -> str:
+    return f"{ring}:{seq}"
+
+
+def decode_entry(fields: dict[bytes, bytes] | dict[str, bytes]) -> Entry:
+    """Parse an entry's fields; raise :class:`BadEntry` if they are malformed."""
+    def get(name: str) -> bytes:
+        value = fields.get(name.encode())  # type: ignore[call-overload]
+        if value is None:
+            value = fields.get(name)  # type: ignore[call-overload]
+        if value is None:
+            raise BadEntry(f"stream entry has no {name!r} field")
+        return value
+
+    version = get("v")
+    if version != FORMAT_VERSION:
+        raise BadEntry(f"stream entry has format version {version!r}; expected {FORMAT_VERSION!r}")
+    try:
+        ring = get("ring").decode()
+        first = int(get("seq"))
+        n = int(get("n"))
+        recs = msgpack.unpackb(get("recs"), raw=True, use_list=True)
+    except (ValueError, UnicodeDecodeError, msgpack.ExtraData,
+            msgpack.FormatError, msgpack.StackError) as exc:
+        raise BadEntry(f"stream entry does not decode: {exc}") from exc
+    if not isinstance(recs, list) or len(recs) != n or not all(isinstance(r, bytes) for r in recs):
+        raise BadEntry(f"stream entry 'recs' is not an array of {n} byte strings")
+    return Entry(ring, first, recs)
+
+
+def default_runtime_dir() -> Path:
+    """Where the daemon keeps its private Redis (socket, data) by default."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return Path(base) / "collector"
+    return Path(f"/tmp/collector-{os.geteuid()}")
+
+
+def default_redis_url() -> str:
+    """The URL of the daemon's embedded Redis (used when no redis_url is set)."""
+    return f"unix://{default_runtime_dir() / 'redis.sock'}"

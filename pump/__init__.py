@@ -1,0 +1,1 @@
+"""collector-pump: reads the Redis stream and writes to pluggable sinks."""

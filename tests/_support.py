@@ -1,0 +1,116 @@
+"""Helpers shared by the tests: real servers on free ports, waiting on conditions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+               interval: float = 0.02) -> T:
+    """Poll ``cond`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - report the last one
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, private to one test."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = True, port: int | None = None,
+                 extra: list[str] | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH: run `sh .ci/setup` first")
+        self.binary = binary
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.workdir), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--logfile", str(self.workdir / "redis.log"),
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, 15, f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client(socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def client(self, **kw: object) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kw)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        """SIGKILL the server (what was not yet in the append-only file is lost)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Graceful shutdown: the append-only file is flushed."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.client(socket_timeout=2).shutdown(nosave=not self.appendonly)
+            except redis.RedisError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def pg_dsn() -> str:
+    """The PostgreSQL the tests use: $COLLECTOR_TEST_PG_DSN or the local socket."""
+    return os.environ.get("COLLECTOR_TEST_PG_DSN", "dbname=collector_test")

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._support import RedisServer
+
+
+@pytest.fixture
+def rings_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "rings"
+    d.mkdir(mode=0o700)
+    return d
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, append-only file on; killed afterwards."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: every service must be there."""
+    if os.environ.get("CI"):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        skipped = reporter.stats.get("skipped", []) if reporter else []
+        if skipped and session.exitstatus == 0:
+            session.exitstatus = 1
+            if reporter:
+                reporter.write_line(
+                    f"CI: {len(skipped)} test(s) were skipped; every service must be "
+                    "available in CI, so this run fails.", red=True)
