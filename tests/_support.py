@@ -33,7 +33,7 @@ def wait_until(cond: Callable[[], T], timeout: float = 30.0, what: str = "condit
             value = cond()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - report the last one
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() > deadline:
             raise AssertionError(

@@ -1,0 +1,170 @@
+"""The sink contract: what every output of ``collector-pump`` implements.
+
+A sink is one small module in ``pump/sinks/``: a typed config class (a
+pydantic model that forbids unknown keys) at the top, the sink class below,
+registered by a lowercase protocol noun with :func:`register`.
+
+::
+
+    SinkError                    base of errors a sink raises on purpose
+     +-- RetryableError          try again later (network, timeout, 5xx, 429)
+     +-- PermanentError          this batch will never succeed (bad data, 4xx)
+
+The shared layer (``pump/_worker.py``) owns filtering, retries with backoff,
+the overall deadline, dead-lettering and metrics; a sink only writes and
+classifies. ``write`` gets an absolute ``deadline`` (``time.monotonic()``
+seconds) and must pass the time left to its driver's own socket or
+statement timeouts so a timeout stops the write, not only the wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class SinkError(Exception):
+    """Base of the errors sinks raise."""
+
+
+class RetryableError(SinkError):
+    """The write may succeed if tried again later."""
+
+
+class PermanentError(SinkError):
+    """The write will never succeed for this batch."""
+
+
+class Verdict(Enum):
+    OK = "ok"
+    RETRY = "retry"      # same as raising RetryableError
+    REJECT = "reject"    # same as raising PermanentError
+
+
+@dataclass(slots=True)
+class Record:
+    """One decoded analytics record as sinks see it.
+
+    ``id`` is stable across redeliveries (``"<ring>:<seq>"``); ``data`` is
+    the record's own fields after the pump's filters and omissions.
+    """
+
+    id: str
+    data: dict[str, Any]
+    raw: bytes = b""  # the record's msgpack bytes as the app wrote them
+
+
+@dataclass(slots=True)
+class Batch:
+    records: list[Record]
+    stream: str = ""
+    entry_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class SinkConfig(BaseModel):
+    """Base of every sink's ``meta`` config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sink:
+    """Base class of sinks. Subclasses set ``name`` and ``Config``.
+
+    Life cycle: ``Sink(config)`` -> ``open()`` -> ``write(...)`` many times
+    -> ``close(timeout_s)``. ``close`` is idempotent. A sink instance lives
+    in one worker process and is used from one thread.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[SinkConfig]] = SinkConfig
+    #: True when redelivering a batch cannot create duplicates in the target.
+    deduplicates: ClassVar[bool] = False
+
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+
+    def open(self) -> None:
+        """Connect; raise RetryableError if the target is not reachable yet."""
+
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        """Write every record of ``batch`` before ``deadline`` (monotonic seconds)."""
+        raise NotImplementedError
+
+    def health_check(self, *, deadline: float) -> None:
+        """Raise a SinkError if a write would fail now; no side effects."""
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Release connections and files. Idempotent."""
+
+    # helpers for subclasses
+    @staticmethod
+    def time_left(deadline: float, minimum: float = 0.001) -> float:
+        """Seconds until ``deadline``; raises RetryableError once it has passed."""
+        left = deadline - time.monotonic()
+        if left < minimum:
+            raise RetryableError("deadline passed before the write could start")
+        return left
+
+
+_REGISTRY: dict[str, type[Sink]] = {}
+
+
+def register(cls: type[Sink]) -> type[Sink]:
+    """Class decorator: make a sink available under ``cls.name``."""
+    if not cls.name or cls.name != cls.name.lower():
+        raise ValueError(f"sink {cls.__qualname__} needs a lowercase name")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"sink type {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> Mapping[str, type[Sink]]:
+    """Every known sink type, built-in and from ``collector.sinks`` entry points."""
+    from . import _load_builtin_and_plugins
+
+    _load_builtin_and_plugins()
+    return dict(_REGISTRY)
+
+
+def sink_class(type_name: str) -> type[Sink]:
+    known = registry()
+    try:
+        return known[type_name]
+    except KeyError:
+        raise ValueError(
+            f"unknown sink type {type_name!r}; known types: {', '.join(sorted(known))}"
+        ) from None
+
+
+def build_sink(type_name: str, meta: Mapping[str, Any] | None) -> Sink:
+    """Validate ``meta`` against the sink's config class and construct it."""
+    cls = sink_class(type_name)
+    return cls(cls.Config.model_validate(dict(meta or {})))
+
+
+RecordFilter = Callable[[Record], bool]
+__all__ = [
+    "Batch",
+    "PermanentError",
+    "Record",
+    "RecordFilter",
+    "RetryableError",
+    "Sink",
+    "SinkConfig",
+    "SinkError",
+    "Verdict",
+    "build_sink",
+    "register",
+    "registry",
+    "sink_class",
+]
