@@ -1,0 +1,56 @@
+"""Encoding helpers shared by the sinks that write JSON (file, stdout, http, syslog)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from ._base import PermanentError, Record
+
+
+def _default(value: Any) -> Any:
+    """Values msgpack can carry but JSON cannot: bytes as UTF-8 text, sets as lists."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(value: Any, *, indent: bool = False) -> bytes:
+    """``orjson.dumps`` with the fallbacks above; PermanentError if it still fails.
+
+    Maps with non-string keys (msgpack allows them) are retried with
+    ``OPT_NON_STR_KEYS``, which costs more than the plain call.
+    """
+    option = orjson.OPT_INDENT_2 if indent else 0
+    try:
+        return orjson.dumps(value, default=_default, option=option)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return orjson.dumps(value, default=_default, option=option | orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise PermanentError(f"a record cannot be encoded as JSON: {exc}") from exc
+
+
+def record_object(record: Record, id_key: str) -> dict[str, Any]:
+    """The record's own fields plus its id under ``id_key``."""
+    obj = dict(record.data)
+    obj[id_key] = record.id
+    return obj
+
+
+def json_line(record: Record, id_key: str) -> bytes:
+    """One JSON Lines line (with the trailing newline): the record's fields plus its id."""
+    data = record.data
+    if id_key in data or not data:
+        return dumps(record_object(record, id_key)) + b"\n"
+    # Splice the id into the encoded object instead of copying the dict:
+    # b'{...}' -> b'{...,"_id":"..."}'
+    return b"".join((dumps(data)[:-1], b",", orjson.dumps(id_key), b":",
+                     orjson.dumps(record.id), b"}\n"))

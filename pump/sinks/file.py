@@ -1,0 +1,305 @@
+"""``file`` sink: JSON Lines or CSV files, rotated by size and by hour.
+
+Formats
+-------
+``jsonl``
+    One line per record: the record's own fields as a JSON object plus its
+    stable id under ``id_key`` (default ``"_id"``).
+``csv``
+    A header row, then one row per record with the columns in ``csv_columns``
+    (default: the seed's analytics fields ``timestamp, username, effect,
+    conclusion, request, policies, deciders`` and ``_id``). A missing field is
+    an empty cell; non-scalar values (lists, maps) are JSON-encoded; booleans
+    are ``true``/``false``.
+
+Paths and rotation
+------------------
+Without rotation ``path`` is one file, appended to (created with
+``file_mode``, default 0600; its directory is created 0700 if missing). When
+something else renames the file (logrotate), the sink notices at the next
+batch and opens a new one at ``path``.
+
+With ``max_bytes > 0`` or ``rotate_hourly: true``, ``path`` is a directory
+and files are named ``<prefix>-<UTC start time %Y%m%dT%H%M%SZ>-<nnnn>.<ext>``
+(``nnnn`` counts files started within the same second), so names sort in
+the order the files were written. Each file is created exclusively
+(``O_EXCL``): several workers of one sink rotating into the same directory
+each write their own files. Without rotation, workers sharing one file append
+whole batches with single ``O_APPEND`` writes; for CSV give such a sink
+``workers: 1`` (two processes creating the file could both write a header).
+A file is closed and a new one started when the next record would take it
+past ``max_bytes`` (a single record larger than that gets a file of its
+own), and when the UTC hour changes.
+
+Durability (``fsync``)
+----------------------
+``batch`` (default): one ``fsync`` before ``write`` returns, so a batch the
+pump acknowledged is on disk. ``always``: ``fsync`` after every record.
+``never``: left to the OS; a process crash loses nothing, a power failure
+can lose acknowledged batches.
+
+Redelivery: a file cannot tell what it already holds, so a batch redelivered
+after a crash is appended again (``deduplicates = False``); readers drop
+duplicates by the id key. Local disk writes are not interruptible: the
+deadline is checked before each batch and, with ``fsync: always``, before
+each record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._encode import dumps, json_line
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CSV_COLUMNS = (
+    "timestamp", "username", "effect", "conclusion", "request", "policies", "deciders", "_id",
+)
+
+
+class FileConfig(SinkConfig):
+    """``meta`` of a ``file`` sink."""
+
+    path: str = Field(min_length=1, description="a file, or a directory when rotating")
+    format: Literal["jsonl", "csv"] = "jsonl"
+    id_key: str = Field(default="_id", min_length=1,
+                        description="JSON Lines key (or CSV column) holding the record id")
+    csv_columns: tuple[str, ...] = Field(default=DEFAULT_CSV_COLUMNS, min_length=1)
+    max_bytes: int = Field(default=0, ge=0, description="rotate past this size; 0 = never")
+    rotate_hourly: bool = False
+    fsync: Literal["always", "batch", "never"] = "batch"
+    file_mode: int = Field(default=0o600, ge=0, le=0o777)
+    filename_prefix: str = Field(default="analytics", min_length=1)
+
+    @field_validator("filename_prefix")
+    @classmethod
+    def _no_slash(cls, value: str) -> str:
+        if "/" in value:
+            raise ValueError(f"filename_prefix {value!r} must not contain '/'")
+        return value
+
+    @property
+    def rotating(self) -> bool:
+        return self.max_bytes > 0 or self.rotate_hourly
+
+
+@register
+class FileSink(Sink):
+    """Appends records to local files (see the module docstring)."""
+
+    name = "file"
+    Config = FileConfig
+    deduplicates = False
+
+    def __init__(self, config: FileConfig) -> None:  # type: ignore[override]
+        super().__init__(config)
+        self.cfg = config
+        self._fd: int | None = None
+        self._file_path: Path | None = None
+        self._size = 0
+        self._hour: int | None = None
+        self._inode: tuple[int, int] | None = None
+
+    # life cycle
+    def open(self) -> None:
+        try:
+            self._open_file()
+        except OSError as exc:
+            raise RetryableError(f"file sink cannot open {self.cfg.path!r}: {exc}") from exc
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._close_file()
+
+    def health_check(self, *, deadline: float) -> None:
+        self.time_left(deadline)
+        directory = Path(self.cfg.path) if self.cfg.rotating else Path(self.cfg.path).parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise RetryableError(f"file sink directory {str(directory)!r} is not writable")
+        if self._fd is not None:
+            try:
+                os.fstat(self._fd)
+            except OSError as exc:
+                raise RetryableError(f"file sink lost its file: {exc}") from exc
+
+    # writing
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        self.time_left(deadline)
+        if not batch.records:
+            return Verdict.OK
+        lines = self._lines(batch)
+        try:
+            self._ensure_current()
+            if self.cfg.fsync == "always":
+                for line in lines:
+                    self.time_left(deadline)
+                    self._rotate_if_full(len(line))
+                    self._write_all(line)
+                    os.fsync(self._fd)  # type: ignore[arg-type]
+            elif self.cfg.max_bytes:
+                pending: list[bytes] = []
+                pending_bytes = 0
+                for line in lines:
+                    if self._size + pending_bytes + len(line) > self.cfg.max_bytes and (
+                            self._size or pending):
+                        self._write_all(b"".join(pending))
+                        pending, pending_bytes = [], 0
+                        self._rotate_if_full(len(line))
+                    pending.append(line)
+                    pending_bytes += len(line)
+                self._write_all(b"".join(pending))
+            else:
+                self._write_all(b"".join(lines))
+            if self.cfg.fsync == "batch":
+                os.fsync(self._fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._close_file()  # reopen (and re-check the path) on the next batch
+            raise RetryableError(f"file sink cannot write {self._describe()}: {exc}") from exc
+        return Verdict.OK
+
+    def _rotate_if_full(self, next_bytes: int) -> None:
+        limit = self.cfg.max_bytes
+        if limit and self._size and self._size + next_bytes > limit:
+            self._rotate()
+
+    def _lines(self, batch: Batch) -> list[bytes]:
+        """One encoded line per record."""
+        if self.cfg.format == "jsonl":
+            return [json_line(r, self.cfg.id_key) for r in batch.records]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        ends = []
+        cols = self.cfg.csv_columns
+        id_at = cols.index(self.cfg.id_key) if self.cfg.id_key in cols else None
+        for r in batch.records:
+            get = r.data.get
+            row = [get(col) for col in cols]
+            if id_at is not None:
+                row[id_at] = r.id
+            writer.writerow([v if type(v) is str else _csv_cell(v) for v in row])
+            ends.append(buf.tell())
+        text = buf.getvalue()
+        starts = [0, *ends[:-1]]
+        return [text[a:b].encode("utf-8", "backslashreplace") for a, b in zip(starts, ends,
+                                                                               strict=True)]
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)  # type: ignore[arg-type]
+            view = view[n:]
+            self._size += n
+
+    # files
+    def _ensure_current(self) -> None:
+        if self._fd is None:
+            self._open_file()
+            return
+        if self.cfg.rotating:
+            if self.cfg.rotate_hourly and _utc_hour() != self._hour:
+                self._rotate()
+        else:
+            try:
+                st = os.stat(self.cfg.path)
+                moved = (st.st_dev, st.st_ino) != self._inode
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                log.info("file sink path was moved; opening a new file path=%s", self.cfg.path)
+                self._close_file()
+                self._open_file()
+
+    def _rotate(self) -> None:
+        self._close_file()
+        self._open_file()
+
+    def _open_file(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        if self.cfg.rotating:
+            directory = Path(self.cfg.path)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, path = self._create_rotated(directory, flags)
+        else:
+            path = Path(self.cfg.path)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, flags, self.cfg.file_mode)
+        st = os.fstat(fd)
+        self._fd, self._file_path, self._size = fd, path, st.st_size
+        self._inode = (st.st_dev, st.st_ino)
+        self._hour = _utc_hour()
+        if self.cfg.fsync != "never":
+            _fsync_dir(path.parent)
+        if self.cfg.format == "csv" and st.st_size == 0:
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(self.cfg.csv_columns)
+            self._write_all(header.getvalue().encode())
+
+    def _create_rotated(self, directory: Path, flags: int) -> tuple[int, Path]:
+        """A new file of its own (O_EXCL), so several workers never share one."""
+        ext = "jsonl" if self.cfg.format == "jsonl" else "csv"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        n = 0
+        while True:
+            path = directory / f"{self.cfg.filename_prefix}-{stamp}-{n:04d}.{ext}"
+            try:
+                return os.open(path, flags | os.O_EXCL, self.cfg.file_mode), path
+            except FileExistsError:
+                n += 1
+
+    def _close_file(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self.cfg.fsync != "never":
+                os.fsync(fd)
+        except OSError as exc:
+            log.warning("file sink fsync on close failed path=%s error=%s", self._file_path, exc)
+        finally:
+            os.close(fd)
+
+    def _describe(self) -> str:
+        return repr(str(self._file_path or self.cfg.path))
+
+    @property
+    def current_path(self) -> Path | None:
+        """The file being written (None before open and after close)."""
+        return self._file_path if self._fd is not None else None
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    try:
+        return dumps(value).decode()
+    except PermanentError:
+        return str(value)
+
+
+def _utc_hour() -> int:
+    return int(time.time() // 3600)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""``http`` sink: POST each batch as one JSON array to a URL (httpx).
+
+Body: ``[{"id": "<record id>", "record": {...the record's fields...}}, ...]``
+with ``Content-Type: application/json``. The receiver deduplicates by
+``id``; the sink itself cannot know what the receiver kept, so
+``deduplicates = False`` (a receiver that drops known ids makes redelivery
+harmless).
+
+Answers: 2xx is success. 408, 429 and 5xx, connection errors and timeouts
+are retryable; any other status (3xx are not followed, 4xx) is permanent.
+A ``Retry-After`` (seconds or an HTTP date) on 429/503 is respected: when
+the wait fits before the deadline the sink waits (interrupted by
+``close``) and posts again; otherwise it raises a ``RetryableError`` whose
+``retry_after_s`` attribute tells the retry layer how long the server asked
+for.
+
+Deadline: every socket operation (connect, send, each read) gets the time
+left as its timeout, so a stalled server stops the write. httpx has no
+total timeout: a server trickling bytes just fast enough could stretch one
+request, bounded by ``max_request_s``.
+
+Headers: ``headers`` are sent as they are; the value of ``auth_header``
+(default ``Authorization``) is read from the environment variable named in
+``auth_env`` (e.g. ``Bearer ...``). Neither is ever logged.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._encode import dumps
+
+log = logging.getLogger(__name__)
+
+
+class HttpConfig(SinkConfig):
+    """``meta`` of an ``http`` sink."""
+
+    url: str = Field(description="http:// or https:// URL the batches are POSTed to")
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth_header: str = "Authorization"
+    auth_env: str | None = Field(default=None,
+                                 description="environment variable holding the auth value")
+    verify_tls: bool = True
+    tls_ca_file: str | None = None
+    max_request_s: float = Field(default=60.0, gt=0, description="cap on one request's time")
+    health_url: str | None = Field(default=None, description="GET this for health; else TCP")
+
+    @field_validator("url", "health_url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value
+
+
+@register
+class HttpSink(Sink):
+    name = "http"
+    Config = HttpConfig
+    deduplicates = False
+
+    def __init__(self, config: HttpConfig) -> None:  # type: ignore[override]
+        super().__init__(config)
+        self.cfg = config
+        self._client: Any = None
+        self._closing = threading.Event()
+
+    def open(self) -> None:
+        import httpx
+
+        if self._client is not None:
+            return
+        headers = {"Content-Type": "application/json", **self.cfg.headers}
+        if self.cfg.auth_env:
+            value = os.environ.get(self.cfg.auth_env)
+            if value is None:
+                raise PermanentError(
+                    f"http sink: auth_env names {self.cfg.auth_env!r}, which is not set")
+            headers[self.cfg.auth_header] = value
+        verify: Any = self.cfg.tls_ca_file or self.cfg.verify_tls
+        self._client = httpx.Client(headers=headers, verify=verify, follow_redirects=False,
+                                    timeout=self.cfg.max_request_s)
+        self._closing.clear()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._closing.set()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        self.time_left(deadline)
+        if not batch.records:
+            return Verdict.OK
+        body = dumps([{"id": r.id, "record": r.data} for r in batch.records])
+        while True:
+            retry_after = self._post(body, deadline)
+            if retry_after is None:
+                return Verdict.OK
+            if self._closing.wait(retry_after) or self._client is None:
+                raise RetryableError("http sink closed while waiting for Retry-After")
+
+    def _post(self, body: bytes, deadline: float) -> float | None:
+        """POST once: None on success, or the seconds to wait before posting again."""
+        import httpx
+
+        if self._client is None:
+            self.open()
+        left = min(self.time_left(deadline), self.cfg.max_request_s)
+        try:
+            resp = self._client.post(self.cfg.url, content=body, timeout=httpx.Timeout(left))
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"http sink: no answer within the deadline: "
+                                 f"{type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise RetryableError(f"http sink: cannot reach the server: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        status = resp.status_code
+        if 200 <= status < 300:
+            return None
+        snippet = resp.text[:200].replace("\n", " ")
+        message = f"http sink: server answered {status} {resp.reason_phrase}: {snippet!r}"
+        if status in (408, 429) or status >= 500:
+            wait = _retry_after(resp.headers.get("Retry-After"))
+            if wait is not None and status in (429, 503):
+                if time.monotonic() + wait < deadline - 0.05:
+                    log.info("http sink waits as the server asked status=%d retry_after_s=%.3f",
+                             status, wait)
+                    return wait
+                err = RetryableError(f"{message} (Retry-After {wait:.1f} s is past the deadline)")
+                err.retry_after_s = wait  # type: ignore[attr-defined]
+                raise err
+            raise RetryableError(message)
+        raise PermanentError(message)
+
+    def health_check(self, *, deadline: float) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        import httpx
+
+        left = min(self.time_left(deadline), self.cfg.max_request_s)
+        if self.cfg.health_url:
+            if self._client is None:
+                self.open()
+            try:
+                resp = self._client.get(self.cfg.health_url, timeout=httpx.Timeout(left))
+            except httpx.HTTPError as exc:
+                raise RetryableError(f"http sink health check failed: {exc}") from exc
+            if not 200 <= resp.status_code < 300:
+                raise RetryableError(f"http sink health URL answered {resp.status_code}")
+            return
+        parts = urlsplit(self.cfg.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "localhost", port), timeout=left).close()
+        except OSError as exc:
+            raise RetryableError(f"http sink cannot connect to {parts.hostname}:{port}: "
+                                 f"{exc}") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,294 @@
+"""``postgres`` sink: psycopg 3, ``COPY``, and a staging table for redeliveries.
+
+Table
+-----
+Created if absent (``create_table: true``) as::
+
+    CREATE TABLE <table> (
+        id          text PRIMARY KEY,          -- the record's stable id
+        ts          timestamptz,               -- from the record's ``timestamp_field``
+        username    text,                      -- from ``username_field``
+        effect      text,                      -- from ``effect_field``
+        record      jsonb NOT NULL,            -- the record's own fields
+        inserted_at timestamptz NOT NULL DEFAULT now()
+    )
+
+NUL characters, which PostgreSQL text and jsonb cannot hold, are stored as
+U+FFFD. ``ts``: a number is Unix seconds (values above 1e11 are taken as
+milliseconds), a string is parsed as ISO 8601; anything else gives NULL (the
+value stays in ``record``).
+
+Write path
+----------
+One transaction per batch. First the rows are ``COPY``-ed straight into the
+table, the fastest path. If that fails on the primary key
+(``UniqueViolation``: some ids are stored already, i.e. a redelivery), the
+transaction is rolled back and the batch goes the deduplicating way:
+``COPY`` into a session-private ``TEMP`` table (``ON COMMIT DELETE ROWS``),
+then ``INSERT INTO <table> SELECT ... FROM staging ON CONFLICT (id) DO
+NOTHING``. Redelivery therefore never duplicates (``deduplicates = True``),
+and only a redelivered batch pays for the second path.
+
+Deadline: ``statement_timeout`` is set (``SET LOCAL``) to the time left
+before each ``COPY`` and before the insert, so the server cancels a
+statement that would overrun (a lock wait, a slow disk) and the write stops.
+A (re)connection uses ``connect_timeout`` = the time left, but libpq's
+minimum is 2 s. ``tcp_user_timeout_ms`` bounds a write into a dead network.
+
+Errors: connection problems, cancelled statements, serialisation failures
+(``OperationalError``, ``InterfaceError``, ``InternalError``) are retryable;
+bad data and bad SQL (``DataError``, ``ProgrammingError``, ``IntegrityError``,
+``NotSupportedError``) are permanent.
+
+Credentials: ``dsn`` is a libpq connection string or URI; the password comes
+from ``password`` or the environment variable ``COLLECTOR_POSTGRES_PASSWORD``
+and is never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+
+from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._encode import dumps
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "COLLECTOR_POSTGRES_PASSWORD"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_STAGING = "collector_pump_staging"
+_NULL = "\\N"
+_MIN_EPOCH, _MAX_EPOCH = -62135596800.0, 253402300799.0  # years 1 to 9999
+# A JSON \u0000 escape not itself escaped: jsonb and text cannot hold NUL.
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+class PostgresConfig(SinkConfig):
+    """``meta`` of a ``postgres`` sink."""
+
+    dsn: str = Field(default="dbname=collector", description="libpq conninfo string or URI")
+    password: SecretStr | None = Field(default=None, description=f"or env {PASSWORD_ENV}")
+    table: str = Field(default="analytics", description="table name, optionally schema.table")
+    create_table: bool = True
+    timestamp_field: str = "timestamp"
+    username_field: str = "username"
+    effect_field: str = "effect"
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    tcp_user_timeout_ms: int = Field(default=30_000, ge=0)
+    application_name: str = "collector-pump"
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
+            raise ValueError(
+                f"table {value!r} must be name or schema.name, each a letter or _ followed by "
+                "letters, digits or _ (at most 63)")
+        return value
+
+
+@register
+class PostgresSink(Sink):
+    name = "postgres"
+    Config = PostgresConfig
+    deduplicates = True
+
+    def __init__(self, config: PostgresConfig) -> None:  # type: ignore[override]
+        super().__init__(config)
+        self.cfg = config
+        self._conn: Any = None
+        self._table_ready = False
+
+    # connection
+    def open(self) -> None:
+        self._connection(time.monotonic() + self.cfg.connect_timeout_s)
+
+    def _connection(self, deadline: float) -> Any:
+        import psycopg
+
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop()
+        left = self.time_left(deadline)
+        password = self.cfg.password.get_secret_value() if self.cfg.password else None
+        password = password or os.environ.get(PASSWORD_ENV) or None
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(min(left, self.cfg.connect_timeout_s))),
+            "application_name": self.cfg.application_name,
+            "autocommit": False,
+        }
+        if self.cfg.tcp_user_timeout_ms:
+            kwargs["tcp_user_timeout"] = self.cfg.tcp_user_timeout_ms
+        if password is not None:
+            kwargs["password"] = password
+        try:
+            conn = psycopg.connect(self.cfg.dsn, **kwargs)
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (id text, ts timestamptz, "
+                    "username text, effect text, record jsonb) ON COMMIT DELETE ROWS")
+                if self.cfg.create_table and not self._table_ready:
+                    self._create_table(cur)
+            conn.commit()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise _classify(exc, "connect") from exc
+        self._conn = conn
+        return conn
+
+    def _create_table(self, cur: Any) -> None:
+        table = self.cfg.table
+        # An advisory lock serialises CREATE TABLE IF NOT EXISTS between workers
+        # (concurrent ones can fail on the catalog's unique index).
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, ts timestamptz, "
+            "username text, effect text, record jsonb NOT NULL, "
+            "inserted_at timestamptz NOT NULL DEFAULT now())")
+        self._table_ready = True
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # closing a broken connection must not raise
+                log.debug("postgres sink close failed error=%s", exc)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._drop()
+
+    # writing
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        import psycopg
+
+        self.time_left(deadline)
+        if not batch.records:
+            return Verdict.OK
+        data = "".join([self._row(r.id, r.data) for r in batch.records]).encode()
+        conn = self._connection(deadline)
+        columns = "(id, ts, username, effect, record)"
+        try:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(_set_timeout(deadline))
+                    with cur.copy(f"COPY {self.cfg.table} {columns} FROM STDIN") as copy:
+                        copy.write(data)
+                conn.commit()
+                return Verdict.OK
+            except psycopg.errors.UniqueViolation:
+                conn.rollback()  # some ids are stored already: a redelivery
+            with conn.cursor() as cur:
+                cur.execute(_set_timeout(deadline))
+                with cur.copy(f"COPY {_STAGING} {columns} FROM STDIN") as copy:
+                    copy.write(data)
+                cur.execute(
+                    _set_timeout(deadline)
+                    + f"; INSERT INTO {self.cfg.table} {columns} SELECT {columns[1:-1]} "
+                    f"FROM {_STAGING} ON CONFLICT (id) DO NOTHING")
+            conn.commit()
+        except (psycopg.Error, RetryableError) as exc:
+            try:
+                if not conn.closed:
+                    conn.rollback()
+            except psycopg.Error:
+                self._drop()
+            if isinstance(exc, RetryableError):
+                raise
+            if conn.broken or conn.closed:
+                self._drop()
+            raise _classify(exc, "write") from exc
+        return Verdict.OK
+
+    def _row(self, record_id: str, data: dict[str, Any]) -> str:
+        """One line of COPY text format: tab-separated, backslash escapes, \\N for NULL."""
+        user = data.get(self.cfg.username_field)
+        effect = data.get(self.cfg.effect_field)
+        record = dumps(data).decode()
+        if "\\u0000" in record:
+            record = _JSON_NUL.sub(r"\1\\ufffd", record)
+        ts = _ts_text(data.get(self.cfg.timestamp_field))
+        # orjson escapes control characters: only backslashes need doubling
+        record = record.replace("\\", "\\\\")
+        return (f"{_text(record_id)}\t{ts}\t"
+                f"{_NULL if user is None else _text(str(user))}\t"
+                f"{_NULL if effect is None else _text(str(effect))}\t"
+                f"{record}\n")
+
+    def health_check(self, *, deadline: float) -> None:
+        import psycopg
+
+        conn = self._connection(deadline)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_set_timeout(deadline))
+                cur.execute(f"SELECT 1 FROM {self.cfg.table} LIMIT 0")
+            conn.rollback()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._drop()
+            raise _classify(exc, "health check") from exc
+
+
+def _set_timeout(deadline: float) -> str:
+    left = deadline - time.monotonic()
+    if left < 0.001:
+        raise RetryableError("deadline passed before the write could finish")
+    return f"SET LOCAL statement_timeout = {max(1, int(left * 1000))}"
+
+
+def _ts_text(value: Any) -> str:
+    """The ``ts`` column in COPY text format from a record's timestamp field, or NULL."""
+    try:
+        if isinstance(value, bool) or value is None:
+            return _NULL
+        if isinstance(value, int | float):
+            seconds = value / 1000 if value > 1e11 else value
+            if not _MIN_EPOCH <= seconds <= _MAX_EPOCH:  # also false for NaN
+                return _NULL
+            if isinstance(seconds, int):
+                return _whole_seconds(seconds)
+            return datetime.fromtimestamp(seconds, UTC).isoformat()
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    except (ValueError, OverflowError, OSError, UnicodeDecodeError):
+        pass
+    return _NULL
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(seconds: int) -> str:
+    """Records of one batch mostly share a few seconds: format each once."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _text(value: str) -> str:
+    """A value in COPY text format (NUL, which PostgreSQL text cannot hold, becomes U+FFFD)."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\x00", "\ufffd"))
+
+
+def _classify(exc: Exception, what: str) -> Exception:
+    import psycopg
+
+    detail = f"postgres sink {what} failed: {type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return RetryableError(f"{detail} (statement timeout from the deadline)")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.InternalError):
+        return RetryableError(detail)
+    return PermanentError(detail)
