@@ -58,6 +58,63 @@ killed while copying a frame never published it: its bytes lie beyond
 
 A consumer that dies before :meth:`RingReader.commit` leaves ``head``
 where it was, so the next reader reads the same records again.
+
+Room rule. A frame of ``frame = 16 + align8(len(payload))`` bytes goes at
+``off = tail & (capacity - 1)``. If it does not fit before the end of the
+data area (``off + frame > capacity``) the producer writes one PAD word at
+``off`` and the frame goes to offset 0, so it needs ``frame + capacity -
+off`` bytes; else it needs ``frame``. It is written iff ``tail - head +
+need <= capacity``, else ``try_write`` returns False (counted in
+``dropped_full`` unless ``count_full_drops=False``). The PAD word becomes
+visible with the ``tail`` of the frame after it, never alone.
+
+Payloads are ``bytes`` (or ``bytearray``); anything else is a ``TypeError``
+and a payload over ``max_record_bytes`` is :class:`RecordTooLarge`
+(counted in ``dropped_oversize``). Neither changes the ring.
+
+The producer's hot path (``_make_writers``). ``try_write`` and
+``write_unlocked`` are closures over the producer's state in closure
+cells (next frame offset, ``tail - offset``, next seq, last ``head`` seen
+and ``stop``). Per payload size a ``(Struct("<QQ{n}s").pack_into, frame
+size, header word)`` entry is cached, so one ``pack_into`` call copies the
+16-byte header and the payload. ``stop`` bounds the frames the fast path
+may write with no other check: it is never past the end of the data area
+and ``stop - offset`` never exceeds the free space as of the last ``head``
+load (free space only grows as the consumer commits and shrinks exactly as
+the producer writes). The fast path is therefore: look up the size entry,
+one comparison with ``stop``, ``pack_into``, two 8-byte stores (``tail``,
+then ``written``). Anything else (a size not seen yet, an oversize or
+non-bytes payload, the end of the data area, a possibly full ring, and
+``checksum=True``, whose CRC costs more than the checks) goes through
+``careful``, the reference implementation, which re-reads ``head`` only
+when the cached value says the ring is full and recomputes ``stop``.
+With ``thread_safe=True`` the fast path is inlined under an in-process
+``threading.Lock`` taken with bound ``acquire``/``release`` (cheaper than
+``with lock`` or a nested call); ``write_unlocked`` is the same code
+without the lock, for callers that serialise writes themselves. No
+lock-free scheme between threads is used: a thread switch can happen
+between any two bytecodes, so the lock is what makes the read-modify-
+write of the producer state safe. Measured on the 2-core box (Python
+3.11, 453-byte record, reader process draining; ``python -m bench
+ring``): ~290 ns per unlocked write and ~400 ns with the lock, p50, after
+subtracting the timing loop (before: ~530 / ~720 ns).
+
+The consumer's reads (``read_batch``). Positions are checked once per
+batch (``head <= tail``, ``tail - head <= capacity``, both 8-aligned).
+The published data is then scanned one contiguous segment at a time (up to
+the end of the data area or to ``tail``) by a tight loop over absolute file
+offsets (``_scan_tagged`` / ``_scan_crc``): per frame one ``unpack_from``,
+one combined test (the frame lies inside the segment, ``length <=
+max_record_bytes``, ``seq`` is the next expected one, the check word is TAG
+or, with checksums, the CRC-32 of the payload) and one ``mmap`` slice to
+``bytes``. The first frame a loop does not take is classified outside it:
+a PAD word before the end of the data area moves on to the next lap; else
+:class:`RingCorrupted`, with the reason, once the valid records before the
+bad frame have been handed out (the next call raises again, never skipping
+it). A batch never ends just after a PAD word, so a committed ``head``
+always ends where a record ends. After a reader restart or a rollback the
+first frame's seq must lie in ``[committed, written]``. ~360 ns per
+record for ``read_batch(1000)`` + ``commit`` (before: ~1 us).
 """
 
 from __future__ import annotations
@@ -70,8 +127,10 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 
@@ -88,6 +147,8 @@ LAYOUT_VERSION = 1
 HEADER_SIZE = 4096
 FRAME_HEADER = struct.Struct("<IIQ")  # length, check, seq
 FRAME_HEADER_SIZE = FRAME_HEADER.size  # 16
+_FRAME_UNPACK = FRAME_HEADER.unpack_from
+_WORD = struct.Struct("<Q")
 PAD = 0xFFFFFFFF
 _PAD64 = 0xFFFFFFFFFFFFFFFF
 TAG = 0xC0113C70  # check word of a frame when checksums are off
@@ -222,76 +283,161 @@ class RingStats:
         return self.written - self.committed
 
 
-class _FramePackers(dict):
-    """Caches one ``struct.Struct("<QQ{n}s").pack_into`` per payload size.
+_CACHE_LIMIT = 4096  # payload sizes whose frame packer the fast path keeps
 
-    Writing the frame header and the payload with one ``pack_into`` call is
-    the cheapest way CPython offers to copy both into the mmap.
+
+def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
+                  checksum: bool, lock: threading.Lock | None,
+                  count_full: bool = True):  # type: ignore[no-untyped-def]
+    """Build the producer's write functions as closures over one shared state.
+
+    Returns ``(try_write, write_unlocked, written)``. Every piece of state the
+    hot path touches is a closure cell or a constant: attribute and global
+    lookups cost more than the copy itself at this size.
+
+    State (closure cells), all absolute byte offsets into the file:
+
+    * ``off``   where the next frame goes (``HEADER_SIZE <= off <= dend``);
+    * ``tbase`` so that ``tail == tbase + off`` (grows by ``capacity`` per lap);
+    * ``seq``   the next record's sequence number (== records published);
+    * ``head``  the consumer's ``head`` as last loaded;
+    * ``stop``  the fast path may put a frame ending at or before ``stop``
+      without any check: ``stop <= dend`` and ``stop - off`` never exceeds
+      the free space as of the last ``head`` load (free space only grows as
+      the consumer commits, and shrinks exactly as the producer writes).
+
+    ``careful`` is the reference implementation of a write (type and size
+    checks, the room rule, padding, the CRC); the fast path handles only the
+    common case (no wrap, room known, payload size already seen) and hands
+    everything else to ``careful``.
     """
-
-    def __missing__(self, n: int):  # type: ignore[no-untyped-def]
-        if len(self) > 4096:
-            self.clear()
-        packer = struct.Struct(f"<QQ{n}s").pack_into
-        self[n] = packer
-        return packer
-
-
-def _make_write(writer: RingWriter, q: memoryview, mv: memoryview, capacity: int,
-                max_record: int, checksum: bool):  # type: ignore[no-untyped-def]
-    """Build the producer's write function as a closure.
-
-    Every piece of state the hot path touches is a closure cell or a local:
-    attribute lookups cost more than the copy itself at this size.
-    """
-    tail = 0
-    pos = 0  # tail & (capacity - 1), kept to save the mask
-    seq = 0
-    head = 0  # last head seen; reloaded from shared memory only when full
-    packers = _FramePackers()
     base = HEADER_SIZE
+    dend = HEADER_SIZE + capacity
+    off = base
+    tbase = -base
+    seq = 0
+    head = 0
+    stop = base  # forces the first write through ``careful``
+    # payload size -> (pack_into of "<QQ{n}s", frame size, header word)
+    packers: dict[int, tuple] = {}  # type: ignore[type-arg]
     crc32 = zlib.crc32
 
-    def write(payload: bytes) -> bool:
-        nonlocal tail, pos, seq, head
+    def careful(payload: bytes) -> bool:
+        nonlocal off, tbase, seq, head, stop
+        if not isinstance(payload, (bytes, bytearray)):
+            raise TypeError(
+                f"payload must be bytes (or bytearray), got {type(payload).__name__}"
+            )
         n = len(payload)
         if n > max_record:
             q[_DROPPED_OVERSIZE] += 1
             raise RecordTooLarge(n, max_record)
-        frame = (n + 23) & -8  # 16-byte header + payload rounded up to 8
-        end = pos + frame
-        need = frame if end <= capacity else frame + capacity - pos
-        if tail + need - head > capacity:
+        entry = packers.get(n)
+        if entry is None:
+            if len(packers) >= _CACHE_LIMIT:
+                packers.clear()
+            entry = packers[n] = (struct.Struct(f"<QQ{n}s").pack_into,
+                                  (n + 23) & -8, n | _TAG)
+        pack, frame, word = entry
+        contig = dend - off  # bytes before the end of the data area
+        # The room rule: a frame that does not fit before the end of the data
+        # area also consumes the rest of the area (padding).
+        need = frame if frame <= contig else frame + contig
+        used = tbase + off - head
+        if used + need > capacity:
             head = q[_HEAD]  # the consumer's one store; a plain 8-byte load
-            if tail + need - head > capacity:
-                q[_DROPPED_FULL] += 1
+            used = tbase + off - head
+            if used + need > capacity:
+                if count_full:
+                    q[_DROPPED_FULL] += 1
                 return False
-        if end > capacity:
-            # Not enough room before the end: mark the rest as padding.
-            q[(base + pos) >> 3] = _PAD64
-            tail += capacity - pos
-            pos = 0
-            end = frame
-        check = (crc32(payload) << 32) if checksum else _TAG
-        try:
-            packers[n](mv, base + pos, n | check, seq, payload)
-        except struct.error:
-            raise TypeError(
-                f"payload must be bytes, got {type(payload).__name__}"
-            ) from None
+        if frame > contig:
+            if contig:
+                # Mark the rest of the area as padding (contig >= 8: aligned).
+                q[off >> 3] = _PAD64
+            tbase += capacity
+            off = base
+        if checksum:
+            word = n | (crc32(payload) << 32)
+        pack(mv, off, word, seq, payload)
         seq += 1
-        tail += frame
-        pos = end if end < capacity else 0
-        # Publish: one aligned 8-byte store makes the frame visible.
-        q[_TAIL] = tail
+        off += frame
+        free = capacity - (tbase + off - head)
+        stop = off + min(free, dend - off)
+        # Publish: one aligned 8-byte store makes the frame (and any padding
+        # before it) visible; then the record counter.
+        q[_TAIL] = tbase + off
         q[_WRITTEN] = seq
         return True
+
+    if checksum:
+        # The CRC costs more than the careful path's extra checks: no fast path.
+        unlocked = careful
+    else:
+        def unlocked(payload: bytes) -> bool:
+            nonlocal off, seq
+            try:
+                pack, frame, word = packers[len(payload)]
+                end = off + frame
+                if end > stop:
+                    return careful(payload)
+                pack(mv, off, word, seq, payload)
+            except KeyError:  # a payload size not seen yet, or an oversize one
+                return careful(payload)
+            except (TypeError, struct.error):
+                raise TypeError(
+                    f"payload must be bytes (or bytearray), got {type(payload).__name__}"
+                ) from None
+            seq += 1
+            off = end
+            # Publish (see careful): tail, then the record counter.
+            q[16] = tbase + end  # _TAIL (constant index: cheaper than a global)
+            q[17] = seq  # _WRITTEN
+            return True
+
+    if lock is None:
+        locked = unlocked
+    elif checksum:
+        acquire, release = lock.acquire, lock.release
+
+        def locked(payload: bytes) -> bool:
+            acquire()
+            try:
+                return careful(payload)
+            finally:
+                release()
+    else:
+        acquire, release = lock.acquire, lock.release
+
+        def locked(payload: bytes) -> bool:
+            # The body of ``unlocked``, inlined: a nested call would cost
+            # as much as the lock itself.
+            nonlocal off, seq
+            acquire()
+            try:
+                pack, frame, word = packers[len(payload)]
+                end = off + frame
+                if end > stop:
+                    return careful(payload)
+                pack(mv, off, word, seq, payload)
+                seq += 1
+                off = end
+                q[16] = tbase + end  # _TAIL
+                q[17] = seq  # _WRITTEN
+                return True
+            except KeyError:
+                return careful(payload)
+            except (TypeError, struct.error):
+                raise TypeError(
+                    f"payload must be bytes (or bytearray), got {type(payload).__name__}"
+                ) from None
+            finally:
+                release()
 
     def written() -> int:
         return seq
 
-    writer._written_fn = written
-    return write
+    return locked, unlocked, written
 
 
 def _closed_write(payload: bytes) -> bool:
@@ -326,8 +472,14 @@ class RingWriter:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         checksum: bool = False,
         thread_safe: bool = True,
+        count_full_drops: bool = True,
     ) -> RingWriter:
-        """Create a new ring file (mode 0600, exclusively) in ``directory``."""
+        """Create a new ring file (mode 0600, exclusively) in ``directory``.
+
+        ``count_full_drops=False`` stops ``try_write`` from counting a full
+        ring in ``dropped_full``: for a caller that retries (a blocking
+        policy) and counts the final drop itself with :meth:`count_drop`.
+        """
         _validate_capacity(capacity_bytes, max_record_bytes)
         directory = ensure_private_directory(directory or default_directory())
         ring_id = uuid.uuid4()
@@ -374,26 +526,18 @@ class RingWriter:
         self._q = self._mv.cast("Q")
         self._closed = False
         self._pid = pid
-        write = _make_write(self, self._q, self._mv, capacity_bytes,
-                            max_record_bytes, checksum)
-        self.write_unlocked = write
-        if thread_safe:
-            lock = threading.Lock()
-
-            def locked_write(payload: bytes) -> bool:
-                with lock:
-                    return write(payload)
-
-            self.try_write = locked_write
-        else:
-            self.try_write = write
+        self._lock = threading.Lock() if thread_safe else None
+        self.try_write, self.write_unlocked, self._written_fn = _make_writers(
+            self._q, self._mv, capacity_bytes, max_record_bytes, checksum,
+            self._lock, count_full_drops)
         return self
 
     def try_write(self, payload: bytes) -> bool:  # replaced per instance in create()
         """Append one record; ``False`` (and counted) when there is no room.
 
         Never blocks on the consumer. Raises :class:`RecordTooLarge` above
-        ``max_record_bytes`` and ``TypeError`` for anything but bytes.
+        ``max_record_bytes`` and ``TypeError`` for anything but ``bytes`` or
+        ``bytearray``; neither changes the ring.
         """
         raise NotImplementedError  # pragma: no cover
 
@@ -422,15 +566,28 @@ class RingWriter:
         self._q[_DROPPED_FULL] += 1
 
     def close(self) -> None:
-        """Mark the ring closed by its producer (a clean exit). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.try_write = self.write_unlocked = _closed_write
+        """Mark the ring closed by its producer (a clean exit). Idempotent.
+
+        With ``thread_safe=True`` it waits for a write in progress in another
+        thread; later writes raise ``ValueError``. In a forked child that
+        inherited the writer use :meth:`abandon` instead (the lock may have
+        been held by a parent's thread at the fork).
+        """
+        lock = self._lock
+        if lock is not None:
+            lock.acquire()
         try:
-            self._q[_CLOSED] = 1
+            if self._closed:
+                return
+            self._closed = True
+            self.try_write = self.write_unlocked = _closed_write
+            try:
+                self._q[_CLOSED] = 1
+            finally:
+                self._release()
         finally:
-            self._release()
+            if lock is not None:
+                lock.release()
 
     def abandon(self) -> None:
         """Unmap without marking closed (for a forked child that inherited it)."""
@@ -466,15 +623,86 @@ class RecordBatch(list):
     """A list of record payloads (bytes) that also knows its sequence numbers.
 
     ``first_seq`` is the sequence number of the first record; the records'
-    sequence numbers are consecutive.
+    sequence numbers are consecutive. ``nbytes`` is the payload bytes in all.
     """
 
     __slots__ = ("first_seq", "nbytes")
 
-    def __init__(self, records: list[bytes], first_seq: int, nbytes: int) -> None:
+    def __init__(self, records: Iterable[bytes] = (), first_seq: int = 0,
+                 nbytes: int = 0) -> None:
         super().__init__(records)
         self.first_seq = first_seq
         self.nbytes = nbytes
+
+
+_STOP_DONE = 0  # max_records or max_bytes reached
+_STOP_END = 1  # reached the end of the segment
+_STOP_ODD = 2  # a frame the fast loop does not take: padding or corruption
+
+
+def _scan_tagged(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
+                 budget: int, limit: int, nonempty: bool,
+                 append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    """Append up to ``count`` frames in ``[off, seg_end)``; the TAG variant.
+
+    Returns ``(off, seq, nbytes, why)``. Past ``budget`` payload bytes the
+    loop stops, unless the batch would otherwise be empty (``nonempty`` says
+    whether the caller already holds records). A frame is taken only if it lies
+    wholly inside the segment, its length is at most ``limit``, its check
+    word is TAG and its sequence number is the expected one; anything else
+    stops the loop with ``_STOP_ODD`` for the caller to classify.
+    """
+    unpack = _FRAME_UNPACK
+    start = off
+    for _ in range(count):
+        try:
+            length, check, fseq = unpack(mm, off)
+        except struct.error:  # 8 bytes before the end: only padding fits there
+            return off, seq, nbytes, _STOP_ODD
+        end = off + 16 + ((length + 7) & -8)
+        if end > seg_end or length > limit or fseq != seq or check != TAG:
+            return off, seq, nbytes, _STOP_ODD
+        if nbytes + length > budget and (nonempty or off != start):
+            return off, seq, nbytes, _STOP_DONE
+        append(mm[off + 16:off + 16 + length])
+        nbytes += length
+        seq += 1
+        off = end
+        if end == seg_end:
+            return off, seq, nbytes, _STOP_END
+    return off, seq, nbytes, _STOP_DONE
+
+
+def _scan_crc(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
+              budget: int, limit: int, nonempty: bool,
+              append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    """Like :func:`_scan_tagged` for rings whose check word is a CRC-32."""
+    unpack = _FRAME_UNPACK
+    start = off
+    crc32 = zlib.crc32
+    for _ in range(count):
+        try:
+            length, check, fseq = unpack(mm, off)
+        except struct.error:
+            return off, seq, nbytes, _STOP_ODD
+        end = off + 16 + ((length + 7) & -8)
+        if end > seg_end or length > limit or fseq != seq:
+            return off, seq, nbytes, _STOP_ODD
+        payload = mm[off + 16:off + 16 + length]
+        if crc32(payload) != check:
+            return off, seq, nbytes, _STOP_ODD
+        if nbytes + length > budget and (nonempty or off != start):
+            return off, seq, nbytes, _STOP_DONE
+        append(payload)
+        nbytes += length
+        seq += 1
+        off = end
+        if end == seg_end:
+            return off, seq, nbytes, _STOP_END
+    return off, seq, nbytes, _STOP_DONE
+
+
+_NO_BUDGET = 1 << 62
 
 
 class RingReader:
@@ -488,7 +716,7 @@ class RingReader:
         """Open and validate an existing ring file for reading."""
         path = str(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except IsADirectoryError:
             raise NotARing(f"{path} is a directory, not a ring file") from None
         try:
@@ -531,6 +759,8 @@ class RingReader:
                     f"ring {path}: file size {st.st_size} != header + capacity "
                     f"({HEADER_SIZE + capacity})"
                 )
+            if flags & ~FLAG_CHECKSUM:
+                raise RingCorrupted(f"ring {path}: unknown flag bits {flags:#x}")
             if not 0 < max_record < PAD or 2 * (FRAME_HEADER_SIZE + _align8(max_record)) > capacity:
                 raise RingCorrupted(f"ring {path}: max_record_bytes {max_record} is impossible")
             mm = mmap.mmap(fd, HEADER_SIZE + capacity)
@@ -543,6 +773,7 @@ class RingReader:
         self.capacity = capacity
         self.max_record_bytes = max_record
         self.checksum = bool(flags & FLAG_CHECKSUM)
+        self._scan = _scan_crc if self.checksum else _scan_tagged
         self.producer_pid = pid
         self.producer_start_time = start
         self.created_at = created
@@ -560,73 +791,137 @@ class RingReader:
 
     def _check_positions(self, tail: int) -> None:
         head = self._head
-        if head > tail or tail - head > self.capacity or head & 7 or tail & 7:
+        if (head > tail or tail - head > self.capacity or head & 7 or tail & 7
+                or self._read_pos > tail):
             raise RingCorrupted(
                 f"ring {self.path}: impossible positions head={head} tail={tail} "
-                f"capacity={self.capacity}"
+                f"(read position {self._read_pos}, capacity={self.capacity})"
             )
 
     # -- reading ----------------------------------------------------------
     def read_batch(self, max_records: int, max_bytes: int | None = None) -> RecordBatch:
-        """Read up to ``max_records`` records (and about ``max_bytes`` payload bytes).
+        """Read up to ``max_records`` records and at most ``max_bytes`` payload bytes.
 
-        The records stay in the ring until :meth:`commit`; further calls
-        continue after the last record read. Raises :class:`RingCorrupted`
-        on a frame that fails validation.
+        At least one record is returned when one is available, even if it
+        alone is larger than ``max_bytes``. The records stay in the ring until
+        :meth:`commit`; further calls continue after the last record read.
+        Raises :class:`RingCorrupted` on a frame that fails validation (when
+        valid records precede it, they are returned first and the next call
+        raises).
         """
         if max_records < 1:
             raise ValueError(f"max_records={max_records} must be at least 1")
-        q = self._q
-        tail = q[_TAIL]
-        self._check_positions(tail)
-        mv = self._mv
-        mask = self._mask
-        cap = self.capacity
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes} must not be negative")
+        tail = self._q[_TAIL]
         pos = self._read_pos
+        batch = RecordBatch()
+        if tail == pos:
+            seq = self._read_seq
+            batch.first_seq = seq if seq is not None else self._q[_COMMITTED]
+            return batch
+        self._check_positions(tail)
         seq = self._read_seq
-        records: list[bytes] = []
-        nbytes = 0
+        if seq is None:
+            seq = self._seq_at(pos, tail)
         first_seq = seq
+        cap = self.capacity
+        mask = cap - 1
+        dend = HEADER_SIZE + cap
+        mm = self._mm
+        scan = self._scan
+        budget = _NO_BUDGET if max_bytes is None else max_bytes
         limit = self.max_record_bytes
-        unpack = FRAME_HEADER.unpack_from
-        while pos < tail and len(records) < max_records:
-            off = pos & mask
-            length, check, fseq = unpack(mv, HEADER_SIZE + off)
-            if length == PAD:
-                if check != PAD:
-                    self._corrupt(pos, "padding marker with a bad check word")
-                pos += cap - off
-                continue
-            if length > limit:
-                self._corrupt(pos, f"frame length {length} exceeds max_record_bytes {limit}")
-            frame = FRAME_HEADER_SIZE + ((length + 7) & ~7)
-            if off + frame > cap or pos + frame > tail:
-                self._corrupt(pos, f"frame of {frame} bytes runs past the end of the data")
-            if seq is None:
-                committed = q[_COMMITTED]
-                if fseq < committed or fseq > q[_WRITTEN]:
-                    self._corrupt(pos, f"sequence {fseq} outside [{committed}, written]")
-                seq = first_seq = fseq
-            elif fseq != seq:
-                self._corrupt(pos, f"sequence {fseq} where {seq} was expected")
-            start = HEADER_SIZE + off + FRAME_HEADER_SIZE
-            payload = bytes(mv[start:start + length])
-            if self.checksum:
-                if zlib.crc32(payload) != check:
-                    self._corrupt(pos, "CRC-32 of the payload does not match")
-            elif check != TAG:
-                self._corrupt(pos, f"frame tag {check:#x} is not {TAG:#x}")
-            if max_bytes is not None and records and nbytes + length > max_bytes:
+        append = batch.append
+        nbytes = 0
+        before_pad = -1  # where padding began, until a record after it is taken
+        while pos < tail:
+            count = max_records - len(batch)
+            if count <= 0:
                 break
-            records.append(payload)
-            nbytes += length
-            seq += 1
-            pos += frame
+            rel = pos & mask
+            off = HEADER_SIZE + rel
+            seg_end = off + min(cap - rel, tail - pos)
+            new_off, seq, nbytes, why = scan(mm, off, seg_end, seq, count, nbytes, budget,
+                                             limit, bool(batch), append)
+            if new_off != off:
+                pos += new_off - off
+                before_pad = -1
+            if why == _STOP_DONE:
+                break
+            if why == _STOP_END:
+                continue  # at the end of the data area (next lap) or at tail
+            # A frame the fast loop did not take: padding, or corruption.
+            if _WORD.unpack_from(mm, new_off)[0] == _PAD64 and seg_end == dend:
+                before_pad = pos
+                pos += dend - new_off
+                continue
+            if batch:
+                break  # hand out the good records; the next call raises
+            self._diagnose(pos, new_off, seg_end, seq)
+        if before_pad >= 0:
+            # Stop before the padding: the read position (and so a committed
+            # head) always ends where the last record taken ends.
+            pos = before_pad
         self._read_pos = pos
         self._read_seq = seq
-        return RecordBatch(records, first_seq if first_seq is not None else (seq or 0), nbytes)
+        batch.first_seq = first_seq
+        batch.nbytes = nbytes
+        return batch
 
-    def _corrupt(self, pos: int, why: str) -> None:
+    def _seq_at(self, pos: int, tail: int) -> int:
+        """The sequence number of the frame at ``pos`` (after a restart or rollback).
+
+        It must lie in ``[committed, written]``: a reader that was killed
+        between storing ``head`` and ``committed`` leaves ``committed``
+        behind, never ahead; ``written`` is stored just after ``tail``.
+        """
+        mm = self._mm
+        dend = HEADER_SIZE + self.capacity
+        off = HEADER_SIZE + (pos & (self.capacity - 1))
+        if _WORD.unpack_from(mm, off)[0] == _PAD64:
+            pos += dend - off
+            off = HEADER_SIZE
+            if pos + FRAME_HEADER_SIZE > tail:
+                self._corrupt(pos, "padding reaches past the published data")
+        if off + FRAME_HEADER_SIZE > dend:
+            self._corrupt(pos, "frame header runs past the end of the data area")
+        fseq = _FRAME_UNPACK(mm, off)[2]
+        committed = self._q[_COMMITTED]
+        written = self._q[_WRITTEN]
+        if not committed <= fseq <= written:
+            self._corrupt(pos, f"sequence {fseq} outside [committed={committed}, "
+                               f"written={written}]")
+        return fseq
+
+    def _diagnose(self, pos: int, off: int, seg_end: int, seq: int) -> None:
+        """Raise :class:`RingCorrupted` naming what is wrong with the frame at ``off``."""
+        dend = HEADER_SIZE + self.capacity
+        word = _WORD.unpack_from(self._mm, off)[0]
+        if word == _PAD64:
+            self._corrupt(pos, "padding marker where the published data ends before "
+                               "the end of the data area")
+        if off + FRAME_HEADER_SIZE > dend:
+            self._corrupt(pos, "frame header runs past the end of the data area")
+        length, check, fseq = _FRAME_UNPACK(self._mm, off)
+        limit = self.max_record_bytes
+        if length > limit:
+            self._corrupt(pos, f"frame length {length} exceeds max_record_bytes {limit}")
+        frame = FRAME_HEADER_SIZE + _align8(length)
+        if off + frame > seg_end:
+            where = "the end of the data area" if seg_end == dend else "the published data"
+            self._corrupt(pos, f"frame of {frame} bytes runs past {where}")
+        if fseq != seq:
+            self._corrupt(pos, f"sequence {fseq} where {seq} was expected")
+        if self.checksum:
+            start = off + FRAME_HEADER_SIZE
+            if zlib.crc32(self._mm[start:start + length]) != check:
+                self._corrupt(pos, "CRC-32 of the payload does not match")
+        elif check != TAG:
+            self._corrupt(pos, f"frame tag {check:#x} is not {TAG:#x}")
+        self._corrupt(pos, "frame rejected")  # pragma: no cover - unreachable
+
+    def _corrupt(self, pos: int, why: str) -> NoReturn:
         raise RingCorrupted(f"ring {self.path}: corrupted frame at position {pos}: {why}")
 
     def commit(self) -> None:
