@@ -1,13 +1,50 @@
-"""Command line of ``collector-daemon``."""
+"""Command line of ``collector-daemon``.
+
+``collector-daemon --config FILE`` plus flags for the common keys; a flag
+wins over ``COLLECTOR_*`` environment variables, which win over the file.
+Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 forced stop (second
+signal), 2 bad configuration or unusable directories/addresses, 3 Redis
+unreachable after ``startup_redis_wait_s``.
+"""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
+
+from collector.config import ConfigError, load_config
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file (see configs/collector.yaml).")
-def main(config_path: str | None) -> None:
-    """Drain the app's analytics rings into Redis (not built yet)."""
-    raise SystemExit("collector-daemon: not built yet")
+              envvar="COLLECTOR_CONFIG", help="YAML config file (see configs/collector.yaml).")
+@click.option("--redis-url", default=None,
+              help="redis://, rediss:// or unix:// URL (default: an embedded redis-server).")
+@click.option("--rings-dir", default=None, help="Directory of the app's ring files.")
+@click.option("--pool-size", type=int, default=None, help="Number of flusher processes.")
+@click.option("--batch-size", type=int, default=None, help="Records per stream entry at most.")
+@click.option("--flush-interval-ms", type=float, default=None,
+              help="Send a batch after this long without new records.")
+@click.option("--shutdown-timeout-s", type=float, default=None,
+              help="Time to drain the rings on SIGTERM/SIGINT.")
+@click.option("--health-address", default=None, help="HOST:PORT of /healthz /readyz /metrics.")
+@click.option("--stream-key", default=None, help="Redis stream key (prefix with shards).")
+@click.option("--log-format", type=click.Choice(["kv", "json"]), default=None)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default=None)
+def main(config_path: str | None, **flags: Any) -> None:
+    """Drain the app's analytics rings into a Redis stream, losing nothing."""
+    try:
+        cfg = load_config(config_path, overrides=flags)
+    except ConfigError as exc:
+        click.echo(f"collector-daemon: invalid configuration:\n{exc}", err=True)
+        sys.exit(2)
+    from ._supervisor import run
+
+    sys.exit(run(cfg))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,92 @@
+"""One way to open a Redis connection, shared by ``collector-daemon`` and ``collector-pump``.
+
+Accepts ``redis://host:port/db``, ``rediss://`` (TLS; certificate options as
+URL query parameters, e.g. ``?ssl_cert_reqs=required&ssl_ca_certs=/path``)
+and ``unix:///path/to/redis.sock?db=0``. The ACL user name and password come
+from the URL or, winning over it, from the arguments (config keys
+``redis_username`` / ``redis_password`` or ``COLLECTOR_REDIS_PASSWORD``).
+
+Passwords are never logged: log :func:`collector.config.redact_url` output
+(or :func:`describe`), never the URL itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .config import redact_url
+
+if TYPE_CHECKING:
+    from .config import CollectorConfig
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+def connect(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 5.0,
+    connect_timeout_s: float | None = None,
+    client_name: str | None = None,
+    **kwargs: Any,
+) -> redis.Redis:
+    """A ``redis.Redis`` for ``url`` with socket timeouts (no connection is made yet).
+
+    ``timeout_s`` bounds every command's socket read/write;
+    ``connect_timeout_s`` (default: ``timeout_s``) bounds connecting.
+
+    redis-py's own retries are off (it would otherwise retry a failed
+    command up to 10 times with growing sleeps, blocking the caller): the
+    caller owns retries and backoff. Pass ``retry=`` to change that.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"Redis URL {redact_url(url)!r} has scheme {scheme!r}: it must be "
+            "redis://, rediss:// (TLS) or unix://"
+        )
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s={timeout_s} must be positive")
+    opts: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": connect_timeout_s or timeout_s,
+        "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if scheme != "unix":
+        opts["socket_keepalive"] = True
+    if client_name:
+        opts["client_name"] = client_name
+    opts.update(kwargs)
+    client = redis.Redis.from_url(url, **opts)
+    # from_url lets the URL's credentials win over keyword arguments; ours win.
+    creds = {k: v for k, v in (("username", username), ("password", password)) if v}
+    if creds:
+        client.connection_pool.connection_kwargs.update(creds)
+    return client
+
+
+def connect_from_config(cfg: CollectorConfig, *, timeout_s: float | None = None,
+                        client_name: str | None = None, **kwargs: Any) -> redis.Redis:
+    """:func:`connect` with the URL, credentials and timeout of a ``CollectorConfig``."""
+    password = cfg.redis_password.get_secret_value() if cfg.redis_password else None
+    return connect(
+        cfg.effective_redis_url(),
+        username=cfg.redis_username,
+        password=password,
+        timeout_s=timeout_s or cfg.redis_timeout_s,
+        client_name=client_name,
+        **kwargs,
+    )
+
+
+def describe(url: str) -> str:
+    """The URL as it may appear in logs (password replaced by ``***``)."""
+    return redact_url(url)

@@ -1,0 +1,440 @@
+"""A flusher process: drains the rings it was given into Redis.
+
+For each ring it reads records (raw msgpack bytes, never decoded) into a
+pending batch until the batch holds ``batch_size`` records or
+``batch_bytes`` bytes, no new record arrived for ``flush_interval_ms``, or
+the batch is ``max_flush_interval_ms`` old (so a trickle is still sent).
+It then writes the batch as ONE stream entry (``collector.stream``) in one
+round trip (``XADD`` pipelined with ``XLEN`` of the same shard) and only
+after Redis accepted it commits the ring, which frees the records for the
+producer. A crash before the commit re-reads the batch on the next start:
+at most that batch is duplicated (with the same record ids), nothing is lost.
+
+When Redis fails, the batch stays pending (its records stay in the ring),
+the flusher backs off (``retry_initial_ms`` doubling to ``retry_max_ms``,
+jittered) and reports ``redis_ok = 0``. When a shard holds
+``max_backlog_entries`` or more, the flusher pushes back: it keeps the data
+in the rings and checks the length again every ``BACKLOG_RECHECK_S``. It
+never trims a stream.
+
+Each ring is flock()ed (``LOCK_EX``) by the flusher that serves it, so two
+consumers can never serve one ring, even across two daemons or a flusher
+orphaned by a killed supervisor.
+
+Commands from the supervisor arrive on a pipe: ``("assign", path)``,
+``("release", path)``, ``("stop", monotonic_deadline)``. Reports go back on
+the same pipe: ``("bad", path, kind, message)`` with kind ``corrupted``,
+``notaring`` or ``permission``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import random
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import redis
+
+import ringbuf
+from collector import _redis
+from collector.config import CollectorConfig
+from collector.stream import encode_entry, shard_for, shard_keys
+
+from . import _counters as C
+from . import _log
+
+BACKLOG_RECHECK_S = 0.1
+LOCK_RETRY_S = 0.1
+IDLE_MIN_S = 0.001
+IDLE_MAX_S = 0.02
+INF = float("inf")
+
+
+class _Ring:
+    __slots__ = ("acc", "acc_bytes", "corrupt", "first_at", "first_seq", "key", "key_bytes",
+                 "last_at",
+                 "lock_fd", "next_try", "path", "reader", "warned_busy")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.reader: ringbuf.RingReader | None = None
+        self.lock_fd = -1
+        self.key = ""
+        self.key_bytes = b""
+        self.acc: list[bytes] = []
+        self.acc_bytes = 0
+        self.first_seq = 0
+        self.first_at = 0.0
+        self.last_at = 0.0
+        self.corrupt: str | None = None
+        self.next_try = 0.0
+        self.warned_busy = False
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()  # uncommitted records stay for the next reader
+            self.reader = None
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # releases the flock
+            self.lock_fd = -1
+        self.acc = []
+        self.acc_bytes = 0
+
+
+class Flusher:
+    def __init__(self, slot: int, cfg: CollectorConfig, conn: Connection, counters: Any,
+                 parent_pid: int) -> None:
+        self.slot = slot
+        self.cfg = cfg
+        self.conn = conn
+        self.arr = counters
+        self.parent_pid = parent_pid
+        self.rings: dict[str, _Ring] = {}
+        self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
+        # No CLIENT SETNAME: an ACL user limited to streams (+@stream +ping) must work.
+        self.client = _redis.connect_from_config(cfg)
+        self.conn_redis: Any = None  # the one connection this flusher writes on
+        self.batch_size = cfg.batch_size
+        self.batch_bytes = cfg.batch_bytes
+        self.flush_s = cfg.flush_interval_ms / 1000.0
+        self.max_flush_s = cfg.max_flush_interval_ms / 1000.0
+        self.idle_max = min(IDLE_MAX_S, self.flush_s / 2)
+        self.retry_initial = cfg.retry_initial_ms / 1000.0
+        self.retry_max = max(cfg.retry_max_ms / 1000.0, self.retry_initial)
+        self.backoff = self.retry_initial
+        self.retry_at = 0.0
+        self.failing_since: float | None = None
+        self.fail_count = 0
+        self.budget = cfg.max_backlog_entries
+        self.backlog: dict[str, tuple[int, float]] = {}  # key -> (length, checked_at)
+        self.pushed_back: set[str] = set()
+        self.stop_deadline: float | None = None
+        self.limiter = _log.RateLimited(10.0)
+        self.arr[C.REDIS_OK] = 1.0
+
+    # -- commands -------------------------------------------------------------
+    def _poll_commands(self, timeout: float) -> None:
+        conn = self.conn
+        try:
+            if not conn.poll(timeout):
+                return
+            while True:
+                msg = conn.recv()
+                op = msg[0]
+                if op == "assign":
+                    if msg[1] not in self.rings:
+                        self.rings[msg[1]] = _Ring(msg[1])
+                elif op == "release":
+                    ring = self.rings.pop(msg[1], None)
+                    if ring is not None:
+                        ring.close()
+                elif op == "stop":
+                    self.stop_deadline = msg[1]
+                if not conn.poll(0):
+                    return
+        except (EOFError, OSError):
+            # The supervisor is gone: stop at once; uncommitted data stays in the rings.
+            self.stop_deadline = 0.0
+
+    def _report(self, path: str, kind: str, message: str) -> None:
+        try:
+            self.conn.send(("bad", path, kind, message))
+        except (OSError, ValueError):
+            pass
+
+    # -- opening rings ------------------------------------------------------------
+    def _open(self, ring: _Ring, now: float) -> bool:
+        if now < ring.next_try:
+            return False
+        ring.next_try = now + LOCK_RETRY_S
+        try:
+            fd = os.open(ring.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self.rings.pop(ring.path, None)
+            return False
+        except OSError as exc:
+            self._drop(ring, "permission", f"cannot open ring {ring.path}: {exc}")
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if not ring.warned_busy:
+                    ring.warned_busy = True
+                    _log.warning("Ring is locked by another consumer; waiting for it.",
+                                 ring=ring.path)
+                return False
+            raise
+        try:
+            reader = ringbuf.RingReader.open(ring.path)
+        except ringbuf.RingPermissionError as exc:
+            os.close(fd)
+            self._drop(ring, "permission", str(exc))
+            return False
+        except ringbuf.NotARing as exc:
+            os.close(fd)
+            self._drop(ring, "notaring", str(exc))
+            return False
+        except ringbuf.RingCorrupted as exc:
+            os.close(fd)
+            self._drop(ring, "corrupted", str(exc))
+            return False
+        except FileNotFoundError:
+            os.close(fd)
+            self.rings.pop(ring.path, None)
+            return False
+        ring.lock_fd = fd
+        ring.reader = reader
+        ring.key = self.keys[shard_for(reader.ring_id, len(self.keys))]
+        ring.key_bytes = ring.key.encode()
+        _log.debug("Serving ring.", ring=ring.path, ring_id=reader.ring_id, shard=ring.key)
+        return True
+
+    def _drop(self, ring: _Ring, kind: str, message: str) -> None:
+        ring.close()
+        self.rings.pop(ring.path, None)
+        self._report(ring.path, kind, message)
+
+    # -- Redis --------------------------------------------------------------------
+    def _failed(self, exc: BaseException, what: str) -> None:
+        now = time.monotonic()
+        self.arr[C.REDIS_ERRORS] += 1
+        self.arr[C.REDIS_OK] = 0.0
+        if self.failing_since is None:
+            self.failing_since = now
+        self.fail_count += 1
+        held = self.limiter.hit("redis")
+        if held is not None:
+            _log.warning("Redis round trip failed; records stay in the rings and will be retried.",
+                         what=what, url=_redis.describe(self.cfg.effective_redis_url()),
+                         error=repr(exc), failures=self.fail_count, suppressed=held,
+                         retry_in_s=round(self.backoff, 3))
+        self.retry_at = now + self.backoff * random.uniform(0.5, 1.0)
+        self.backoff = min(self.backoff * 2, self.retry_max)
+
+    def _succeeded(self) -> None:
+        if self.failing_since is not None:
+            _log.info("Redis round trips succeed again.", failures=self.fail_count,
+                      down_s=round(time.monotonic() - self.failing_since, 3))
+            self.limiter.reset("redis")
+            self.failing_since = None
+            self.fail_count = 0
+        self.arr[C.REDIS_OK] = 1.0
+        self.backoff = self.retry_initial
+
+    def _over_budget(self, key: str, now: float) -> bool:
+        length, checked = self.backlog.get(key, (-1, 0.0))
+        if length >= 0 and length < self.budget:
+            return False
+        if length >= 0 and now - checked < BACKLOG_RECHECK_S:
+            return True
+        try:
+            length = int(self.client.xlen(key))
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "XLEN")
+            return True
+        self._succeeded()
+        self.backlog[key] = (length, now)
+        if length >= self.budget:
+            self.arr[C.PUSHBACKS] += 1
+            if key not in self.pushed_back:
+                self.pushed_back.add(key)
+                _log.warning("Stream is over its backlog budget; keeping records in the rings.",
+                             shard=key, length=length, max_backlog_entries=self.budget)
+            return True
+        if key in self.pushed_back:
+            self.pushed_back.discard(key)
+            _log.info("Stream is below its backlog budget again.", shard=key, length=length)
+        return False
+
+    def _round_trip(self, key: bytes, fields: dict[str, bytes]) -> int:
+        """XADD ``fields`` to ``key`` and XLEN it, pipelined in one round trip.
+
+        The command is packed here rather than by redis-py: its packer copies
+        a large value slowly (about 1.5 ms per 500 KB with hiredis), which
+        would cost more than everything else the flusher does. The blob is
+        handed to the socket as is.
+        """
+        conn = self.conn_redis
+        if conn is None:
+            conn = self.conn_redis = self.client.connection_pool.get_connection()
+        items = [b"XADD", key, b"*"]
+        for k, v in fields.items():
+            items.append(k.encode())
+            items.append(v)
+        head = [b"*%d\r\n" % len(items)]
+        chunks: list[bytes] = []
+        for item in items:
+            if len(item) > 16384:
+                head.append(b"$%d\r\n" % len(item))
+                chunks.append(b"".join(head))
+                chunks.append(item)
+                head = [b"\r\n"]
+            else:
+                head.append(b"$%d\r\n%s\r\n" % (len(item), item))
+        head.append(b"*2\r\n$4\r\nXLEN\r\n$%d\r\n%s\r\n" % (len(key), key))
+        chunks.append(b"".join(head))
+        try:
+            conn.send_packed_command(chunks, check_health=False)
+            conn.read_response()  # the entry id
+            return int(conn.read_response())
+        except BaseException:
+            conn.disconnect()  # unknown state: the next round trip reconnects
+            raise
+
+    def _send(self, ring: _Ring) -> bool:
+        reader = ring.reader
+        assert reader is not None
+        fields = encode_entry(reader.ring_id, ring.first_seq, ring.acc)
+        t0 = time.monotonic()
+        try:
+            length = self._round_trip(ring.key_bytes, fields)
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, "XADD")
+            return False
+        # Redis has the batch: only now free the records in the ring.
+        reader.commit()
+        now = time.monotonic()
+        arr = self.arr
+        n = len(ring.acc)
+        arr[C.RECORDS_WRITTEN] += n
+        arr[C.BATCHES_WRITTEN] += 1
+        arr[C.BYTES_WRITTEN] += ring.acc_bytes
+        C.observe_latency(arr, now - t0)
+        self.backlog[ring.key] = (length, now)
+        ring.acc = []
+        ring.acc_bytes = 0
+        self._succeeded()
+        return True
+
+    # -- the loop ---------------------------------------------------------------------
+    def _service(self, ring: _Ring, now: float, stopping: bool) -> tuple[int, float]:
+        """Read and maybe send one ring: (0 idle | 1 read | 2 sent, next wake-up time)."""
+        reader = ring.reader
+        assert reader is not None
+        state = 0
+        acc = ring.acc
+        if (ring.corrupt is None and len(acc) < self.batch_size
+                and ring.acc_bytes < self.batch_bytes):
+            try:
+                batch = reader.read_batch(self.batch_size - len(acc),
+                                          self.batch_bytes - ring.acc_bytes)
+            except ringbuf.RingCorrupted as exc:
+                ring.corrupt = str(exc)
+                batch = None
+            if batch:
+                if not acc:
+                    ring.first_seq = batch.first_seq
+                    ring.first_at = now
+                acc.extend(batch)
+                ring.acc_bytes += batch.nbytes
+                ring.last_at = now
+                self.arr[C.RECORDS_READ] += len(batch)
+                state = 1
+        if not acc:
+            if ring.corrupt is not None:
+                self._drop(ring, "corrupted", ring.corrupt)
+            return state, INF
+        due = (len(acc) >= self.batch_size or ring.acc_bytes >= self.batch_bytes or stopping
+               or ring.corrupt is not None)
+        if not due:
+            wake = min(ring.last_at + self.flush_s, ring.first_at + self.max_flush_s)
+            if now < wake:
+                return state, wake
+        if now < self.retry_at:
+            return state, self.retry_at
+        if self._over_budget(ring.key, now):
+            retry = self.retry_at if self.retry_at > now else INF
+            return state, min(now + BACKLOG_RECHECK_S, retry)
+        if self._send(ring):
+            return 2, now
+        return state, self.retry_at
+
+    def _drained(self) -> bool:
+        for ring in self.rings.values():
+            if ring.reader is None:
+                continue
+            if ring.acc or ring.reader.available_bytes() > 0:
+                return False
+        return True
+
+    def run(self) -> int:
+        idle = IDLE_MIN_S
+        arr = self.arr
+        while True:
+            now = time.monotonic()
+            arr[C.HEARTBEAT] = now
+            if os.getppid() != self.parent_pid:
+                _log.warning("The supervisor is gone; exiting, uncommitted records stay in "
+                             "the rings.")
+                return 1
+            stopping = self.stop_deadline is not None
+            if stopping:
+                if now >= self.stop_deadline or self._drained():  # type: ignore[operator]
+                    return self._finish()
+            wake = INF
+            best = 0
+            for ring in list(self.rings.values()):
+                if ring.reader is None and not self._open(ring, now):
+                    if ring.path in self.rings:
+                        wake = min(wake, ring.next_try)
+                    continue
+                state, w = self._service(ring, now, stopping)
+                if state > best:
+                    best = state
+                if w < wake:
+                    wake = w
+            arr[C.RINGS] = len(self.rings)
+            if best == 2:  # sent a batch: look again at once
+                idle = IDLE_MIN_S
+                timeout = 0.0
+            else:
+                # Nothing sent (a partial batch read, or nothing at all): sleep,
+                # 1 ms doubling to min(20 ms, flush_interval/2), so a trickle
+                # costs ~50 wake-ups a second, not a busy loop.
+                timeout = idle
+                idle = min(idle * 2, self.idle_max)
+            if wake < INF:
+                timeout = min(timeout, max(0.0, wake - time.monotonic()))
+            if stopping:
+                timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))  # type: ignore[operator]
+            self._poll_commands(timeout)
+
+    def _finish(self) -> int:
+        left = 0
+        for ring in self.rings.values():
+            if ring.reader is not None:
+                left += ring.reader.available_bytes() + ring.acc_bytes
+            ring.close()
+        if left:
+            _log.warning("Stopping with records left in the rings; the next start sends them.",
+                         bytes_left=left)
+        else:
+            _log.debug("Flusher drained every ring.")
+        self.rings.clear()
+        return 0
+
+
+def flusher_main(slot: int, cfg: CollectorConfig, conn: Connection, counters: Any,
+                 parent_pid: int, paths: list[str]) -> None:
+    """Entry point of a flusher process (spawned by the supervisor)."""
+    # The supervisor owns shutdown: a Ctrl-C or a SIGTERM to the whole process
+    # group must not stop a flusher between XADD and commit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _log.setup(cfg.log_format, cfg.log_level, proc=f"flusher-{slot}")
+    flusher = Flusher(slot, cfg, conn, counters, parent_pid)
+    for p in paths:
+        flusher.rings[p] = _Ring(p)
+    code = flusher.run()
+    try:
+        conn.close()
+    except OSError:
+        pass
+    raise SystemExit(code)

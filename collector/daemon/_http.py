@@ -1,0 +1,184 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` of the daemon (stdlib HTTP server in a thread)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from . import _counters as C
+from . import _log
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+P = "collector_daemon_"
+
+
+class DaemonCollector(Collector):
+    """Reads the flushers' shared counters and the supervisor's ring snapshot."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Any]:
+        sup = self.sup
+        arrs = [s.counters for s in sup.slots]
+
+        def total(i: int) -> float:
+            return float(sum(a[i] for a in arrs))
+
+        def counter(name: str, doc: str, i: int) -> CounterMetricFamily:
+            return CounterMetricFamily(P + name, doc, value=total(i))
+
+        yield counter("records_read", "Records read from rings.", C.RECORDS_READ)
+        yield counter("records_written", "Records Redis accepted (then committed in the ring).",
+                      C.RECORDS_WRITTEN)
+        yield counter("batches_written", "Stream entries (batches) Redis accepted.",
+                      C.BATCHES_WRITTEN)
+        yield counter("bytes_written", "Record payload bytes Redis accepted.", C.BYTES_WRITTEN)
+        yield counter("redis_errors", "Failed Redis round trips (retried later).", C.REDIS_ERRORS)
+        yield counter("backpressure", "Times a batch was held back because its stream shard "
+                      "was over max_backlog_entries.", C.PUSHBACKS)
+
+        buckets: list[tuple[str, float]] = []
+        cum = 0.0
+        for j, bound in enumerate(C.LATENCY_BUCKETS):
+            cum += total(C.LATENCY_BASE + j)
+            buckets.append((repr(bound), cum))
+        cum += total(C.LATENCY_BASE + len(C.LATENCY_BUCKETS))
+        buckets.append(("+Inf", cum))
+        yield HistogramMetricFamily(P + "flush_seconds",
+                                    "Duration of one batch round trip to Redis (XADD).",
+                                    buckets=buckets, sum_value=total(C.LATENCY_SUM))
+
+        snap = sup.ring_snapshot
+        drops = CounterMetricFamily(P + "dropped_records",
+                                    "Records producers dropped, by cause, from ring headers "
+                                    "(full: no room; oversize: over max_record_bytes).",
+                                    labels=["cause"])
+        full = sup.removed_drops[0] + sum(s.dropped_full for s in snap)
+        oversize = sup.removed_drops[1] + sum(s.dropped_oversize for s in snap)
+        drops.add_metric(["full"], full)
+        drops.add_metric(["oversize"], oversize)
+        yield drops
+
+        fill = GaugeMetricFamily(P + "ring_fill_ratio", "Used fraction of each ring.",
+                                 labels=["ring"])
+        pending = GaugeMetricFamily(P + "ring_pending_records",
+                                    "Records written but not yet committed, per ring.",
+                                    labels=["ring"])
+        for s in snap:
+            fill.add_metric([s.ring_id], s.fill_ratio)
+            pending.add_metric([s.ring_id], float(s.pending))
+        yield fill
+        yield pending
+
+        rings = GaugeMetricFamily(P + "rings", "Ring files by state.", labels=["state"])
+        rings.add_metric(["served"], float(len(snap)))
+        rings.add_metric(["refused"], float(len(sup.refused)))
+        yield rings
+        yield CounterMetricFamily(P + "rings_quarantined",
+                                  "Ring files moved to quarantine/ (junk or corrupted).",
+                                  value=float(sup.quarantined_total))
+        yield CounterMetricFamily(P + "rings_removed",
+                                  "Rings of dead producers removed after draining.",
+                                  value=float(sup.removed_total))
+
+        backlog = GaugeMetricFamily(P + "stream_backlog_entries",
+                                    "Entries in each stream shard (XLEN).", labels=["shard"])
+        for key, length in sup.backlog().items():
+            backlog.add_metric([key], float(length))
+        yield backlog
+
+        yield GaugeMetricFamily(P + "flushers_alive", "Flusher processes alive.",
+                                value=float(sum(1 for s in sup.slots if s.alive())))
+        yield GaugeMetricFamily(P + "flushers", "Configured flusher processes (pool_size).",
+                                value=float(len(sup.slots)))
+        yield CounterMetricFamily(P + "flusher_restarts", "Dead flushers restarted.",
+                                  value=float(sum(s.restarts for s in sup.slots)))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would flood the logs
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any) -> None:
+        self._send(code, json.dumps(obj).encode() + b"\n", "application/json")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        sup = self.server.sup
+        try:
+            if path == "/healthz":
+                self._json(200, {"status": "ok"})
+            elif path == "/readyz":
+                ready, detail = sup.readiness()
+                self._json(200 if ready else 503, detail)
+            elif path == "/metrics":
+                self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._json(404, {"error": f"no such path {path!r}",
+                                 "paths": ["/healthz", "/readyz", "/metrics"]})
+        except Exception as exc:
+            _log.error("HTTP handler failed.", path=path, error=repr(exc))
+            try:
+                self._json(500, {"error": repr(exc)})
+            except OSError:
+                pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], sup: Supervisor) -> None:
+        self.sup = sup
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(sup))
+        super().__init__(addr, _Handler)
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, sup: Supervisor) -> None:
+        if ":" in host:
+            _Server.address_family = socket.AF_INET6
+        self.server = _Server((host, port), sup)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.2},
+                                       name="collector-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(max(0.0, 5 - (time.monotonic() - t0)))

@@ -1,0 +1,281 @@
+"""collector-daemon end to end: real producer processes, a real daemon, a real Redis.
+
+Every test counts the records that reached Redis by (producer, seq) and
+reports lost and duplicated ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import psutil
+import redis
+
+from tests import _daemon_helpers as H
+from tests._support import RedisServer, wait_until
+
+
+def test_end_to_end_4_producers_x_100k(tmp_path: Path, rings_dir: Path,
+                                       redis_server: RedisServer) -> None:
+    n, count = 4, 100_000
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
+                      tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, n, count))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= n * count, 120, "every record in Redis")
+        seen = H.count_records(client)  # also checks every record decodes to what was sent
+        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
+        print(f"end to end: sent={n * count} received={sum(seen.values())} "
+              f"lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        # Finished (closed) producers: their rings are removed once drained.
+        wait_until(lambda: not H.ring_files(rings_dir), 30, "drained rings removed")
+        m = daemon.metrics()
+        assert m["collector_daemon_records_written_total"] == n * count
+        assert m["collector_daemon_rings_removed_total"] == n
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_the_same_config_file_drives_analytics_and_the_daemon(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """collector.Analytics.from_config(file) in 2 processes -> collector-daemon --config file."""
+    n, count = 2, 20_000
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, full_policy="block",
+                        block_timeout_ms=5_000, ring_capacity_bytes=1 << 20)
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        drops = [H.CTX.Value("q", -1) for _ in range(n)]
+        procs = [H.CTX.Process(target=H.produce_with_analytics,
+                               args=(str(cfg), p, count, drops[p])) for p in range(n)]
+        for p in procs:
+            p.start()
+        H.join_all(procs)
+        assert [d.value for d in drops] == [0] * n
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        print(f"Analytics -> daemon: lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        wait_until(lambda: not H.ring_files(rings_dir), 30, "stopped clients' rings removed")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_graceful_stop_mid_load_loses_nothing(tmp_path: Path, rings_dir: Path,
+                                              redis_server: RedisServer) -> None:
+    n, count = 3, 40_000
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir)
+    client = redis_server.client()
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        procs = H.start_producers(rings_dir, n, count, pace_every=200, pace_s=0.01)
+        wait_until(lambda: H.total_in_stream(client) > 5_000, 60, "the load to be flowing")
+        assert daemon.stop() == 0  # SIGTERM: drains every ring, exits 0
+        assert "collector-daemon stopped." in daemon.log_text()
+        before = H.total_in_stream(client)
+        # Producers keep writing while no daemon runs; the next start sends it all.
+        daemon = H.Daemon(cfg, tmp_path / "daemon2.log").start()
+        H.join_all(procs)
+        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
+        seen = H.count_records(client)
+        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
+        print(f"graceful stop: in Redis at stop={before} lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_http_endpoints(tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=2),
+                      tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, 1, 2_000))
+        wait_until(lambda: H.total_in_stream(redis_server.client()) >= 2_000, 30, "records")
+        code, body = daemon.get("/healthz")
+        assert (code, json.loads(body)) == (200, {"status": "ok"})
+        code, detail = daemon.readyz()
+        assert code == 200 and detail["status"] == "ready"
+        assert detail["redis"]["reachable"] is True
+        assert [f["alive"] for f in detail["flushers"]] == [True, True]
+        text = daemon.get("/metrics")[1].decode()
+        for name in ("collector_daemon_records_read_total",
+                     "collector_daemon_records_written_total",
+                     "collector_daemon_batches_written_total",
+                     "collector_daemon_bytes_written_total",
+                     'collector_daemon_dropped_records_total{cause="full"}',
+                     'collector_daemon_dropped_records_total{cause="oversize"}',
+                     "collector_daemon_flush_seconds_bucket",
+                     "collector_daemon_flush_seconds_count",
+                     "collector_daemon_redis_errors_total",
+                     'collector_daemon_stream_backlog_entries{shard="collector:analytics"}',
+                     "collector_daemon_flushers_alive 2.0"):
+            assert name in text, f"{name} missing from /metrics"
+        m = daemon.metrics()
+        assert m["collector_daemon_records_written_total"] == 2_000
+        assert daemon.get("/nope")[0] == 404
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.close()
+
+
+def test_ring_fill_is_reported_per_ring(tmp_path: Path, rings_dir: Path,
+                                        redis_server: RedisServer) -> None:
+    """A live producer's ring shows in /metrics; nothing is sent past the budget."""
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir,
+                                    max_backlog_entries=1, batch_size=10),
+                      tmp_path / "daemon.log").start()
+    procs = H.start_producers(rings_dir, 1, 500, close=False)
+    try:
+        def pending() -> float:
+            return sum(v for k, v in daemon.metrics().items()
+                       if k.startswith("collector_daemon_ring_pending_records{"))
+        wait_until(lambda: pending() > 0, 30, "pending records reported")
+        assert any(k.startswith("collector_daemon_ring_fill_ratio{ring=")
+                   for k in daemon.metrics())
+    finally:
+        for p in procs:
+            p.kill()
+        daemon.close()
+
+
+def test_embedded_redis_mode(tmp_path: Path, rings_dir: Path) -> None:
+    """No redis_url: the daemon runs its own redis-server on a private unix socket."""
+    run = tmp_path / "run"
+    cfg = H.base_config(tmp_path, None, rings_dir)
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        sock = run / "redis.sock"
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700
+        assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
+        H.join_all(H.start_producers(rings_dir, 2, 5_000))
+        client = redis.Redis(unix_socket_path=str(sock))
+        wait_until(lambda: H.total_in_stream(client) >= 10_000, 60, "every record")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 2, 5_000)
+        print(f"embedded redis: lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("port")["port"] == "0"
+        def redis_pids() -> list[int]:
+            assert daemon.proc is not None
+            return [c.pid for c in psutil.Process(daemon.proc.pid).children()
+                    if "redis-server" in " ".join(c.cmdline())]
+        (first_pid,) = redis_pids()
+        # The supervisor restarts its redis-server when it dies; nothing is lost.
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: redis_pids() and redis_pids()[0] != first_pid, 30,
+                   "a new embedded redis-server")
+        wait_until(daemon.ready, 30, "ready again")
+        H.join_all(H.start_producers(rings_dir, 2, 5_000, first=2))
+        wait_until(lambda: H.total_in_stream(client) >= 20_000, 60, "every record")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 4, 5_000)
+        print(f"embedded redis killed and restarted: lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert "The embedded redis-server died; restarting it." in daemon.log_text()
+        (pid,) = redis_pids()
+        assert daemon.stop() == 0
+        # The embedded server was stopped with the daemon.
+        wait_until(lambda: not psutil.pid_exists(pid)
+                   or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   10, "the embedded redis-server to stop")
+        assert (run / "appendonlydir").is_dir() or any(run.glob("*.aof*"))
+    finally:
+        daemon.close()
+
+
+def test_rings_dir_is_created_private(tmp_path: Path, redis_server: RedisServer) -> None:
+    rings = tmp_path / "new" / "rings"
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings),
+                      tmp_path / "daemon.log").start()
+    try:
+        assert stat.S_IMODE(rings.stat().st_mode) == 0o700
+        assert rings.stat().st_uid == os.geteuid()
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_shutdown_with_redis_down_leaves_records_for_the_next_start(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """SIGTERM cannot drain while Redis is down: exit 0 after shutdown_timeout_s, data kept.
+
+    Then a second daemon that cannot drain (backlog budget full) gets a second
+    SIGTERM: it exits at once (code 1). A third start sends everything.
+    """
+    n, count = 2, 5_000
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, shutdown_timeout_s=1,
+                        redis_timeout_s=0.5, startup_redis_wait_s=30)
+    client = redis_server.client()
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        redis_server.kill()
+        H.join_all(H.start_producers(rings_dir, n, count))
+
+        def pending() -> float:
+            return sum(v for k, v in daemon.metrics().items()
+                       if k.startswith("collector_daemon_ring_pending_records{"))
+        wait_until(lambda: pending() == n * count, 30, "every record pending in the rings")
+        assert daemon.stop() == 0  # cannot drain: gives up after shutdown_timeout_s
+        assert f"records_left_in_rings={n * count} " in daemon.log_text()
+
+        # Second daemon: a full backlog budget keeps it from draining; two signals.
+        redis_server.start()
+        dummy = client.xadd("collector:analytics", {"dummy": "1"})
+        (tmp_path / "second").mkdir()
+        cfg2 = H.base_config(tmp_path / "second", redis_server.url, rings_dir,
+                             max_backlog_entries=1, shutdown_timeout_s=60)
+        daemon = H.Daemon(cfg2, tmp_path / "daemon2.log").start()
+        wait_until(lambda: daemon.metrics()["collector_daemon_backpressure_total"] > 0, 30,
+                   "pushback")
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: "Stopping: draining" in daemon.log_text(), 30, "the first signal")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 1  # at once, not after shutdown_timeout_s
+        assert "Second stop signal" in daemon.log_text()
+        assert client.xlen("collector:analytics") == 1
+        client.xdel("collector:analytics", dummy)
+        redis_server.kill()
+
+        redis_server.start()
+        daemon = H.Daemon(cfg, tmp_path / "daemon3.log").start()
+        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        print(f"stop with Redis down, then a forced stop: lost={lost} duplicated={dup}")
+        assert lost == 0 and unexpected == 0 and dup <= 2 * 1000
+        assert daemon.stop() == 0
+        wait_until(lambda: not H.ring_files(rings_dir), 30, "drained rings removed")
+    finally:
+        daemon.close()
+
+
+def test_sharded_stream_json_logs_and_sighup(tmp_path: Path, rings_dir: Path,
+                                            redis_server: RedisServer) -> None:
+    n, count, shards = 4, 5_000, 2
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, stream_shards=shards,
+                                    log_format="json"),
+                      tmp_path / "daemon.log").start()
+    try:
+        daemon.signal(signal.SIGHUP)  # restart-only: logged, ignored
+        H.join_all(H.start_producers(rings_dir, n, count))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client, shards=shards) >= n * count, 60, "records")
+        seen = H.count_records(client, shards=shards)
+        assert H.lost_and_duplicated(seen, n, count) == (0, 0, 0)
+        lengths = [client.xlen(f"collector:analytics:{{{i}}}") for i in range(shards)]
+        assert sum(lengths) > 0 and client.xlen("collector:analytics") == 0
+        assert daemon.ready()
+        assert daemon.stop() == 0
+        lines = [json.loads(line) for line in daemon.log_text().splitlines() if line.strip()]
+        assert all({"ts", "level", "proc", "msg"} <= set(x) for x in lines)
+        assert any("SIGHUP ignored" in x["msg"] for x in lines)
+    finally:
+        daemon.close()

@@ -1,0 +1,240 @@
+"""collector-daemon facing bad input: config, Redis, ring files it must not trust."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ringbuf
+from collector import _redis
+from collector.config import load_config
+from tests import _daemon_helpers as H
+from tests._support import RedisServer, free_port, wait_until
+
+
+def _run_daemon(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    return subprocess.run([H.DAEMON, "--config", str(config)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _small_ring(rings_dir: Path, name: str) -> ringbuf.RingWriter:
+    return ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=1024,
+                                     name=name)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("pool_size: 0\n", "pool_size: Input should be greater than or equal to 1"),
+    ("batch_sise: 10\n", "batch_sise: unknown key"),
+    ("redis_url: http://x\n", "redis_url: Value error, must be a redis://"),
+    ("health_address: nowhere\n", "health_address: Value error, must be HOST:PORT"),
+    ("pool_size: [1\n", "not valid YAML"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+])
+def test_malformed_config_exits_non_zero_naming_file_key_and_rule(
+        tmp_path: Path, text: str, expected: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res = _run_daemon(cfg)
+    assert res.returncode == 2
+    assert str(cfg) in res.stderr
+    assert expected in res.stderr, res.stderr
+
+
+def test_unreachable_redis_at_start_exits_after_the_wait(tmp_path: Path,
+                                                         rings_dir: Path) -> None:
+    port = free_port()  # nothing listens there
+    cfg = H.base_config(tmp_path, f"redis://admin:s3cret-pw@127.0.0.1:{port}/0", rings_dir,
+                        startup_redis_wait_s=1)
+    res = _run_daemon(cfg)
+    assert res.returncode == 3
+    assert f"redis://admin:***@127.0.0.1:{port}/0" in res.stderr
+    assert "startup_redis_wait_s=1.0" in res.stderr
+    assert "s3cret-pw" not in res.stderr
+
+
+def test_second_daemon_on_the_same_rings_dir_is_refused(tmp_path: Path, rings_dir: Path,
+                                                        redis_server: RedisServer) -> None:
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
+                      tmp_path / "daemon.log").start()
+    try:
+        other = tmp_path / "other"
+        other.mkdir()
+        cfg2 = H.base_config(other, redis_server.url, rings_dir)
+        res = _run_daemon(cfg2)
+        assert res.returncode == 2
+        assert "served by another collector-daemon" in res.stderr
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_second_embedded_daemon_on_the_same_runtime_dir_is_refused(tmp_path: Path,
+                                                                   rings_dir: Path) -> None:
+    daemon = H.Daemon(H.base_config(tmp_path, None, rings_dir), tmp_path / "daemon.log").start()
+    try:
+        other = tmp_path / "other"
+        other.mkdir()
+        cfg2 = H.base_config(other, None, other / "rings", runtime_dir=str(tmp_path / "run"))
+        res = _run_daemon(cfg2)
+        assert res.returncode == 2
+        assert "is used by another collector-daemon's embedded redis-server" in res.stderr
+        assert daemon.ready()  # its redis-server was left alone
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_junk_ring_is_quarantined_and_others_still_served(tmp_path: Path, rings_dir: Path,
+                                                          redis_server: RedisServer) -> None:
+    (rings_dir / "junk.ring").write_bytes(os.urandom(10_000))
+    (rings_dir / "short.ring").write_bytes(b"CLTRING\0")
+    # A ring whose data area is corrupted after a valid header: found by the flusher.
+    bad = _small_ring(rings_dir, "bad.ring")
+    for i in range(10):
+        assert bad.try_write(b"\x91" + bytes([i]))
+    with open(bad.path, "r+b") as f:
+        f.seek(ringbuf._ring.HEADER_SIZE)
+        f.write(b"\xee" * 16)  # smash the first frame header
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
+                      tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, 2, 5_000))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= 10_000, 30, "the good rings' records")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 2, 5_000)
+        print(f"junk rings: lost={lost} duplicated={dup}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        quarantine = rings_dir / "quarantine"
+        wait_until(lambda: {p.name for p in quarantine.iterdir()}
+                   >= {"junk.ring", "short.ring", "bad.ring"}, 30, "three files quarantined")
+        assert not (rings_dir / "junk.ring").exists()
+        log = daemon.log_text()
+        assert log.count("Quarantined a ring file") == 3
+        assert "corrupted frame" in log
+        assert daemon.metrics()["collector_daemon_rings_quarantined_total"] == 3
+        assert daemon.ready()
+        assert daemon.stop() == 0
+    finally:
+        bad.abandon()
+        daemon.close()
+
+
+def test_rings_of_another_user_or_world_writable_are_refused(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    foreign = _small_ring(rings_dir, "foreign.ring")
+    open_ = _small_ring(rings_dir, "open.ring")
+    for w in (foreign, open_):
+        for i in range(5):
+            w.try_write(b"\x91" + bytes([i]))
+    if os.geteuid() == 0:
+        os.chown(foreign.path, 65534, 65534)
+    else:  # pragma: no cover - the CI box runs as root
+        pytest.skip("chown to another user needs root")
+    os.chmod(open_.path, 0o666)
+    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
+                      tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, 1, 2_000))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= 2_000, 30, "the good ring's records")
+        assert H.lost_and_duplicated(H.count_records(client), 1, 2_000) == (0, 0, 0)
+        assert H.total_in_stream(client) == 2_000  # nothing from the refused rings
+        log = daemon.log_text()
+        assert "Refused a ring" in log and "owned by uid 65534" in log
+        assert "has mode 0666" in log
+        assert log.count("Refused a ring") == 2  # reported once, not every scan
+        assert daemon.metrics()['collector_daemon_rings{state="refused"}'] == 2
+        # Fixing the mode makes the ring acceptable again.
+        os.chmod(open_.path, 0o600)
+        wait_until(lambda: H.total_in_stream(client) >= 2_005, 30, "the fixed ring served")
+        assert Path(foreign.path).exists()  # left where it was
+        assert daemon.stop() == 0
+    finally:
+        foreign.abandon()
+        open_.abandon()
+        daemon.close()
+
+
+def test_redis_connection_helper_urls(tmp_path: Path, redis_server: RedisServer) -> None:
+    c = _redis.connect(redis_server.url, timeout_s=1)
+    assert c.ping()
+    kw = c.connection_pool.connection_kwargs
+    assert kw["socket_timeout"] == 1 and kw["socket_connect_timeout"] == 1
+    c = _redis.connect("rediss://u:pw@127.0.0.1:6390/0", password="other", username="me")
+    assert c.connection_pool.connection_class.__name__ == "SSLConnection"
+    assert c.connection_pool.connection_kwargs["password"] == "other"
+    assert c.connection_pool.connection_kwargs["username"] == "me"
+    c = _redis.connect(f"unix://{tmp_path}/r.sock?db=2")
+    assert c.connection_pool.connection_kwargs["path"] == f"{tmp_path}/r.sock"
+    with pytest.raises(ValueError, match="scheme 'http'"):
+        _redis.connect("http://u:pw@host/")
+    assert _redis.describe("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+    cfg = load_config({"redis_url": redis_server.url, "redis_password": "pw-9f3k"})
+    assert "pw-9f3k" not in repr(cfg)
+    pool = _redis.connect_from_config(cfg).connection_pool
+    assert pool.connection_kwargs["password"] == "pw-9f3k"
+
+
+def test_env_and_flags_override_the_file(tmp_path: Path, rings_dir: Path,
+                                         redis_server: RedisServer) -> None:
+    cfg = H.base_config(tmp_path, "redis://127.0.0.1:1/0", rings_dir, pool_size=1)
+    env = {"COLLECTOR_REDIS_URL": redis_server.url}
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log", env=env).start()
+    try:
+        assert len(daemon.flusher_pids()) == 1
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    port = free_port()
+    data = yaml.safe_load(cfg.read_text())
+    assert data["pool_size"] == 1
+    env2 = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env2["COLLECTOR_REDIS_URL"] = redis_server.url
+    proc = subprocess.Popen([H.DAEMON, "--config", str(cfg), "--pool-size", "3",
+                             "--health-address", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env2)
+    try:
+        d = H.Daemon(cfg, tmp_path / "unused.log", proc=proc)
+        data["health_address"] = f"127.0.0.1:{port}"
+        d.config = H.write_config(tmp_path / "view.yaml", **data)
+        wait_until(lambda: len(d.flusher_pids()) == 3, 30, "three flushers")
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_acl_user_and_password_from_env_never_logged(tmp_path: Path, rings_dir: Path,
+                                                      redis_server: RedisServer) -> None:
+    """An ACL user allowed only XADD/XLEN/PING on the stream keys is enough."""
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "collector", "on", ">pw-Zq81x", "~collector:*",
+                          "resetchannels", "-@all", "+xadd", "+xlen", "+ping")
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, redis_username="collector",
+                        log_level="debug")
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log",
+                      env={"COLLECTOR_REDIS_PASSWORD": "pw-Zq81x"}).start()
+    try:
+        H.join_all(H.start_producers(rings_dir, 1, 3_000))
+        wait_until(lambda: H.total_in_stream(admin) >= 3_000, 30, "records")
+        assert H.lost_and_duplicated(H.count_records(admin), 1, 3_000) == (0, 0, 0)
+        assert daemon.stop() == 0
+        assert "pw-Zq81x" not in daemon.log_text()
+    finally:
+        daemon.close()
+    # A wrong password: a clear error naming the keys to check, exit non-zero at once.
+    daemon = H.Daemon(cfg, tmp_path / "daemon2.log",
+                      env={"COLLECTOR_REDIS_PASSWORD": "wrong-pw"}).start(wait_ready=False)
+    try:
+        assert daemon.wait(30) == 3
+        assert "redis_password" in daemon.log_text()
+        assert "wrong-pw" not in daemon.log_text()
+    finally:
+        daemon.close()

@@ -1,0 +1,291 @@
+"""gunicorn (2 sync workers, --preload) serving examples/authz_app.py: one record per request.
+
+Real processes throughout: gunicorn with examples/gunicorn.conf.py (the
+collector hooks), a few hundred HTTP requests from 4 client threads, each
+with a sequence-numbered ``X-Request-ID``.
+
+- ``test_gunicorn_records_reach_redis_through_the_daemon``: the real
+  ``collector-daemon --config`` drains the workers' rings into the
+  ``redis_server`` fixture; the records are counted in the stream.
+- ``test_gunicorn_rings_are_per_worker``: no daemon; after gunicorn stops
+  the rings are read directly with ``ringbuf.RingReader``, which shows the
+  ring-level facts (one ring per worker pid, none for the master, every
+  ring closed by ``worker_exit``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import yaml
+
+import ringbuf
+from collector.stream import decode_entry, shard_keys
+
+from ._support import RedisServer, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+DAEMON = str(Path(sys.executable).with_name("collector-daemon"))
+REQUESTS = 300
+
+BODIES = [
+    {"subject": "users:alice", "action": "read", "resource": "resources:articles:ladon"},
+    {"subject": "users:bob", "action": "delete", "resource": "resources:secrets:db",
+     "context": {"remoteIP": "10.0.0.7"}},
+    {"subject": "users:editor-7", "action": "update", "resource": "resources:articles:42",
+     "context": {"remoteIP": "192.168.3.4"}},
+]
+
+
+class Gunicorn:
+    def __init__(self, workdir: Path, collector_yaml: Path) -> None:
+        self.port = free_port()
+        self.log = workdir / "gunicorn.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+        env.update(COLLECTOR_CONFIG=str(collector_yaml), AUTHZ_BIND=f"127.0.0.1:{self.port}",
+                   AUTHZ_WORKERS="2", PYTHONPATH=str(ROOT))
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples/gunicorn.conf.py"),
+             "--preload", "--workers", "2", "--log-level", "info",
+             "examples.authz_app:app"],
+            cwd=ROOT, env=env, stdout=self._logf, stderr=subprocess.STDOUT)
+        wait_until(self.healthy, 30, "gunicorn to answer /healthz")
+        wait_until(lambda: len(self.worker_pids()) == 2, 30, "two gunicorn workers")
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n"
+                                 + self.log.read_text(errors="replace")[-3000:])
+        try:
+            url = f"http://127.0.0.1:{self.port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read()) == {"status": "ok"}
+        except OSError:
+            return False
+
+    def worker_pids(self) -> set[int]:
+        import psutil
+
+        return {c.pid for c in psutil.Process(self.proc.pid).children()}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._logf.close()
+
+
+def send_requests(port: int, ids: range, threads: int = 4) -> dict[str, dict[str, Any]]:
+    """POST one decision per i in ids with X-Request-ID req-<i>; return the answers by id."""
+    answers: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in ids[k::threads]:
+                body = json.dumps(BODIES[i % len(BODIES)]).encode()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/v1/authz", body=body, headers={
+                    "Content-Type": "application/json", "X-Request-ID": f"req-{i}"})
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                conn.close()
+                assert resp.status == 200, data
+                with lock:
+                    answers[f"req-{i}"] = data
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    if errors:
+        raise errors[0]
+    return answers
+
+
+def check_records(records: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
+                  worker_pids: set[int]) -> None:
+    ids = Counter(r["request_id"] for r in records)
+    lost = [f"req-{i}" for i in range(REQUESTS) if f"req-{i}" not in ids]
+    dup = {k: c for k, c in ids.items() if c > 1}
+    unexpected = [k for k in ids if k not in answers]
+    assert (len(lost), len(dup), len(unexpected)) == (0, 0, 0), (
+        f"lost={len(lost)} duplicated={len(dup)} unexpected={len(unexpected)}")
+    for r in records:
+        i = int(r["request_id"].removeprefix("req-"))
+        allowed = answers[r["request_id"]]["allowed"]
+        assert r["effect"] == ("allow" if allowed else "deny")
+        assert json.loads(r["request"]) == BODIES[i % len(BODIES)]
+        assert isinstance(r["latency_us"], int) and r["conclusion"]
+        json.loads(r["policies"])
+        json.loads(r["deciders"])
+    pids = {r["pid"] for r in records}
+    assert pids <= worker_pids
+    assert len(pids) >= 2, f"records came from {pids} only, expected at least two workers"
+
+
+@pytest.fixture
+def collector_yaml(tmp_path: Path, rings_dir: Path) -> Path:
+    path = tmp_path / "collector.yaml"
+    path.write_text(yaml.safe_dump({"rings_dir": str(rings_dir),
+                                    "ring_capacity_bytes": 1 << 20}))
+    return path
+
+
+@pytest.fixture
+def gunicorn_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Gunicorn] = []
+
+    def make(collector_yaml: Path) -> Gunicorn:
+        g = Gunicorn(tmp_path, collector_yaml)
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        g.stop()
+
+
+def test_gunicorn_rings_are_per_worker(rings_dir: Path, collector_yaml: Path,
+                                       gunicorn_factory: Any) -> None:
+    """Also kills one worker with SIGKILL halfway: its records stay in its ring."""
+    g = gunicorn_factory(collector_yaml)
+    first = g.worker_pids()
+    assert len(first) == 2
+    # post_fork opened each worker's ring before any request
+    wait_until(lambda: len(list(rings_dir.glob("*.ring"))) == 2, 10, "two worker rings")
+    half = REQUESTS // 2
+    answers = send_requests(g.port, range(half))
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in g.worker_pids() and len(g.worker_pids()) == 2, 30,
+               "gunicorn to replace the killed worker")
+    # child_exit ran in the master and reported the ring it leaves to the daemon
+    wait_until(lambda: f"worker_pid={victim}" in g.log.read_text(errors="replace"), 10,
+               "the child_exit hook's report")
+    later = g.worker_pids()
+    answers.update(send_requests(g.port, range(half, REQUESTS)))
+    assert len(answers) == REQUESTS
+    g.stop()
+    records: list[dict[str, Any]] = []
+    closed: dict[int, bool] = {}
+    for path in sorted(rings_dir.glob("*.ring")):
+        with ringbuf.RingReader.open(path) as r:
+            st = r.stats()
+            assert st.dropped == 0
+            closed[st.producer_pid] = st.closed
+            while batch := r.read_batch(1000):
+                records.extend(msgpack.unpackb(b) for b in batch)
+                r.commit()
+    workers = first | later
+    assert set(closed) == workers  # one ring per worker, none for the master
+    assert g.proc.pid not in closed
+    # worker_exit closed the rings of the workers that exited; the killed one's is
+    # left unclosed, for the daemon to drain once it sees the producer is dead
+    assert closed == {pid: pid != victim for pid in workers}
+    check_records(records, answers, workers)
+    assert victim in {r["pid"] for r in records}  # what the killed worker recorded arrived
+
+
+def stream_records(client: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for key in shard_keys():
+        for _id, fields in client.xrange(key):
+            out.extend(msgpack.unpackb(raw) for raw in decode_entry(fields).records)
+    return out
+
+
+def test_gunicorn_records_reach_redis_through_the_daemon(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer,
+        gunicorn_factory: Any) -> None:
+    health = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "redis_url": redis_server.url, "rings_dir": str(rings_dir),
+        "runtime_dir": str(tmp_path / "run"), "ring_capacity_bytes": 1 << 20,
+        "pool_size": 1, "flush_interval_ms": 20, "scan_interval_ms": 50,
+        "health_address": health,
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    with open(tmp_path / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen([DAEMON, "--config", str(cfg)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
+    try:
+        def ready() -> bool:
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://{health}/readyz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 30, "collector-daemon to be ready")
+        g = gunicorn_factory(cfg)
+        workers = g.worker_pids()
+        answers = send_requests(g.port, range(REQUESTS))
+        client = redis_server.client()
+        wait_until(lambda: len(stream_records(client)) >= REQUESTS, 60,
+                   f"{REQUESTS} records in the stream")
+        g.stop()
+        check_records(stream_records(client), answers, workers)
+        # the workers closed their rings; the daemon drains and removes them
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 30,
+                   "the daemon to remove the closed rings")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        check_records(stream_records(client), answers, workers)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+
+
+def test_install_adds_and_chains_the_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import weakref
+
+    from collector import _client
+    from collector import gunicorn as hooks
+
+    # isolate from clients other tests of this process may still hold
+    monkeypatch.setattr(_client, "_LIVE", weakref.WeakSet())
+    calls: list[str] = []
+
+    def post_fork(server: Any, worker: Any) -> None:
+        calls.append("user post_fork")
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        calls.append("user worker_exit")
+
+    ns: dict[str, Any] = {"post_fork": post_fork, "worker_exit": worker_exit}
+    hooks.install(ns)
+    assert ns["child_exit"] is hooks.child_exit
+    assert ns["post_fork"] is not post_fork and ns["worker_exit"] is not worker_exit
+    ns["post_fork"](None, None)
+    ns["worker_exit"](None, None)
+    assert calls == ["user post_fork", "user worker_exit"]
+    fresh: dict[str, Any] = {}
+    hooks.install(fresh)
+    assert fresh == {"post_fork": hooks.post_fork, "worker_exit": hooks.worker_exit,
+                     "child_exit": hooks.child_exit}
