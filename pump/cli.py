@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
+
+from . import _log
+from .config import ConfigError, load_config
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file (see configs/pump.yaml).")
-def main(config_path: str | None) -> None:
-    """Read analytics from Redis into the configured sinks (not built yet)."""
-    raise SystemExit("collector-pump: not built yet")
+              envvar="COLLECTOR_PUMP_CONFIG",
+              help="YAML config file (see configs/pump.yaml); env COLLECTOR_PUMP_CONFIG.")
+@click.option("--check", is_flag=True, help="Validate the configuration and exit.")
+def main(config_path: str | None, check: bool) -> None:
+    """Read analytics from the Redis stream into the configured sinks."""
+    if config_path is None:
+        raise click.UsageError("give --config FILE (or set COLLECTOR_PUMP_CONFIG)")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"collector-pump: bad configuration:\n{exc}", err=True)
+        sys.exit(2)
+    if check:
+        click.echo(f"{config_path}: ok ({len(config.pumps)} sink(s))")
+        return
+    _log.setup(config.log_level)
+    from ._supervisor import Supervisor
+
+    sys.exit(Supervisor(config, label=config_path).run())

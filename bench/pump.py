@@ -1,0 +1,217 @@
+"""Throughput of ``collector-pump``: a pre-filled stream drained into a sink.
+
+``python -m bench pump [--quick] [--records N]`` starts a private
+``redis-server`` (no persistence), fills the stream with 1,000,000
+authz-like records (~450 bytes of msgpack each, 100 per entry, the daemon's
+format), then runs the real ``collector-pump`` once per (sink, workers):
+each run has its own consumer group on the same stream, so every run reads
+every record. The figure is records/s from the first delivery until the
+group has read and acknowledged everything (polled every 20 ms). Sinks:
+``null``, ``file`` (JSON Lines, ``fsync: batch``) and ``postgres`` (when
+PostgreSQL answers at $COLLECTOR_TEST_PG_DSN, default ``dbname=collector_test``),
+each with 1 and 2 workers. It also prints the decode cost per record (best of 5):
+``msgpack.unpackb`` alone, the ormsgpack decode the worker uses, and the whole per-record pipeline
+(entry decode, record decode, Record object).
+
+Targets (issue 4): >= 200,000 records/s into null and file, >= 50,000 into
+postgres, on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+import yaml
+
+from collector.stream import encode_entry
+from pump._pipeline import RecordPipeline, decode_record
+from pump.config import Filters
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "collector:analytics"
+TARGETS = {"null": 200_000, "file": 200_000, "postgres": 50_000}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _record(seq: int) -> bytes:
+    return msgpack.packb({
+        "timestamp": 1700000000 + seq, "username": f"user{seq % 97}", "effect": "allow",
+        "conclusion": "the request was allowed by policy p-1234",
+        "request": '{"subject":"users:alice","action":"delete","resource":"resources:articles:'
+                   'ladon-introduction","context":{"remoteIP":"192.168.0.5"}}',
+        "policies": '[{"id":"p-1234","effect":"allow","subjects":["users:<peter|ken>"]}]',
+        "deciders": '[{"id":"p-1234"}]', "seq": seq,
+    }, use_bin_type=True)
+
+
+def _fill(r: redis.Redis, n: int, per_entry: int = 100) -> None:
+    pipe = r.pipeline(transaction=False)
+    for first in range(0, n, per_entry):
+        recs = [_record(s) for s in range(first, min(first + per_entry, n))]
+        pipe.xadd(KEY, encode_entry("b" * 32, first, recs))
+        if len(pipe) >= 200:
+            pipe.execute()
+    pipe.execute()
+
+
+def _pg_dsn() -> str | None:
+    dsn = os.environ.get("COLLECTOR_TEST_PG_DSN", "dbname=collector_test")
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=3):
+            return dsn
+    except Exception:
+        return None
+
+
+def _drop_table(dsn: str, table: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _decode_cost(r: redis.Redis) -> tuple[float, float, float]:
+    entries = r.xrange(KEY, count=200)
+    raws = [rec for _, f in entries for rec in msgpack.unpackb(f[b"recs"])]
+    unpack = msgpack.unpackb
+    pipe = RecordPipeline(Filters(), omit=False, detail_fields=[], max_record_size=None)
+
+    def best_of(fn: Any, n: int = 5) -> float:
+        best = float("inf")
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best / len(raws) * 1e9
+
+    per_unpack = best_of(lambda: [unpack(raw, raw=False) for raw in raws])
+    per_fast = best_of(lambda: [decode_record(raw) for raw in raws])
+    per_record = best_of(lambda: pipe.prepare(entries))
+    return per_unpack, per_fast, per_record
+
+
+def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, workers: int,
+         meta: dict[str, Any], total_entries: int, total: int) -> float:
+    port = _free_port()
+    cfg = {
+        "redis_url": url, "health_check_address": f"127.0.0.1:{port}", "trim": False,
+        "read_count": 50, "purge_delay": 0.2, "log_level": "warning",
+        "pumps": {name: {"type": sink_type, "workers": workers, "meta": meta}},
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).parent / "collector-pump"
+    args = [str(exe)] if exe.exists() else [sys.executable, "-m", "pump.cli"]
+    proc = subprocess.Popen([*args, "--config", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=open(work / f"{name}.log", "wb"), start_new_session=True)
+    try:
+        start = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"collector-pump exited {proc.returncode}; see "
+                                   f"{work / (name + '.log')}")
+            groups = {g["name"].decode(): g for g in r.xinfo_groups(KEY)}
+            g = groups.get(name)
+            if g is not None:
+                read = int(g.get("entries-read") or 0)
+                if start is None and read > 0:
+                    start = time.monotonic()
+                if read >= total_entries and int(g["pending"]) == 0:
+                    assert start is not None
+                    return total / max(time.monotonic() - start, 1e-6)
+            time.sleep(0.02)
+        raise TimeoutError(f"{name} did not finish in 600 s")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench pump", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="100,000 records instead of 1,000,000")
+    ap.add_argument("--records", type=int, default=None)
+    ap.add_argument("--sinks", default="null,file,postgres")
+    args = ap.parse_args(argv)
+    total = args.records or (100_000 if args.quick else 1_000_000)
+    work = Path(tempfile.mkdtemp(prefix="bench-pump-"))
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    r = redis.Redis.from_url(url)
+    results: list[tuple[str, int, float]] = []
+    try:
+        for _ in range(200):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        t0 = time.perf_counter()
+        _fill(r, total)
+        entries = int(r.xlen(KEY))
+        print(f"stream: {total:,} records in {entries:,} entries "
+              f"(filled in {time.perf_counter() - t0:.1f} s)")
+        unpack_ns, fast_ns, record_ns = _decode_cost(r)
+        print(f"decode cost per record: msgpack.unpackb {unpack_ns:.0f} ns; ormsgpack with "
+              f"msgpack fallback (used) {fast_ns:.0f} ns; whole pipeline (entry + record + "
+              f"Record object) {record_ns:.0f} ns")
+        dsn = _pg_dsn()
+        for sink in args.sinks.split(","):
+            for workers in (1, 2):
+                name = f"{sink}{workers}"
+                meta: dict[str, Any] = {}
+                if sink == "file":
+                    meta = {"path": str(work / f"{name}.jsonl"), "format": "jsonl"}
+                elif sink == "postgres":
+                    if dsn is None:
+                        print("postgres: skipped (no PostgreSQL at COLLECTOR_TEST_PG_DSN)")
+                        break
+                    meta = {"dsn": dsn, "table": f"bench_pump_{workers}"}
+                    _drop_table(dsn, meta["table"])
+                rate = _run(r, url, work, name, sink, workers, meta, entries, total)
+                results.append((sink, workers, rate))
+                if sink == "file":
+                    (work / f"{name}.jsonl").unlink(missing_ok=True)
+                if sink == "postgres" and dsn:
+                    _drop_table(dsn, meta["table"])
+    finally:
+        server.kill()
+        server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'sink':<10}{'workers':>8}{'records/s':>14}{'target':>12}")
+    for sink, workers, rate in results:
+        target = TARGETS.get(sink, 0)
+        mark = "ok" if rate >= target else "BELOW"
+        print(f"{sink:<10}{workers:>8}{rate:>14,.0f}{target:>12,} {mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

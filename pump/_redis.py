@@ -1,0 +1,103 @@
+"""Redis plumbing shared by the supervisor and the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .config import PumpConfig
+
+
+def connect(config: PumpConfig, *, block_s: float = 0.0) -> redis.Redis:
+    """A client for the pump's Redis; credentials from the URL or the environment."""
+    kw: dict[str, Any] = {
+        "socket_timeout": config.redis_timeout_s + block_s,
+        "socket_connect_timeout": config.redis_timeout_s,
+        "health_check_interval": 30,
+    }
+    if config.redis_password is not None:
+        kw["password"] = config.redis_password
+    if config.redis_username is not None:
+        kw["username"] = config.redis_username
+    return redis.Redis.from_url(config.effective_redis_url(), **kw)
+
+
+def ensure_groups(r: redis.Redis, keys: list[str], group: str) -> None:
+    """Create ``group`` on every shard at id 0 (MKSTREAM) unless it exists."""
+    for key in keys:
+        try:
+            r.xgroup_create(key, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def group_info(r: redis.Redis, key: str) -> list[dict[str, Any]]:
+    """``XINFO GROUPS`` with str keys; [] when the stream does not exist."""
+    try:
+        rows = r.xinfo_groups(key)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+    return [{_s(k): v for k, v in row.items()} for row in rows]
+
+
+def safe_trim_id(r: redis.Redis, key: str) -> str | None:
+    """The smallest id any group of ``key`` may still need, or None to not trim.
+
+    For each group that is the oldest pending (delivered, unacknowledged) id,
+    or else its last-delivered id; every entry below the minimum over groups
+    has been acknowledged by every group. No groups -> None (nobody has read
+    anything yet, so nothing may go).
+    """
+    groups = group_info(r, key)
+    if not groups:
+        return None
+    best: tuple[int, int] | None = None
+    for g in groups:
+        last = _s(g.get("last-delivered-id", "0-0"))
+        bound = _id_tuple(last)
+        if int(g.get("pending") or 0) > 0:
+            summary = r.xpending(key, _s(g["name"]))
+            low = summary.get("min") if isinstance(summary, dict) else None
+            if low is not None:
+                bound = min(bound, _id_tuple(_s(low)))
+        if best is None or bound < best:
+            best = bound
+    if best is None or best == (0, 0):
+        return None
+    return f"{best[0]}-{best[1]}"
+
+
+def trim_acknowledged(r: redis.Redis, key: str) -> int:
+    """XTRIM MINID below what every group acknowledged; returns entries removed."""
+    minid = safe_trim_id(r, key)
+    if minid is None:
+        return 0
+    return int(r.xtrim(key, minid=minid, approximate=False))
+
+
+def group_lag(r: redis.Redis, key: str, group: str) -> tuple[int, int]:
+    """(entries not yet delivered to ``group``, entries pending) on ``key``."""
+    for g in group_info(r, key):
+        if _s(g["name"]) != group:
+            continue
+        pending = int(g.get("pending") or 0)
+        lag = g.get("lag")
+        if lag is None:  # Redis could not tell (after XDEL); count with XRANGE's bound
+            last = _s(g.get("last-delivered-id", "0-0"))
+            lag = int(r.xinfo_stream(key).get("length", 0)) if last == "0-0" else len(
+                r.xrange(key, min=f"({last}", max="+", count=100_000))
+        return int(lag), pending
+    return int(r.xlen(key)), 0

@@ -1,0 +1,84 @@
+"""Compatibility source: drain the seed's Redis list into the stream.
+
+iam-authz-server (and tyk) RPUSH each analytics record, msgpack-encoded, to
+a Redis list (``analytics-iam-system-analytics``); iam-pump takes them with
+LRANGE+DEL, so a pump crash between taking and writing loses them (the
+at-most-once window of that format).
+
+We close that window on the pump side: one Lua script moves up to
+``list_batch`` records from the head of the list into one stream entry
+(the format of ``collector/stream.py``) *atomically* -- LRANGE, LTRIM and
+XADD run as one script, so a record is either still in the list or in the
+stream, never in neither. From there only the stream path writes sinks,
+with its at-least-once guarantees. Record ids are ``list-<list_key>:<n>``
+with ``n`` from a counter key ``<list_key>:collector-seq`` bumped in the
+same script. What remains at-most-once is outside the pump: a producer
+whose RPUSH did not reach Redis, or a Redis that loses its last second of
+writes (appendfsync everysec) -- the same as for the stream. In Redis
+Cluster the list, the counter and the stream shard must share a hash slot
+(use hash tags in the key names).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from collector.stream import shard_for
+
+from ._log import RateLimited, log
+from .config import PumpConfig
+
+MOVE_SCRIPT = """
+local recs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local n = #recs
+if n == 0 then return 0 end
+redis.call('LTRIM', KEYS[1], n, -1)
+local first = redis.call('INCRBY', KEYS[3], n) - n
+redis.call('XADD', KEYS[2], '*', 'v', '1', 'ring', ARGV[2], 'seq', tostring(first),
+           'n', tostring(n), 'recs', cmsgpack.pack(recs))
+return n
+"""
+
+
+def list_ring_id(list_key: str) -> str:
+    return f"list-{list_key}"
+
+
+class ListMover:
+    """Moves records from the seed's list into the stream until stopped."""
+
+    def __init__(self, config: PumpConfig, r: redis.Redis) -> None:
+        src = config.source
+        self.list_key = src.list_key
+        self.batch = src.list_batch
+        self.ring = list_ring_id(src.list_key)
+        keys = config.shard_keys()
+        self.stream = keys[shard_for(self.ring, len(keys))]
+        self.seq_key = f"{src.list_key}:collector-seq"
+        self.interval = config.purge_delay
+        self.r = r
+        self.script = r.register_script(MOVE_SCRIPT)
+        self.stop = threading.Event()
+        self.moved = 0
+        self.limited = RateLimited(10.0)
+
+    def move_once(self) -> int:
+        n = int(self.script(keys=[self.list_key, self.stream, self.seq_key],
+                            args=[self.batch, self.ring]))
+        self.moved += n
+        return n
+
+    def run(self) -> None:
+        log(logging.INFO, "Moving records from the seed's list into the stream.",
+            list=self.list_key, stream=self.stream)
+        while not self.stop.is_set():
+            try:
+                if self.move_once() >= self.batch:
+                    continue
+            except redis.RedisError as exc:
+                self.limited.log("move", logging.WARNING, "Moving the list failed; retrying.",
+                                 list=self.list_key, error=exc)
+            self.stop.wait(self.interval)

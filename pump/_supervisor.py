@@ -1,0 +1,354 @@
+"""The pump supervisor: worker pools, health endpoints, trimming, signals.
+
+It spawns ``workers`` processes per sink (multiprocessing ``spawn`` context:
+no fork after threads), restarts a worker that died (with a backoff when it
+keeps dying) and SIGKILLs one whose write overran its deadline by
+``stuck_write_grace_s`` (a Python thread cannot be interrupted; a process
+can). It serves ``/<health_check_path>``, ``/readyz`` and ``/metrics`` on
+``health_check_address``, trims every shard below what all groups have
+acknowledged, and for ``source.type: list`` moves the seed's list into the
+stream.
+
+Signals: SIGTERM and SIGINT are blocked in every thread and collected by the
+main loop with ``sigtimedwait`` (no async handler can interrupt a lock). The
+first one stops: workers get SIGTERM, finish and acknowledge their in-flight
+batch within ``shutdown_timeout_s``, close their sinks and exit; stragglers
+are killed (their entries stay pending and are redelivered on the next
+start). A second signal kills the workers and exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing import get_context, resource_tracker
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ._log import RateLimited, log
+from ._metrics import STATE, STATE_OUTAGE, STATE_STARTING, WRITE_DEADLINE, PumpCollector
+from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
+from ._source import ListMover
+from ._worker import worker_main
+from .config import PumpConfig
+from .sinks._base import Sink, build_sink
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_HEALTH_CACHE_S = 1.0
+
+
+class _Slot:
+    def __init__(self, sink: str, index: int, array: Any) -> None:
+        self.sink = sink
+        self.index = index
+        self.array = array
+        self.proc: BaseProcess | None = None
+        self.started = 0.0
+        self.streak = 0
+        self.restart_at = 0.0
+        self.restarts = 0
+
+
+class Supervisor:
+    def __init__(self, config: PumpConfig, *, label: str = "config") -> None:
+        self.config = config
+        self.label = label
+        self.ctx = get_context("spawn")
+        self.keys = config.shard_keys()
+        self.slots: list[_Slot] = []
+        by_sink: dict[str, list[Any]] = {}
+        for sink, spec in config.pumps.items():
+            for i in range(spec.workers):
+                arr = self.ctx.RawArray("d", len(_blank_slot()))
+                self.slots.append(_Slot(sink, i, arr))
+                by_sink.setdefault(sink, []).append(arr)
+        self.r = connect(config)
+        self.stopping = False
+        self.limited = RateLimited(10.0)
+        self._health_sinks: dict[str, Sink | None] = {}
+        self._health_cache: dict[str, tuple[float, str | None]] = {}
+        self._health_lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PumpCollector(
+            by_sink, self._lag_rows,
+            lambda sink: sum(sl.restarts for sl in self.slots if sl.sink == sink),
+            self._alive_count))
+        self.httpd: ThreadingHTTPServer | None = None
+        self.mover: ListMover | None = None
+        self._threads: list[threading.Thread] = []
+        self._next_trim = time.monotonic() + config.trim_interval_s
+
+    # -- views -----------------------------------------------------------------
+    def _alive_count(self, sink: str) -> int:
+        return sum(1 for s in self.slots if s.sink == sink and s.proc is not None
+                   and s.proc.is_alive())
+
+    def _lag_rows(self) -> list[tuple[str, str, float, float]]:
+        rows = []
+        for sink in self.config.pumps:
+            for key in self.keys:
+                lag, pending = group_lag(self.r, key, sink)
+                rows.append((sink, key, float(lag), float(pending)))
+        return rows
+
+    def worker_pids(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for s in self.slots:
+            if s.proc is not None and s.proc.is_alive() and s.proc.pid:
+                out.setdefault(s.sink, []).append(s.proc.pid)
+        return out
+
+    def _sink_health(self, sink: str) -> str | None:
+        """None when healthy, else the error text (cached for a second)."""
+        now = time.monotonic()
+        with self._health_lock:
+            cached = self._health_cache.get(sink)
+            if cached and now - cached[0] < _HEALTH_CACHE_S:
+                return cached[1]
+            spec = self.config.pumps[sink]
+            error: str | None = None
+            try:
+                inst = self._health_sinks.get(sink)
+                if inst is None:
+                    inst = build_sink(self.config.sink_type(sink), spec.meta)
+                    inst.open()
+                    self._health_sinks[sink] = inst
+                inst.health_check(deadline=time.monotonic() + min(spec.timeout, 5.0))
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            self._health_cache[sink] = (time.monotonic(), error)
+            return error
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = not self.stopping
+        detail: dict[str, Any] = {"status": "stopping" if self.stopping else "ok"}
+        try:
+            self.r.ping()
+            detail["redis"] = {"ok": True, "url": self.config.redacted_redis_url()}
+            redis_ok = True
+        except redis.RedisError as exc:
+            detail["redis"] = {"ok": False, "url": self.config.redacted_redis_url(),
+                               "error": str(exc)}
+            ready = redis_ok = False
+        sinks: dict[str, Any] = {}
+        for sink, spec in self.config.pumps.items():
+            err = self._sink_health(sink)
+            alive = self._alive_count(sink)
+            info: dict[str, Any] = {
+                "healthy": err is None, "workers": spec.workers, "workers_alive": alive,
+                "workers_in_outage": sum(1 for s in self.slots if s.sink == sink
+                                         and s.array[STATE] == STATE_OUTAGE),
+                "pids": self.worker_pids().get(sink, []),
+            }
+            if err is not None:
+                info["error"] = err
+            ok = err is None and alive == spec.workers
+            if redis_ok:
+                lags: dict[str, Any] = {}
+                try:
+                    for key in self.keys:
+                        lag, pending = group_lag(self.r, key, sink)
+                        lags[key] = {"lag": lag, "pending": pending}
+                        if lag + pending > self.config.max_lag_entries:
+                            ok = False
+                            lags[key]["over_limit"] = self.config.max_lag_entries
+                except redis.RedisError as exc:
+                    ok = False
+                    info["lag_error"] = str(exc)
+                info["lag"] = lags
+            info["ready"] = ok
+            ready = ready and ok
+            sinks[sink] = info
+        detail["sinks"] = sinks
+        detail["ready"] = ready
+        return ready, detail
+
+    # -- http --------------------------------------------------------------------
+    def _start_http(self) -> None:
+        sup = self
+        health_path = "/" + self.config.health_check_path
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0].rstrip("/") or "/"
+                try:
+                    if path == health_path:
+                        self._send(200, b'{"status": "ok"}', "application/json")
+                    elif path == "/readyz":
+                        ready, detail = sup.readiness()
+                        self._send(200 if ready else 503, json.dumps(detail).encode(),
+                                   "application/json")
+                    elif path == "/metrics":
+                        self._send(200, generate_latest(sup.registry), CONTENT_TYPE_LATEST)
+                    else:
+                        self._send(404, b'{"error": "not found"}', "application/json")
+                except Exception as exc:  # never kill the server thread
+                    sup.limited.log("http", logging.ERROR, "Health endpoint failed.",
+                                    path=path, error=exc)
+                    self._send(500, json.dumps({"error": str(exc)}).encode(),
+                               "application/json")
+
+        host, port = self.config.health_host_port
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        t = threading.Thread(target=self.httpd.serve_forever, name="pump-http", daemon=True)
+        t.start()
+        self._threads.append(t)
+        log(logging.INFO, "Serving health and metrics.", address=f"{host}:{port}",
+            health=health_path)
+
+    # -- workers -------------------------------------------------------------------
+    def _spawn(self, slot: _Slot) -> None:
+        slot.array[WRITE_DEADLINE] = 0.0  # a killed worker cannot clear its own
+        slot.array[STATE] = STATE_STARTING
+        proc = self.ctx.Process(target=worker_main,
+                                args=(self.config, slot.sink, slot.index, slot.array),
+                                name=f"pump-{slot.sink}-{slot.index}", daemon=False)
+        proc.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        slot.proc = proc
+        slot.started = time.monotonic()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is not None and proc.is_alive():
+                deadline = slot.array[WRITE_DEADLINE]
+                if deadline and now > deadline + self.config.stuck_write_grace_s:
+                    log(logging.ERROR, "Worker's write overran its deadline; killing it.",
+                        sink=slot.sink, worker=slot.index, pid=proc.pid,
+                        overrun_s=round(now - deadline, 1))
+                    proc.kill()
+                continue
+            if proc is not None:
+                code = proc.exitcode
+                proc.join(0)
+                slot.proc = None
+                slot.restarts += 1
+                slot.streak = slot.streak + 1 if now - slot.started < 10 else 0
+                delay = min(30.0, 0.25 * (2 ** min(slot.streak, 7))) if slot.streak else 0.0
+                slot.restart_at = now + delay
+                log(logging.WARNING, "Worker exited; restarting it.", sink=slot.sink,
+                    worker=slot.index, exitcode=code, delay_s=round(delay, 2))
+            if now >= slot.restart_at:
+                self._spawn(slot)
+        if self.config.trim and now >= self._next_trim:
+            self._next_trim = now + self.config.trim_interval_s
+            self.trim()
+
+    def trim(self) -> int:
+        removed = 0
+        for key in self.keys:
+            try:
+                removed += trim_acknowledged(self.r, key)
+            except redis.RedisError as exc:
+                self.limited.log("trim", logging.WARNING, "Trimming the stream failed.",
+                                 stream=key, error=exc)
+        if removed:
+            log(logging.DEBUG, "Trimmed acknowledged entries.", entries=removed)
+        return removed
+
+    # -- main ------------------------------------------------------------------------
+    def run(self) -> int:
+        # The resource tracker unblocks SIGINT/SIGTERM after starting itself:
+        # start it first, and block again after every spawn to be sure.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        cfg = self.config
+        log(logging.INFO, "collector-pump starting.", config=self.label,
+            redis=cfg.redacted_redis_url(), streams=",".join(self.keys),
+            sinks=",".join(f"{n}:{cfg.sink_type(n)}x{s.workers}" for n, s in cfg.pumps.items()))
+        try:
+            for sink in cfg.pumps:
+                ensure_groups(self.r, self.keys, sink)
+        except redis.RedisError as exc:
+            log(logging.WARNING, "Redis is not reachable yet; workers will keep trying.",
+                redis=cfg.redacted_redis_url(), error=exc)
+        try:
+            self._start_http()
+        except OSError as exc:
+            log(logging.ERROR, "Cannot serve health and metrics; stopping.",
+                address=cfg.health_check_address, error=exc)
+            return 1
+        if cfg.source.type == "list":
+            self.mover = ListMover(cfg, connect(cfg))
+            t = threading.Thread(target=self.mover.run, name="pump-list-mover", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for slot in self.slots:
+            self._spawn(slot)
+        while True:
+            sig = signal.sigtimedwait(_SIGNALS, 0.25)
+            if sig is not None:
+                log(logging.INFO, "Signal received; stopping.",
+                    signal=signal.Signals(sig.si_signo).name)
+                break
+            self._tick()
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        self.stopping = True
+        if self.mover is not None:
+            self.mover.stop.set()
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.is_alive():
+                try:
+                    os.kill(slot.proc.pid or 0, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.config.shutdown_timeout_s + 2.0
+        while any(s.proc is not None and s.proc.is_alive() for s in self.slots):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for s in self.slots:
+                    if s.proc is not None and s.proc.is_alive():
+                        log(logging.WARNING, "Worker did not stop in time; killing it.",
+                            sink=s.sink, worker=s.index, pid=s.proc.pid)
+                        s.proc.kill()
+                break
+            sig = signal.sigtimedwait(_SIGNALS, min(0.05, left))
+            if sig is not None:
+                log(logging.WARNING, "Second signal; exiting at once.")
+                for s in self.slots:
+                    if s.proc is not None and s.proc.is_alive():
+                        s.proc.kill()
+                os._exit(1)
+        for s in self.slots:
+            if s.proc is not None:
+                s.proc.join(5)
+        for name, inst in self._health_sinks.items():
+            if inst is not None:
+                try:
+                    inst.close(1.0)
+                except Exception as exc:
+                    log(logging.WARNING, "Closing the sink failed.", sink=name, error=exc)
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        log(logging.INFO, "collector-pump stopped.")
+        return 0
+
+
+def _blank_slot() -> list[float]:
+    from ._metrics import SLOT_SIZE
+
+    return [0.0] * SLOT_SIZE

@@ -1,0 +1,136 @@
+"""collector-pump configuration: defaults, environment overrides, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pump.config import ConfigError, load_config
+from pump.sinks import registry
+
+from .pump_plugins import ROOT
+
+MINIMAL = {"pumps": {"n": {"type": "null"}}}
+
+
+def test_defaults() -> None:
+    cfg = load_config(MINIMAL, environ={})
+    assert cfg.redis_url is None and cfg.effective_redis_url().startswith("unix://")
+    assert cfg.stream_key == "collector:analytics" and cfg.shard_keys() == ["collector:analytics"]
+    assert cfg.purge_delay == 1 and cfg.read_count == 50 and cfg.max_deliveries == 5
+    assert cfg.health_check_address == "127.0.0.1:7070" and cfg.health_check_path == "healthz"
+    assert cfg.detail_fields == ["policies", "deciders"] and cfg.trim is True
+    assert cfg.source.type == "stream"
+    assert cfg.source.list_key == "analytics-iam-system-analytics"
+    assert cfg.sink_type("n") == "null" and cfg.pumps["n"].workers == 1
+
+
+def test_shipped_config_is_valid_and_names_the_file_sink() -> None:
+    cfg = load_config(ROOT / "configs" / "pump.yaml", environ={})
+    assert cfg.sink_type("file") == "file"
+    assert cfg.pumps["file"].meta["format"] == "jsonl"
+
+
+def test_env_overrides_top_level_and_per_sink() -> None:
+    env = {
+        "COLLECTOR_PUMP_READ_COUNT": "7",
+        "COLLECTOR_PUMP_REDIS_URL": "redis://h:1/0",
+        "COLLECTOR_PUMP_DETAIL_FIELDS": "[a, b]",
+        "COLLECTOR_PUMP_MY_SINK_WORKERS": "3",
+        "COLLECTOR_PUMP_MY_SINK_OMIT_DETAILED_RECORDING": "true",
+        "COLLECTOR_PUMP_MY_SINK_META_KEY": "k1",
+        "COLLECTOR_PUMP_REDIS_PASSWORD": "s3cret",
+        "COLLECTOR_PUMP_CONFIG": "ignored.yaml",
+        "OTHER": "x",
+    }
+    cfg = load_config({"pumps": {"my-sink": {"type": "memory"}}}, environ=env)
+    assert cfg.read_count == 7 and cfg.redis_url == "redis://h:1/0"
+    assert cfg.detail_fields == ["a", "b"]
+    spec = cfg.pumps["my-sink"]
+    assert spec.workers == 3 and spec.omit_detailed_recording is True
+    assert spec.meta == {"key": "k1"} and cfg.omit_for("my-sink") is True
+    assert cfg.redis_password == "s3cret" and "s3cret" not in repr(cfg)
+
+
+def test_password_is_masked_in_the_logged_url() -> None:
+    cfg = load_config({**MINIMAL, "redis_url": "redis://u:pw@h:6379/0"}, environ={})
+    assert cfg.redacted_redis_url() == "redis://u:***@h:6379/0"
+
+
+def test_unknown_env_variable_names_the_rule() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(MINIMAL, environ={"COLLECTOR_PUMP_N_COLOUR": "red"})
+    msg = str(err.value)
+    assert "COLLECTOR_PUMP_N_COLOUR" in msg and "COLLECTOR_PUMP_<SINK>_<KEY>" in msg
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError,
+                       match=r"environment COLLECTOR_PUMP_N_WORKERS \(pumps.n.workers"):
+        load_config(MINIMAL, environ={"COLLECTOR_PUMP_N_WORKERS": "many"})
+
+
+def test_unknown_keys_and_bad_values_name_file_key_and_rule(tmp_path: Path) -> None:
+    path = tmp_path / "pump.yaml"
+    path.write_text(
+        "read_count: 0\nfoo: 1\nhealth_check_address: nowhere\n"
+        "pumps:\n  n:\n    type: null\n    filters: {inc: {a: [1]}}\n    workers: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    lines = str(err.value).splitlines()
+    assert len(lines) == 5, lines
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    text = str(err.value)
+    assert "read_count: Input should be greater than or equal to 1 (got 0)" in text
+    assert "foo: unknown key; known keys:" in text and "purge_delay" in text
+    assert "health_check_address: Value error, must be HOST:PORT" in text
+    assert "pumps.n.filters.inc: unknown key; known keys: exclude, include" in text
+    assert "pumps.n.workers: Input should be greater than or equal to 1" in text
+
+
+def test_unknown_sink_type_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({"pumps": {"x": {"type": "kafka2"}}}, environ={})
+    msg = str(err.value)
+    assert "unknown sink type 'kafka2'; known types:" in msg
+    for name in ("memory", "null", *registry()):
+        assert name in msg
+
+
+def test_meta_is_validated_by_the_sinks_own_config() -> None:
+    with pytest.raises(ConfigError, match=r"pumps.m.meta.colour: unknown key"):
+        load_config({"pumps": {"m": {"type": "memory", "meta": {"colour": 1}}}}, environ={})
+
+
+def test_malformed_yaml_and_non_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pumps: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        load_config(bad, environ={})
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad, environ={})
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.yaml", environ={})
+
+
+def test_inconsistent_timing_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"claim_idle_ms .* must be greater than batch_deadline"):
+        load_config({**MINIMAL, "claim_idle_ms": 1000, "batch_deadline_s": 5}, environ={})
+
+
+def test_credentials_only_from_environment() -> None:
+    with pytest.raises(ConfigError, match="credentials come only from the environment"):
+        load_config({**MINIMAL, "redis_password": "x"}, environ={})
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "pump.yaml"
+    path.write_text("pumps:\n  x:\n    type: nope\n")
+    exe = ROOT / ".venv" / "bin" / "collector-pump"
+    proc = subprocess.run([str(exe), "--config", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "unknown sink type 'nope'; known types:" in proc.stderr

@@ -1,0 +1,124 @@
+"""The per-record pipeline (filters, omit, trim), the retry wrapper and the test sinks."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+
+from collector.stream import encode_entry
+from pump._pipeline import RecordPipeline, compile_filter, trim_record
+from pump._retry import RetryPolicy, WriteFailed, write_with_retries
+from pump._worker import Stopper
+from pump.config import Filters
+from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
+from pump.sinks.memory import MemorySink
+
+from .pump_plugins import make_record
+
+POLICY = RetryPolicy(attempt_timeout_s=1.0, initial_backoff_s=0.001, max_backoff_s=0.005)
+
+
+def batch(n: int = 3) -> Batch:
+    return Batch([Record(f"r:{i}", {"seq": i}) for i in range(n)])
+
+
+def test_filter_include_exclude_and_usernames() -> None:
+    keep = compile_filter(Filters(include={"effect": ["allow"]}, exclude={"seq": [2]},
+                                  usernames=["a", "b"], skip_usernames=["b"]))
+    assert keep is not None
+    assert keep({"effect": "allow", "username": "a", "seq": 1})
+    assert not keep({"effect": "deny", "username": "a", "seq": 1})
+    assert not keep({"effect": "allow", "username": "b", "seq": 1})  # skipped
+    assert not keep({"effect": "allow", "username": "c", "seq": 1})  # not listed
+    assert not keep({"effect": "allow", "username": "a", "seq": 2})  # excluded
+    assert not keep({"effect": ["unhashable"], "username": "a"})
+    assert compile_filter(Filters()) is None
+
+
+def test_trim_cuts_longest_strings_to_the_limit() -> None:
+    data = {"a": "x" * 1000, "b": "y" * 500, "c": "short", "n": 5}
+    raw = msgpack.packb(data)
+    new, new_raw = trim_record(dict(data), raw, 400)
+    assert len(new_raw) <= 400 and msgpack.unpackb(new_raw) == new
+    assert new["c"] == "short" and new["n"] == 5
+    assert len(new["a"]) < 1000
+
+
+def test_prepare_counts_and_ids() -> None:
+    recs = [make_record(i) for i in range(5)]
+    entries = [(b"1-0", encode_entry("r" * 32, 10, recs))]
+    pipe = RecordPipeline(Filters(exclude={"seq": [3]}), omit=True,
+                          detail_fields=["policies"], max_record_size=None)
+    out = pipe.prepare(entries)
+    assert out.n_in == 5 and out.n_filtered == 1
+    ids = [r.id for r in out.records()]
+    assert ids == [f"{'r' * 32}:{s}" for s in (10, 11, 12, 14)]
+    assert all(r.data["policies"] == "" and r.data["deciders"] == "d1" for r in out.records())
+    assert out.entry_ids() == ["1-0"]
+
+
+def test_retry_wrapper_retries_then_succeeds() -> None:
+    sink = MemorySink(MemorySink.Config.model_validate({"key": "w1", "fail_next_n": 2}))
+    failures: list[int] = []
+    attempts = write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 5,
+                                  stop=Stopper(), on_failure=lambda e, n: failures.append(n))
+    assert attempts == 3 and failures == [1, 2] and len(sink.records) == 3
+
+
+def test_retry_wrapper_permanent_raises_at_once() -> None:
+    sink = MemorySink(MemorySink.Config.model_validate(
+        {"key": "w2", "fail_next_n": 5, "fail_mode": "permanent"}))
+    with pytest.raises(PermanentError):
+        write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 5, stop=Stopper())
+    assert sink.writes == 1
+
+
+def test_retry_wrapper_gives_up_at_the_deadline_and_passes_it_down() -> None:
+    sink = MemorySink(MemorySink.Config.model_validate({"key": "w3", "delay_s": 10}))
+    t0 = time.monotonic()
+    with pytest.raises(WriteFailed) as err:
+        write_with_retries(sink, batch(), RetryPolicy(0.05, 0.001, 0.005),
+                           deadline=t0 + 0.3, stop=Stopper())
+    assert isinstance(err.value.error, RetryableError)
+    assert err.value.attempts >= 2 and sink.records == []
+
+
+def test_retry_wrapper_treats_verdicts_and_unclassified_errors() -> None:
+    class Flaky(MemorySink):
+        calls = 0
+
+        def write(self, batch: Batch, *, deadline: float) -> Verdict:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise KeyError("bug")
+            if Flaky.calls == 2:
+                return Verdict.RETRY
+            return Verdict.OK
+
+    sink = Flaky(MemorySink.Config.model_validate({"key": "w4"}))
+    assert write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 5,
+                              stop=Stopper()) == 3
+
+
+def test_null_and_memory_sinks_contract() -> None:
+    null = build_sink("null", {})
+    null.open()
+    assert null.write(batch(), deadline=time.monotonic() + 1) is Verdict.OK
+    null.health_check(deadline=time.monotonic() + 1)
+    null.close()
+    null.close()
+    mem = build_sink("memory", {"key": "contract", "dedupe": True})
+    assert isinstance(mem, MemorySink)
+    mem.open()
+    mem.write(batch(), deadline=time.monotonic() + 1)
+    mem.write(batch(), deadline=time.monotonic() + 1)  # redelivery
+    assert len(mem.records) == 3
+    mem.healthy = False
+    with pytest.raises(RetryableError):
+        mem.health_check(deadline=time.monotonic() + 1)
+    mem.close()
+    mem.close()
+    with pytest.raises(RetryableError):
+        mem.write(batch(), deadline=time.monotonic() + 1)

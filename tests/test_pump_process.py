@@ -1,0 +1,342 @@
+"""collector-pump as a real process tree (supervisor + spawned workers) on a real Redis.
+
+Records carry a ``seq``; every test reports lost and duplicated ones. The
+``testjsonl`` sink (tests/pump_plugins.py, loaded by the workers through
+``plugins:``) appends one JSON line per record and is steered through a
+control file, so failures and blocked writes happen inside real workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pump.sinks import registry
+
+from ._support import RedisServer, free_port, wait_until
+from .pump_plugins import (
+    count_jsonl,
+    http_get,
+    lost_and_duplicated,
+    produce,
+    set_control,
+    start_pump,
+    write_config,
+)
+
+KEY = "collector:analytics"
+
+
+class Pump:
+    def __init__(self, tmp: Path, redis_server: RedisServer, pumps: dict[str, Any],
+                 **extra: Any) -> None:
+        self.port = free_port()
+        cfg: dict[str, Any] = {
+            "redis_url": redis_server.url, "purge_delay": 0.1, "read_count": 20,
+            "health_check_address": f"127.0.0.1:{self.port}", "plugins": ["tests.pump_plugins"],
+            "initial_backoff_ms": 20, "max_backoff_ms": 200, "batch_deadline_s": 20,
+            "claim_idle_ms": 30000, "shutdown_timeout_s": 10, "trim_interval_s": 0.5,
+            "pumps": pumps,
+        }
+        cfg.update(extra)
+        self.config = write_config(tmp / f"pump-{self.port}.yaml", **cfg)
+        self.log = tmp / "pump.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Pump:
+        self.proc = start_pump(self.config, self.log)
+        wait_until(lambda: self.get("/healthz")[0] == 200, 60, "the pump's /healthz")
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            code, body = http_get(f"http://127.0.0.1:{self.port}{path}")
+        except OSError:
+            return 0, None
+        return code, (json.loads(body) if path != "/metrics" else body.decode())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill_all(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(60)
+        finally:
+            self.kill_all()
+
+
+@pytest.fixture
+def pumps() -> Any:
+    started: list[Pump] = []
+
+    def make(*args: Any, **kw: Any) -> Pump:
+        p = Pump(*args, **kw)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.kill_all()
+        try:  # workers left without their supervisor stop by themselves; be sure
+            os.killpg(p.proc.pid, signal.SIGKILL) if p.proc else None
+        except ProcessLookupError:
+            pass
+
+
+def jsonl(tmp: Path, name: str, **control: Any) -> dict[str, Any]:
+    ctl = tmp / f"{name}.ctl"
+    set_control(ctl, **({"mode": "ok", "healthy": True} | control))
+    return {"type": "testjsonl", "timeout": 30,
+            "meta": {"path": str(tmp / f"{name}.jsonl"), "control": str(ctl)}}
+
+
+def report(name: str, counts: Any, expected: list[int]) -> tuple[int, int]:
+    lost, dups = lost_and_duplicated(counts, expected)
+    print(f"{name}: records={len(expected)} lost={lost} duplicated={dups}")
+    return lost, dups
+
+
+def test_two_sinks_exactly_once_metrics_and_sigterm(tmp_path: Path, redis_server: RedisServer,
+                                                    pumps: Any) -> None:
+    assert "file" in registry(), "the file sink (pump/sinks/file.py) is needed here"
+    r = redis_server.client()
+    expected = produce(r, 20_000, per_entry=100)
+    spec = {"t": {**jsonl(tmp_path, "t"), "workers": 2},
+            "file": {"workers": 2, "meta": {"path": str(tmp_path / "file.jsonl")}}}
+    pump = pumps(tmp_path, redis_server, spec).start()
+    expected += produce(r, 10_000, per_entry=100, start=20_000)
+    wait_until(lambda: sum(count_jsonl(tmp_path / "t.jsonl").values()) >= 30_000, 120, "t")
+    wait_until(lambda: sum(count_jsonl(tmp_path / "file.jsonl", "_id").values()) >= 30_000,
+               120, "file")
+    wait_until(lambda: pump.get("/readyz")[0] == 200, 30, "ready")
+    assert pump.get("/healthz") == (200, {"status": "ok"})
+    _, ready = pump.get("/readyz")
+    assert ready["redis"]["ok"] and ready["sinks"]["t"]["workers_alive"] == 2
+    wait_until(lambda: 'collector_pump_records_out_total{sink="file"} 30000.0'
+               in pump.get("/metrics")[1], 30, "metrics")
+    metrics = pump.get("/metrics")[1]
+    for line in ('collector_pump_records_out_total{sink="t"} 30000.0',
+                 'collector_pump_records_in_total{sink="t"} 30000.0',
+                 'collector_pump_workers_alive{sink="file"} 2.0',
+                 'collector_pump_group_lag_entries{sink="t",stream="collector:analytics"} 0.0',
+                 'collector_pump_write_seconds_count{sink="t"}',
+                 'collector_pump_records_dead_lettered_total{sink="t"} 0.0'):
+        assert line in metrics, line
+    wait_until(lambda: r.xlen(KEY) <= 2, 30, "trimming of acknowledged entries")
+    assert pump.stop() == 0
+    assert report("t", count_jsonl(tmp_path / "t.jsonl"), expected) == (0, 0)
+    file_ids = count_jsonl(tmp_path / "file.jsonl", "_id")
+    file_seqs = {int(k.rsplit(":", 1)[1]): v for k, v in file_ids.items()}
+    assert report("file", file_seqs, expected) == (0, 0)
+    for group in ("t", "file"):
+        assert r.xpending(KEY, group)["pending"] == 0
+
+
+def test_kill_9_worker_mid_batch_and_whole_pump_lose_nothing(
+        tmp_path: Path, redis_server: RedisServer, pumps: Any) -> None:
+    r = redis_server.client()
+    spec = {"t": jsonl(tmp_path, "t", mode="block_after_write")}
+    ctl, out = tmp_path / "t.ctl", tmp_path / "t.jsonl"
+    marker = Path(str(out) + ".inflight")
+    pump = pumps(tmp_path, redis_server, spec).start()
+    expected = produce(r, 1000, per_entry=50)
+
+    # 1. a worker killed after its sink wrote, before the ack
+    wait_until(marker.exists, 60, "a write in flight")
+    pid = int(marker.read_text())
+    os.kill(pid, signal.SIGKILL)
+    marker.unlink()
+    set_control(ctl, mode="ok", healthy=True)
+    wait_until(lambda: set(count_jsonl(out)) >= set(expected), 60, "redelivery after kill -9")
+    wait_until(lambda: r.xpending(KEY, "t")["pending"] == 0, 60, "all acknowledged")
+    lost, dups = report("after worker kill", count_jsonl(out), expected)
+    assert lost == 0 and dups > 0  # the killed batch was written, not acknowledged
+    assert pump.get("/readyz")[1]["sinks"]["t"]["workers_alive"] == 1
+    metrics = pump.get("/metrics")[1]
+    assert 'collector_pump_worker_restarts_total{sink="t"} 1.0' in metrics
+
+    # 2. the whole process tree killed mid-batch, then started again
+    set_control(ctl, mode="block_after_write", healthy=True)
+    expected += produce(r, 1000, per_entry=50, start=1000)
+    wait_until(marker.exists, 60, "a write in flight")
+    pump.kill_all()
+    marker.unlink()
+    set_control(ctl, mode="ok", healthy=True)
+    pump.start()
+    wait_until(lambda: set(count_jsonl(out)) >= set(expected), 60, "redelivery after restart")
+    wait_until(lambda: r.xpending(KEY, "t")["pending"] == 0, 30, "all acknowledged")
+    lost, dups = report("after pump kill", count_jsonl(out), expected)
+    assert lost == 0
+    assert pump.stop() == 0
+
+
+def test_failing_sink_does_not_hold_back_the_other_and_drains_after(
+        tmp_path: Path, redis_server: RedisServer, pumps: Any) -> None:
+    r = redis_server.client()
+    spec = {"bad": jsonl(tmp_path, "bad", mode="retryable", healthy=False),
+            "good": jsonl(tmp_path, "good")}
+    pump = pumps(tmp_path, redis_server, spec, max_lag_entries=5, batch_deadline_s=1).start()
+    expected = produce(r, 2000, per_entry=50)
+    good = tmp_path / "good.jsonl"
+    wait_until(lambda: len(count_jsonl(good)) == 2000, 60, "the healthy sink")
+    code, ready = pump.get("/readyz")
+    assert code == 503 and not ready["ready"]
+    assert not ready["sinks"]["bad"]["healthy"] and "told to be unhealthy" in ready["sinks"][
+        "bad"]["error"]
+    assert ready["sinks"]["good"]["ready"]
+    expected += produce(r, 2000, per_entry=50, start=2000)
+    wait_until(lambda: len(count_jsonl(good)) == 4000, 60, "the healthy sink, again")
+    wait_until(lambda: r.xinfo_groups(KEY) and all(
+        g["lag"] == 0 and g["pending"] == 0 for g in r.xinfo_groups(KEY)
+        if g["name"] == b"good"), 30, "the healthy group's lag to stay at 0")
+    assert r.xlen(KEY) == 80, "entries the failing sink still needs were trimmed"
+    wait_until(lambda: 'collector_pump_workers_in_outage{sink="bad"} 1.0'
+               in pump.get("/metrics")[1], 30, "the outage gauge")
+    set_control(tmp_path / "bad.ctl", mode="ok", healthy=True)
+    wait_until(lambda: len(count_jsonl(tmp_path / "bad.jsonl")) == 4000, 60, "the backlog")
+    wait_until(lambda: pump.get("/readyz")[0] == 200, 30, "ready again")
+    assert r.xlen(f"{KEY}:dead:bad") == 0, "an outage must not dead-letter"
+    for name in ("bad", "good"):
+        lost, dups = report(name, count_jsonl(tmp_path / f"{name}.jsonl"), expected)
+        assert lost == 0 and dups == 0
+
+    redis_server.kill()
+    code, ready = pump.get("/readyz")
+    assert code == 503 and ready["redis"]["ok"] is False
+    redis_server.start()
+    assert pump.stop() == 0
+
+
+def test_sigterm_finishes_and_acks_the_batch_in_flight(
+        tmp_path: Path, redis_server: RedisServer, pumps: Any) -> None:
+    r = redis_server.client()
+    spec = {"t": jsonl(tmp_path, "t", mode="block_before_write")}
+    out = tmp_path / "t.jsonl"
+    pump = pumps(tmp_path, redis_server, spec, read_count=100).start()
+    expected = produce(r, 500, per_entry=50)
+    wait_until(Path(str(out) + ".inflight").exists, 60, "a write in flight")
+    pump.signal(signal.SIGTERM)
+    wait_until(lambda: pump.get("/readyz")[1]["status"] == "stopping", 30, "stopping")
+    set_control(tmp_path / "t.ctl", mode="ok", healthy=True)
+    assert pump.wait(60) == 0
+    counts = count_jsonl(out)
+    assert len(counts) == 500 and max(counts.values()) == 1
+    assert r.xpending(KEY, "t")["pending"] == 0, "the in-flight batch was not acknowledged"
+    report("sigterm", counts, expected)
+
+
+def test_a_write_that_ignores_its_deadline_gets_its_worker_killed(
+        tmp_path: Path, redis_server: RedisServer, pumps: Any) -> None:
+    r = redis_server.client()
+    spec = {"t": {**jsonl(tmp_path, "t", mode="block_before_write", ignore_deadline=True),
+                  "timeout": 0.5}}
+    out = tmp_path / "t.jsonl"
+    pump = pumps(tmp_path, redis_server, spec, stuck_write_grace_s=1).start()
+    expected = produce(r, 200, per_entry=50)
+    wait_until(lambda: 'collector_pump_worker_restarts_total{sink="t"} 1.0'
+               in pump.get("/metrics")[1], 60, "the watchdog to kill the stuck worker")
+    set_control(tmp_path / "t.ctl", mode="ok", healthy=True)
+    wait_until(lambda: len(count_jsonl(out)) == 200, 60, "redelivery")
+    wait_until(lambda: r.xpending(KEY, "t")["pending"] == 0, 30, "all acknowledged")
+    assert report("watchdog", count_jsonl(out), expected)[0] == 0
+    assert "overran its deadline" in pump.log.read_text()
+    assert pump.stop() == 0
+
+
+def test_kill_9_with_postgres_and_file_sinks(tmp_path: Path, redis_server: RedisServer,
+                                             pumps: Any) -> None:
+    """PostgreSQL deduplicates redeliveries by record id; the file sink cannot (counted)."""
+    psycopg = pytest.importorskip("psycopg")
+    from ._support import pg_dsn
+
+    table = f"pump_kill_{os.getpid()}"
+    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def pg_count() -> int:
+        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            if not exists or exists[0] is None:
+                return 0
+            row = conn.execute(f"SELECT count(*), count(DISTINCT id) FROM {table}").fetchone()
+            assert row is not None and row[0] == row[1]
+            return int(row[0])
+
+    r = redis_server.client()
+    spec = {"pg": {"type": "postgres", "workers": 2, "meta": {"dsn": pg_dsn(), "table": table}},
+            "file": {"meta": {"path": str(tmp_path / "file.jsonl")}}}
+    pump = pumps(tmp_path, redis_server, spec, read_count=5).start()
+    expected = produce(r, 20_000, per_entry=100)
+    try:
+        wait_until(lambda: pg_count() > 0, 60, "the first rows in PostgreSQL")
+        pump.kill_all()
+        pump.start()
+        wait_until(lambda: pg_count() >= 20_000, 120, "every row in PostgreSQL")
+        wait_until(lambda: all(r.xpending(KEY, g)["pending"] == 0 for g in ("pg", "file"))
+                   and all(g["lag"] == 0 for g in r.xinfo_groups(KEY)), 60, "all acknowledged")
+        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+            seqs = Counter(int(row[0].rsplit(":", 1)[1])
+                           for row in conn.execute(f"SELECT id FROM {table}"))
+        assert report("postgres", seqs, expected) == (0, 0)
+        file_ids = count_jsonl(tmp_path / "file.jsonl", "_id")
+        lost, _ = report("file", Counter({int(k.rsplit(":", 1)[1]): v
+                                          for k, v in file_ids.items()}), expected)
+        assert lost == 0
+        assert pump.stop() == 0
+    finally:
+        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_list_source_drains_the_seeds_list(tmp_path: Path, redis_server: RedisServer,
+                                           pumps: Any) -> None:
+    from .pump_plugins import make_record
+
+    r = redis_server.client()
+    r.rpush("analytics-iam-system-analytics", *[make_record(s) for s in range(3000)])
+    pump = pumps(tmp_path, redis_server, {"t": jsonl(tmp_path, "t")},
+                 source={"type": "list", "list_batch": 500}).start()
+    out = tmp_path / "t.jsonl"
+    wait_until(lambda: len(count_jsonl(out)) == 3000, 60, "records from the list")
+    assert r.llen("analytics-iam-system-analytics") == 0
+    assert pump.stop() == 0
+    assert report("list", count_jsonl(out), list(range(3000))) == (0, 0)
+
+
+def test_second_signal_exits_at_once(tmp_path: Path, redis_server: RedisServer,
+                                     pumps: Any) -> None:
+    import psutil
+
+    r = redis_server.client()
+    spec = {"t": jsonl(tmp_path, "t", mode="block_before_write", ignore_deadline=True)}
+    pump = pumps(tmp_path, redis_server, spec).start()
+    produce(r, 100, per_entry=50)
+    marker = tmp_path / "t.jsonl.inflight"
+    wait_until(marker.exists, 60, "a write in flight")
+    worker = psutil.Process(int(marker.read_text()))
+    pump.signal(signal.SIGTERM)
+    wait_until(lambda: pump.get("/readyz")[1]["status"] == "stopping", 30, "stopping")
+    pump.signal(signal.SIGINT)
+    assert pump.wait(30) == 1
+    worker.wait(10)  # killed with the supervisor, not left behind
+    assert r.xpending(KEY, "t")["pending"] > 0  # unacknowledged: redelivered on next start
