@@ -6,21 +6,30 @@ from typing import Any
 
 import redis
 
+from collector._redis import connect as _connect
+
 from .config import PumpConfig
 
 
 def connect(config: PumpConfig, *, block_s: float = 0.0) -> redis.Redis:
-    """A client for the pump's Redis; credentials from the URL or the environment."""
-    kw: dict[str, Any] = {
-        "socket_timeout": config.redis_timeout_s + block_s,
-        "socket_connect_timeout": config.redis_timeout_s,
-        "health_check_interval": 30,
-    }
-    if config.redis_password is not None:
-        kw["password"] = config.redis_password
-    if config.redis_username is not None:
-        kw["username"] = config.redis_username
-    return redis.Redis.from_url(config.effective_redis_url(), **kw)
+    """A client for the pump's Redis, opened by :func:`collector._redis.connect`.
+
+    Same rules as the daemon: ``redis://``, ``rediss://`` (TLS) or ``unix://``;
+    ``redis_username`` / ``redis_password`` (config or environment) win over
+    credentials in the URL; redis-py's own command retries are off, so a
+    worker never blocks in ten hidden retries while Redis is down: it gets
+    the error at once and backs off itself (``Worker._redis_trouble``).
+    ``block_s`` is added to the socket timeout so that a blocking
+    ``XREADGROUP`` (``purge_delay``) does not time out.
+    """
+    return _connect(
+        config.effective_redis_url(),
+        username=config.redis_username,
+        password=config.redis_password,
+        timeout_s=config.redis_timeout_s + block_s,
+        connect_timeout_s=config.redis_timeout_s,
+        health_check_interval=30,
+    )
 
 
 def ensure_groups(r: redis.Redis, keys: list[str], group: str) -> None:

@@ -81,8 +81,23 @@ def write_with_retries(
                 err.__cause__ = exc
         if on_failure is not None:
             on_failure(err, attempt)
-        pause = policy.backoff(attempt - 1)
+        # A server's Retry-After (the http sink sets ``retry_after_s``) is a floor.
+        pause = max(policy.backoff(attempt - 1), _retry_after_s(err))
         if time.monotonic() + pause >= deadline_of():
             raise WriteFailed(err, attempt)
         if (stop or threading.Event()).wait(pause):
             raise WriteFailed(err, attempt)
+
+
+def _retry_after_s(err: BaseException) -> float:
+    """How long the target asked us to wait (``retry_after_s`` on the error or on
+    the exception it wraps), 0 when it did not say or said nonsense."""
+    for e in (err, err.__cause__):
+        value = getattr(e, "retry_after_s", None)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            return 0.0
+    return 0.0

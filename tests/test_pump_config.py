@@ -6,10 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 
+from pump._redis import connect
 from pump.config import ConfigError, load_config
 from pump.sinks import registry
 
+from ._support import RedisServer, free_port
 from .pump_plugins import ROOT
 
 MINIMAL = {"pumps": {"n": {"type": "null"}}}
@@ -134,3 +137,22 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 2
     assert "unknown sink type 'nope'; known types:" in proc.stderr
+
+
+def test_redis_client_credentials_from_environment_win_and_no_hidden_retries(
+        redis_server: RedisServer) -> None:
+    """pump._redis.connect goes through collector._redis.connect (the daemon's rules)."""
+    url = redis_server.url.replace("redis://", "redis://urluser:urlpw@")
+    env = {"COLLECTOR_PUMP_REDIS_USERNAME": "default", "COLLECTOR_PUMP_REDIS_PASSWORD": "envpw"}
+    cfg = load_config({**MINIMAL, "redis_url": url, "purge_delay": 2}, environ=env)
+    r = connect(cfg, block_s=cfg.purge_delay)
+    kw = r.connection_pool.connection_kwargs
+    assert (kw["username"], kw["password"]) == ("default", "envpw")
+    assert kw["socket_timeout"] == cfg.redis_timeout_s + 2  # a blocking read fits
+    assert r.get_retry().get_retries() == 0  # the worker backs off itself
+    plain = connect(load_config({**MINIMAL, "redis_url": redis_server.url}, environ={}))
+    assert plain.ping() and plain.get_retry().get_retries() == 0
+    down = connect(load_config({**MINIMAL, "redis_url": f"redis://127.0.0.1:{free_port()}/0"},
+                               environ={}))
+    with pytest.raises(redis.ConnectionError):
+        down.ping()

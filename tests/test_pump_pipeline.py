@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import msgpack
@@ -100,6 +101,53 @@ def test_retry_wrapper_treats_verdicts_and_unclassified_errors() -> None:
     sink = Flaky(MemorySink.Config.model_validate({"key": "w4"}))
     assert write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 5,
                               stop=Stopper()) == 3
+
+
+class _RecordingStop(threading.Event):
+    """A stop event that records each requested pause and returns at once (no sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(float(timeout or 0.0))
+        return False
+
+
+class _RetryAfterSink(MemorySink):
+    """Answers like the http sink on a 429/503 with Retry-After, ``fails`` times."""
+
+    fails = 0
+    retry_after_s = 0.0
+
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        if self.fails > 0:
+            self.fails -= 1
+            err = RetryableError("http sink: server answered 503")
+            err.retry_after_s = self.retry_after_s  # type: ignore[attr-defined]
+            raise err
+        return super().write(batch, deadline=deadline)
+
+
+def test_retry_wrapper_honours_retry_after() -> None:
+    sink = _RetryAfterSink(MemorySink.Config.model_validate({"key": "w5"}))
+    sink.fails, sink.retry_after_s = 2, 1.5
+    stop = _RecordingStop()
+    attempts = write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 60,
+                                  stop=stop)
+    # the policy alone would pause at most 5 ms; the server asked for 1.5 s
+    assert attempts == 3 and stop.pauses == [1.5, 1.5] and len(sink.records) == 3
+
+
+def test_retry_wrapper_retry_after_past_the_deadline_gives_up_without_waiting() -> None:
+    sink = _RetryAfterSink(MemorySink.Config.model_validate({"key": "w6"}))
+    sink.fails, sink.retry_after_s = 5, 120.0
+    stop = _RecordingStop()
+    with pytest.raises(WriteFailed) as err:
+        write_with_retries(sink, batch(), POLICY, deadline=time.monotonic() + 30, stop=stop)
+    assert err.value.attempts == 1 and stop.pauses == [] and sink.records == []
+    assert err.value.error.retry_after_s == 120.0  # type: ignore[attr-defined]
 
 
 def test_null_and_memory_sinks_contract() -> None:
