@@ -172,6 +172,26 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; :class:`ConfigError` otherwise."""
+    label = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read the config file: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(
+            f"{label}: the top level must be a mapping of keys, got {type(loaded).__name__}"
+        )
+    return dict(loaded)
+
+
 def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     *,
@@ -187,23 +207,8 @@ def load_config(
         data = dict(source)
         label = "<mapping>"
     elif source is not None:
-        path = Path(source)
-        label = str(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{label}: cannot read the config file: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{label}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(
-                f"{label}: the top level must be a mapping of keys, got {type(loaded).__name__}"
-            )
-        data = dict(loaded)
+        label = str(source)
+        data = read_yaml_mapping(source)
     env = _env_overrides(os.environ if environ is None else environ)
     if env:
         data.update(env)

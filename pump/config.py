@@ -28,13 +28,12 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from collector.config import redact_url
+from collector.config import ConfigError, read_yaml_mapping, redact_url
 from collector.stream import DEFAULT_STREAM_KEY, default_redis_url, shard_keys
 
 ENV_PREFIX = "COLLECTOR_PUMP_"
@@ -43,10 +42,6 @@ _ENV_IGNORED = {"CONFIG"}
 _ENV_CREDENTIALS = {"REDIS_PASSWORD": "password", "REDIS_USERNAME": "username"}
 
 Scalar = str | int | float | bool | None
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names source, key and rule."""
 
 
 class _Model(BaseModel):
@@ -358,22 +353,8 @@ def load_config(
     elif isinstance(source, Mapping):
         data = dict(source)
     else:
-        path = Path(source)
-        label = str(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{label}: cannot read the config file: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{label}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(
-                f"{label}: the top level must be a mapping of keys, got {type(loaded).__name__}")
-        data = dict(loaded)
+        label = str(source)
+        data = read_yaml_mapping(source)
     pumps = data.get("pumps")
     if isinstance(pumps, Mapping):
         data["pumps"] = {k: (dict(v) if isinstance(v, Mapping) else v) if v is not None else {}
