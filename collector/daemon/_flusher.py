@@ -2,8 +2,9 @@
 
 For each ring it reads records (raw msgpack bytes, never decoded) into a
 pending batch until the batch holds ``batch_size`` records or
-``batch_bytes`` bytes, no new record arrived for ``flush_interval_ms``, or
-the batch is ``max_flush_interval_ms`` old (so a trickle is still sent).
+``batch_bytes`` bytes, or its first record is ``flush_interval_ms`` old
+(capped by the forced maximum ``max_flush_interval_ms``), whichever comes
+first, so a steady trickle waits at most ``flush_interval_ms``.
 It then writes the batch as ONE stream entry (``collector.stream``) in one
 round trip (``XADD`` pipelined with ``XLEN`` of the same shard) and only
 after Redis accepted it commits the ring, which frees the records for the
@@ -344,7 +345,7 @@ class Flusher:
         due = (len(acc) >= self.batch_size or ring.acc_bytes >= self.batch_bytes or stopping
                or ring.corrupt is not None)
         if not due:
-            wake = min(ring.last_at + self.flush_s, ring.first_at + self.max_flush_s)
+            wake = ring.first_at + min(self.flush_s, self.max_flush_s)
             if now < wake:
                 return state, wake
         if now < self.retry_at:

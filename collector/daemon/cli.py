@@ -26,7 +26,7 @@ from collector.config import ConfigError, load_config
 @click.option("--pool-size", type=int, default=None, help="Number of flusher processes.")
 @click.option("--batch-size", type=int, default=None, help="Records per stream entry at most.")
 @click.option("--flush-interval-ms", type=float, default=None,
-              help="Send a batch after this long without new records.")
+              help="Send a batch once its first record is this old.")
 @click.option("--shutdown-timeout-s", type=float, default=None,
               help="Time to drain the rings on SIGTERM/SIGINT.")
 @click.option("--health-address", default=None, help="HOST:PORT of /healthz /readyz /metrics.")
