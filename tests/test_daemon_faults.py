@@ -153,9 +153,10 @@ def test_producer_killed_by_kill_9(tmp_path: Path, rings_dir: Path,
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
         wait_until(lambda: not H.ring_files(rings_dir), 30, "the dead producer's ring removed")
-        log = daemon.log_text()
-        m = re.search(rf'Removed the drained ring.*producer_pid={proc.pid} records=(\d+)', log)
-        assert m, log[-2000:]
+        # The supervisor logs the removal right after the unlink: wait for the line.
+        pattern = rf'Removed the drained ring.*producer_pid={proc.pid} records=(\d+)'
+        m = wait_until(lambda: re.search(pattern, daemon.log_text()), 30,
+                       "the removal to be logged")
         published = int(m.group(1))
         seen = H.count_records(client)
         lost, dup, unexpected = H.lost_and_duplicated(seen, 1, published)

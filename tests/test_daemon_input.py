@@ -113,8 +113,8 @@ def test_junk_ring_is_quarantined_and_others_still_served(tmp_path: Path, rings_
         wait_until(lambda: {p.name for p in quarantine.iterdir()}
                    >= {"junk.ring", "short.ring", "bad.ring"}, 30, "three files quarantined")
         assert not (rings_dir / "junk.ring").exists()
-        log = daemon.log_text()
-        assert log.count("Quarantined a ring file") == 3
+        log = wait_until(lambda: (t := daemon.log_text()).count("Quarantined a ring file") == 3
+                         and t, 30, "three quarantine lines in the log")
         assert "corrupted frame" in log
         assert daemon.metrics()["collector_daemon_rings_quarantined_total"] == 3
         assert daemon.ready()
@@ -144,7 +144,8 @@ def test_rings_of_another_user_or_world_writable_are_refused(
         wait_until(lambda: H.total_in_stream(client) >= 2_000, 30, "the good ring's records")
         assert H.lost_and_duplicated(H.count_records(client), 1, 2_000) == (0, 0, 0)
         assert H.total_in_stream(client) == 2_000  # nothing from the refused rings
-        log = daemon.log_text()
+        log = wait_until(lambda: (t := daemon.log_text()).count("Refused a ring") >= 2 and t,
+                         30, "both refusals in the log")
         assert "Refused a ring" in log and "owned by uid 65534" in log
         assert "has mode 0666" in log
         assert log.count("Refused a ring") == 2  # reported once, not every scan
