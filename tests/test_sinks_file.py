@@ -186,3 +186,43 @@ def test_two_workers_rotating_into_one_directory_never_share_a_file(tmp_path: Pa
         s.close()
     seqs = sorted(line["seq"] for f in out.iterdir() for line in _jsonl(f))
     assert seqs == [*range(200), *range(1000, 1200)]
+
+
+def _later() -> float:
+    return time.monotonic() + 10
+
+
+def test_a_torn_last_line_in_a_shared_file_is_cut_before_appending(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves half a line; the next writer removes it first."""
+    path = tmp_path / "out.jsonl"
+    sink = build_sink("file", {"path": str(path)})
+    sink.open()
+    sink.write(_batch(0, 5), deadline=_later())
+    with open(path, "ab") as f:  # what a worker killed inside write() leaves behind
+        f.write(b'{"seq": 5, "username": "tor')
+    sink.write(_batch(5, 10), deadline=_later())
+    sink.close()
+    assert [r["seq"] for r in _jsonl(path)] == list(range(10))
+
+
+def test_a_torn_csv_file_keeps_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    path.write_bytes(b"timestamp,usern")  # a header cut short: nothing complete survives
+    sink = build_sink("file", {"path": str(path), "format": "csv"})
+    sink.open()
+    sink.write(_batch(0, 3), deadline=_later())
+    sink.close()
+    rows = list(csv.reader(path.read_text().splitlines()))
+    assert rows[0][0] == "timestamp" and len(rows) == 4
+
+
+def test_abandoned_rotated_files_are_repaired_at_open(tmp_path: Path) -> None:
+    directory = tmp_path / "rot"
+    directory.mkdir()
+    abandoned = directory / "analytics-20260101T000000Z-0000.jsonl"
+    abandoned.write_bytes(b'{"seq": 1}\n{"seq": 2}\n{"seq": 3, "user')
+    sink = build_sink("file", {"path": str(directory), "max_bytes": 1 << 20})
+    sink.open()
+    sink.write(_batch(10, 12), deadline=_later())
+    sink.close()
+    assert abandoned.read_bytes() == b'{"seq": 1}\n{"seq": 2}\n'

@@ -38,6 +38,15 @@ pump acknowledged is on disk. ``always``: ``fsync`` after every record.
 ``never``: left to the OS; a process crash loses nothing, a power failure
 can lose acknowledged batches.
 
+Torn lines: a worker killed in the middle of a write can leave a partial
+last line. Writers therefore hold an ``flock`` on the file while they append
+(the whole time for a rotated file of their own, per batch for a shared
+file), and before appending, a writer that finds the file not ending in a
+newline cuts the partial line (it belonged to a batch that was never
+acknowledged, so the pump delivers it again) and logs how many bytes it
+removed. At ``open``, rotated files in the directory that no live writer
+holds are repaired the same way.
+
 Redelivery: a file cannot tell what it already holds, so a batch redelivered
 after a crash is appended again (``deduplicates = False``); readers drop
 duplicates by the id key. Local disk writes are not interruptible: the
@@ -48,6 +57,7 @@ each record.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import logging
 import os
@@ -113,6 +123,8 @@ class FileSink(Sink):
     # life cycle
     def open(self) -> None:
         try:
+            if self.cfg.rotating:
+                self._repair_abandoned()
             self._open_file()
         except OSError as exc:
             raise RetryableError(f"file sink cannot open {self.cfg.path!r}: {exc}") from exc
@@ -137,8 +149,15 @@ class FileSink(Sink):
         if not batch.records:
             return Verdict.OK
         lines = self._lines(batch)
+        shared = not self.cfg.rotating
+        locked = False
         try:
             self._ensure_current()
+            if shared:
+                # Other workers may append to the same file: take it for this batch.
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # type: ignore[arg-type]
+                locked = True
+                self._size = self._prepare_shared()
             if self.cfg.fsync == "always":
                 for line in lines:
                     self.time_left(deadline)
@@ -164,7 +183,22 @@ class FileSink(Sink):
         except OSError as exc:
             self._close_file()  # reopen (and re-check the path) on the next batch
             raise RetryableError(f"file sink cannot write {self._describe()}: {exc}") from exc
+        finally:
+            if locked and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         return Verdict.OK
+
+    def _prepare_shared(self) -> int:
+        """Under the lock: cut a torn last line, write the CSV header if empty; the size."""
+        assert self._fd is not None
+        size = _repair_tail(self._fd, self._file_path)
+        if self.cfg.format == "csv" and size == 0:
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(self.cfg.csv_columns)
+            data = header.getvalue().encode()
+            os.write(self._fd, data)
+            size = len(data)
+        return size
 
     def _rotate_if_full(self, next_bytes: int) -> None:
         limit = self.cfg.max_bytes
@@ -223,7 +257,7 @@ class FileSink(Sink):
         self._open_file()
 
     def _open_file(self) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         if self.cfg.rotating:
             directory = Path(self.cfg.path)
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -238,7 +272,10 @@ class FileSink(Sink):
         self._hour = _utc_hour()
         if self.cfg.fsync != "never":
             _fsync_dir(path.parent)
-        if self.cfg.format == "csv" and st.st_size == 0:
+        if self.cfg.rotating:
+            # A file of our own: hold it for its whole life (see "Torn lines").
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if self.cfg.rotating and self.cfg.format == "csv" and st.st_size == 0:
             header = io.StringIO()
             csv.writer(header, lineterminator="\n").writerow(self.cfg.csv_columns)
             self._write_all(header.getvalue().encode())
@@ -254,6 +291,26 @@ class FileSink(Sink):
                 return os.open(path, flags | os.O_EXCL, self.cfg.file_mode), path
             except FileExistsError:
                 n += 1
+
+    def _repair_abandoned(self) -> None:
+        """Cut torn last lines of rotated files that no live writer holds."""
+        directory = Path(self.cfg.path)
+        if not directory.is_dir():
+            return
+        for path in sorted(directory.glob(f"{self.cfg.filename_prefix}-*")):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live writer holds it
+            try:
+                _repair_tail(fd, path)
+            finally:
+                os.close(fd)
 
     def _close_file(self) -> None:
         fd, self._fd = self._fd, None
@@ -274,6 +331,29 @@ class FileSink(Sink):
     def current_path(self) -> Path | None:
         """The file being written (None before open and after close)."""
         return self._file_path if self._fd is not None else None
+
+
+def _repair_tail(fd: int, path: Path | None) -> int:
+    """Cut a partial last line left by a writer killed mid-write; the new size.
+
+    The caller holds an exclusive ``flock`` on ``fd``.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep = 0
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        i = os.pread(fd, end - start, start).rfind(b"\n")
+        if i >= 0:
+            keep = start + i + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
+    log.warning("file sink cut a partial last line left by a writer that died mid-write "
+                "path=%s bytes=%d", path, size - keep)
+    return keep
 
 
 def _csv_cell(value: Any) -> str:
