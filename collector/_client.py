@@ -84,6 +84,7 @@ from typing import Any, Literal
 import ringbuf
 
 from ._encode import make_encoder
+from ._logkv import RateLimited
 from .config import CollectorConfig, ConfigError, load_config
 
 log = logging.getLogger("collector.analytics")
@@ -116,21 +117,6 @@ class AnalyticsStats:
     dropped_after_stop: int  # refused after stop(); visible only here
     dropped_no_ring: int  # the ring could not be created; visible only here
     rings_opened: int
-
-
-class _RateLimit:
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self.next = 0.0
-        self.suppressed = 0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now >= self.next:
-            self.next = now + self.every_s
-            return True
-        self.suppressed += 1
-        return False
 
 
 def _check_ring_sizes(cfg: CollectorConfig) -> None:
@@ -169,8 +155,7 @@ class _Core:
         block_waits = 0
         dropped_no_ring = 0
         next_open_try = 0.0
-        stop_log = _RateLimit(_LOG_EVERY_S)
-        open_log = _RateLimit(_LOG_EVERY_S)
+        limiter = RateLimited(_LOG_EVERY_S)
 
         def open_ring() -> ringbuf.RingWriter:
             # Called with the lock held.
@@ -198,7 +183,7 @@ class _Core:
             except (OSError, ringbuf.RingError) as exc:
                 dropped_no_ring += 1
                 next_open_try = now + _OPEN_RETRY_S
-                if open_log.ready():
+                if limiter.hit("open") is not None:
                     log.error("analytics ring cannot be created, records are dropped "
                               "rings_dir=%s error=%r", rings_dir, exc)
                 return False
@@ -207,7 +192,7 @@ class _Core:
         def stopped_write(payload: bytes) -> bool:
             nonlocal dropped_after_stop
             dropped_after_stop += 1
-            if stop_log.ready():
+            if limiter.hit("after-stop") is not None:
                 log.warning("analytics record refused after stop() pid=%d "
                             "dropped_after_stop=%d", os.getpid(), dropped_after_stop)
             return False

@@ -14,14 +14,10 @@ import sys
 import time
 from typing import Any
 
+from collector._logkv import RateLimited, quote
+
 LOGGER = logging.getLogger("collector.daemon")
-
-
-def _kv(value: Any) -> str:
-    s = str(value)
-    if not s or any(c in s for c in ' "=\n\t'):
-        s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return s
+__all__ = ["RateLimited", "debug", "error", "info", "log", "setup", "warning"]
 
 
 class _Formatter(logging.Formatter):
@@ -40,7 +36,7 @@ class _Formatter(logging.Formatter):
             fields["error"] = repr(record.exc_info[1])
         if self.json:
             return json.dumps(fields, default=str)
-        return " ".join(f"{k}={_kv(v)}" for k, v in fields.items())
+        return " ".join(f"{k}={quote(v)}" for k, v in fields.items())
 
 
 def setup(fmt: str = "kv", level: str = "info", proc: str = "supervisor") -> None:
@@ -73,30 +69,3 @@ def warning(msg: str, **fields: Any) -> None:
 
 def error(msg: str, **fields: Any) -> None:
     log(logging.ERROR, msg, **fields)
-
-
-class RateLimited:
-    """Let one event per ``interval_s`` and key through; count the rest.
-
-    ``hit(key)`` returns ``None`` while the event is suppressed, or the
-    number of events suppressed since the last line (0 the first time).
-    """
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def hit(self, key: str) -> int | None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._held[key] = self._held.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._held.pop(key, 0)
-
-    def reset(self, key: str) -> int:
-        """Forget ``key`` (the condition ended); return what was still held back."""
-        self._last.pop(key, None)
-        return self._held.pop(key, 0)
