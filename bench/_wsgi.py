@@ -13,12 +13,8 @@ used here (``examples/authz_app.py`` itself always records with ours).
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from examples import authz_app as authz
@@ -45,49 +41,5 @@ def _design() -> Any:
     return _state["design"]
 
 
-def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """``examples/authz_app.py``'s app, recording through the selected design."""
-    path = environ.get("PATH_INFO", "")
-    if path == "/healthz":
-        return _json(start_response, "200 OK", {"status": "ok"})
-    if path != "/v1/authz" or environ.get("REQUEST_METHOD") != "POST":
-        return _json(start_response, "404 Not Found", {"error": f"no route for {path}"})
-    t0 = time.perf_counter_ns()
-    request_id = environ.get("HTTP_X_REQUEST_ID") or str(uuid.uuid4())
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        raw = environ["wsgi.input"].read(length) if length > 0 else b""
-        request = json.loads(raw or b"null")
-        if not isinstance(request, dict):
-            raise ValueError("the body must be a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _json(start_response, "400 Bad Request", {"error": f"bad request body: {exc}"})
-    allowed, matched, deciders, conclusion = authz.decide(request)
-    latency_us = (time.perf_counter_ns() - t0) // 1000
-    subject = str(request.get("subject", ""))
-    _design().record({
-        "timestamp": time.time(),
-        "username": subject.removeprefix("users:"),
-        "effect": "allow" if allowed else "deny",
-        "conclusion": conclusion,
-        "request": raw.decode("utf-8", "replace"),
-        "policies": authz._brief(matched),
-        "deciders": authz._brief(deciders),
-        "request_id": request_id,
-        "latency_us": latency_us,
-        "remote_addr": environ.get("REMOTE_ADDR", ""),
-        "pid": os.getpid(),
-        "server": authz.SERVER,
-    })
-    body: dict[str, Any] = {"allowed": allowed, "request_id": request_id}
-    if not allowed:
-        body.update(denied=True, reason=conclusion)
-    return _json(start_response, "200 OK", body, [("X-Request-ID", request_id)])
-
-
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any],
-          extra: list[tuple[str, str]] | None = None) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(data))), *(extra or [])])
-    return [data]
+# examples/authz_app.py's handler, recording through the selected design.
+app = authz.make_app(lambda rec: _design().record(rec))

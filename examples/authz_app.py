@@ -162,7 +162,17 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any],
     return [data]
 
 
-def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+def make_app(record: Callable[[dict[str, Any]], Any]) -> Callable[..., list[bytes]]:
+    """The WSGI app, recording one analytics record per decision with ``record``."""
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        return _handle(environ, start_response, record)
+
+    return app
+
+
+def _handle(environ: dict[str, Any], start_response: StartResponse,
+            record: Callable[[dict[str, Any]], Any]) -> list[bytes]:
     path = environ.get("PATH_INFO", "")
     method = environ.get("REQUEST_METHOD", "GET")
     if path == "/healthz" and method == "GET":
@@ -186,7 +196,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     allowed, matched, deciders, conclusion = decide(request)
     latency_us = (time.perf_counter_ns() - t0) // 1000
     subject = str(request.get("subject", ""))
-    analytics.record_hit({
+    record({
         "timestamp": time.time(),
         "username": subject.removeprefix("users:"),
         "effect": "allow" if allowed else "deny",
@@ -206,4 +216,5 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     return _json(start_response, "200 OK", body, [("X-Request-ID", request_id)])
 
 
+app = make_app(lambda rec: analytics.record_hit(rec))
 application = app
