@@ -9,6 +9,7 @@ generated YAML files, the same way ``collector/demo.py`` does it.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -573,3 +574,23 @@ def group_lag(client: redis.Redis, keys: list[str]) -> dict[str, int]:
                 behind = max(1, int(g.get("lag") or 0))
             out[name] = out.get(name, 0) + pending + behind
     return out
+
+
+def run_in_child(target: Callable[..., None], *args: Any, timeout: float = 300) -> dict[str, Any]:
+    """Run ``target(*args, conn)`` in a spawned process; return what it sent on ``conn``."""
+    ctx = mp.get_context("spawn")
+    rx, tx = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=target, args=(*args, tx))
+    p.start()
+    try:
+        if not rx.poll(timeout):
+            raise TimeoutError(f"{target.__name__}{args[:1]} gave no result in {timeout}s")
+        res = rx.recv()
+    finally:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    if "error" in res:
+        raise RuntimeError(f"{target.__name__} {args[0]}: {res['error']}")
+    return res

@@ -49,7 +49,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,23 +200,6 @@ def _tight_loop_child(name: str, env: dict[str, str], n: int, conn: Any) -> None
         raise
 
 
-def _in_child(target: Callable[..., None], *args: Any, timeout: float = 300) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    rx, tx = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=target, args=(*args, tx))
-    p.start()
-    try:
-        if not rx.poll(timeout):
-            raise TimeoutError(f"{target.__name__}{args[:1]} gave no result in {timeout}s")
-        res = rx.recv()
-    finally:
-        p.join(30)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    if "error" in res:
-        raise RuntimeError(f"{target.__name__} {args[0]}: {res['error']}")
-    return res
 
 
 # ---------------------------------------------------------------------------
@@ -635,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if kind == "loop":
                     n = n_loop.get(name, n_loop_default)
-                    res = _in_child(_tight_loop_child, name, env, n)
+                    res = h.run_in_child(_tight_loop_child, name, env, n)
                     raw.setdefault("loop", {}).setdefault(name, []).append(res)
                 elif kind == "gunicorn":
                     res = serve(name, env, workdir, args.workers, wrk_s, saturate_conns=16,

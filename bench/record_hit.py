@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -182,22 +181,7 @@ class _Ring:
 
 def _run_child(name: str, env: dict[str, Any], n_lat: int, n_cpu: int,
                timeout: float = 900) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    rx, tx = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child, args=(name, env, n_lat, n_cpu, tx))
-    p.start()
-    try:
-        if not rx.poll(timeout):
-            raise TimeoutError(f"{name}: no result in {timeout}s")
-        res = rx.recv()
-    finally:
-        p.join(60)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    if "error" in res:
-        raise RuntimeError(f"{name}: {res['error']}")
-    return dict(res)
+    return dict(h.run_in_child(_child, name, env, n_lat, n_cpu, timeout=timeout))
 
 
 def _proc_cpu(pid: int) -> float:
