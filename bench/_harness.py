@@ -525,20 +525,14 @@ def stream_record_count(client: redis.Redis, keys: list[str]) -> int:
     """Records held in the stream shards (sum of every entry's ``n`` field)."""
     total = 0
     for key in keys:
-        last = "-"
+        start = "-"
         while True:
-            entries = client.xrange(key, min=last, max="+", count=1000)
-            if last != "-" and entries and entries[0][0] == last:
-                entries = entries[1:]
+            entries = client.xrange(key, min=start, max="+", count=1000)
             if not entries:
                 break
-            for _eid, fields in entries:
-                total += int(fields.get(b"n", b"0"))
+            total += sum(int(fields.get(b"n", b"0")) for _eid, fields in entries)
             last = entries[-1][0]
-            if isinstance(last, bytes):
-                last = last.decode()
-            if len(entries) < 999:
-                break
+            start = "(" + (last.decode() if isinstance(last, bytes) else last)
     return total
 
 

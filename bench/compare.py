@@ -56,6 +56,7 @@ import psutil
 import redis
 
 from . import _harness as h
+from . import designs
 
 DESIGNS = ("none", "ours", "sync_rpush", "seed_queue", "otel_deque", "mp_queue")
 LABELS = {
@@ -83,55 +84,12 @@ def make_design(name: str, env: dict[str, str]) -> Any:
     ``env``: ``redis_url`` (every design that writes to Redis itself) and
     ``collector_yaml`` (ours: the config shared with the daemon).
     """
-    try:
-        from bench import designs
-    except ImportError:
-        designs = None
-    if designs is None and name in ("none", "ours"):
-        return _Floor() if name == "none" else _Ours(env["collector_yaml"])
-    if designs is None:
-        raise RuntimeError(f"design {name!r} needs bench/designs.py, which is missing")
     return designs.make(name, redis_url=env.get("redis_url") or None,
                         collector_config=env.get("collector_yaml") or None)
 
 
-class _Floor:
-    """Design 1 when bench/designs.py is absent: record() does nothing."""
-
-    def start(self) -> None:
-        pass
-
-    def record(self, record: dict[str, Any]) -> bool:
-        return True
-
-    def stop(self) -> None:
-        pass
-
-
-class _Ours:
-    """Design 2 when bench/designs.py is absent: collector.Analytics itself."""
-
-    def __init__(self, collector_yaml: str) -> None:
-        from collector import Analytics
-
-        self.analytics = Analytics.from_config(collector_yaml)
-        self.record = self.analytics.record_hit
-
-    def start(self) -> None:
-        self.analytics.start()
-
-    def stop(self) -> None:
-        self.analytics.stop()
-
-
 def count_in_redis(name: str, client: Any) -> int:
     """Records design ``name`` has put into Redis so far."""
-    if name == "ours":
-        from collector.stream import shard_keys
-
-        return h.stream_record_count(client, shard_keys())
-    from bench import designs
-
     return int(designs.count_in_redis(name, client))
 
 

@@ -36,6 +36,8 @@ import yaml
 import ringbuf
 from collector.stream import shard_keys
 
+from ._harness import stream_record_count
+
 TARGET = 300_000  # records/s end to end, from the issue
 _CPU: list[tuple[dict[str, float], int]] = []  # (CPU seconds by role, records) per run
 _PIDS: dict[str, int] = {}
@@ -132,19 +134,6 @@ class _Redis:
         self.proc.wait(30)
 
 
-def _records_in(client: redis.Redis, keys: list[str]) -> int:
-    n = 0
-    for key in keys:
-        start = "-"
-        while True:
-            entries = client.xrange(key, min=start, max="+", count=1000)
-            if not entries:
-                break
-            n += sum(int(f[b"n"]) for _, f in entries)
-            start = "(" + entries[-1][0].decode()
-    return n
-
-
 def run_once(rings_dir: Path, client: redis.Redis, keys: list[str], producers: int,
              per_producer: int, capacity: int) -> tuple[float, float]:
     """One measurement: (records/s, seconds)."""
@@ -187,7 +176,7 @@ def run_once(rings_dir: Path, client: redis.Redis, keys: list[str], producers: i
     for m, f in zip(maps, files, strict=True):
         m.close()
         f.close()
-    got = _records_in(client, keys)
+    got = stream_record_count(client, keys)
     if got != total:
         raise RuntimeError(f"Redis holds {got} records, {total} were sent")
     for key in keys:

@@ -387,15 +387,7 @@ def count_in_redis(name: str, client: redis.Redis) -> int:
     if name == "ours":
         from collector.stream import shard_keys
 
-        total = 0
-        for key in shard_keys():
-            last = "-"
-            while True:
-                entries = client.xrange(key, min=last, max="+", count=1000)
-                if not entries:
-                    break
-                total += sum(int(f.get(b"n", b"0")) for _id, f in entries)
-                last_id = entries[-1][0]
-                last = "(" + (last_id.decode() if isinstance(last_id, bytes) else last_id)
-        return total
+        from ._harness import stream_record_count
+
+        return stream_record_count(client, shard_keys())
     return int(client.llen(list_key(name)))
