@@ -19,19 +19,19 @@ start). A second signal kills the workers and exits at once with status 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import get_context, resource_tracker
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+
+from collector._health import HealthServer
 
 from ._log import RateLimited, log
 from ._metrics import STATE, STATE_OUTAGE, STATE_STARTING, WRITE_DEADLINE, PumpCollector
@@ -81,7 +81,7 @@ class Supervisor:
             by_sink, self._lag_rows,
             lambda sink: sum(sl.restarts for sl in self.slots if sl.sink == sink),
             self._alive_count))
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: HealthServer | None = None
         self.mover: ListMover | None = None
         self._threads: list[threading.Thread] = []
         self._next_trim = time.monotonic() + config.trim_interval_s
@@ -173,45 +173,16 @@ class Supervisor:
 
     # -- http --------------------------------------------------------------------
     def _start_http(self) -> None:
-        sup = self
         health_path = "/" + self.config.health_check_path
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0].rstrip("/") or "/"
-                try:
-                    if path == health_path:
-                        self._send(200, b'{"status": "ok"}', "application/json")
-                    elif path == "/readyz":
-                        ready, detail = sup.readiness()
-                        self._send(200 if ready else 503, json.dumps(detail).encode(),
-                                   "application/json")
-                    elif path == "/metrics":
-                        self._send(200, generate_latest(sup.registry), CONTENT_TYPE_LATEST)
-                    else:
-                        self._send(404, b'{"error": "not found"}', "application/json")
-                except Exception as exc:  # never kill the server thread
-                    sup.limited.log("http", logging.ERROR, "Health endpoint failed.",
-                                    path=path, error=exc)
-                    self._send(500, json.dumps({"error": str(exc)}).encode(),
-                               "application/json")
+        def on_error(path: str, exc: Exception) -> None:
+            self.limited.log("http", logging.ERROR, "Health endpoint failed.",
+                            path=path, error=exc)
 
         host, port = self.config.health_host_port
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        t = threading.Thread(target=self.httpd.serve_forever, name="pump-http", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self.httpd = HealthServer(host, port, readiness=self.readiness, registry=self.registry,
+                                  health_path=health_path, on_error=on_error, name="pump-http")
+        self.httpd.start()
         log(logging.INFO, "Serving health and metrics.", address=f"{host}:{port}",
             health=health_path)
 
@@ -342,8 +313,7 @@ class Supervisor:
                 except Exception as exc:
                     log(logging.WARNING, "Closing the sink failed.", sink=name, error=exc)
         if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
+            self.httpd.stop()
         log(logging.INFO, "collector-pump stopped.")
         return 0
 

@@ -1,22 +1,19 @@
-"""``/healthz``, ``/readyz`` and ``/metrics`` of the daemon (stdlib HTTP server in a thread)."""
+"""The daemon's metrics collector and its ``/healthz``, ``/readyz``, ``/metrics`` server."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from collector._health import HealthServer
 
 from . import _counters as C
 from . import _log
@@ -111,74 +108,12 @@ class DaemonCollector(Collector):
                                   value=float(sum(s.restarts for s in sup.slots)))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request would flood the logs
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any) -> None:
-        self._send(code, json.dumps(obj).encode() + b"\n", "application/json")
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        sup = self.server.sup
-        try:
-            if path == "/healthz":
-                self._json(200, {"status": "ok"})
-            elif path == "/readyz":
-                ready, detail = sup.readiness()
-                self._json(200 if ready else 503, detail)
-            elif path == "/metrics":
-                self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
-            else:
-                self._json(404, {"error": f"no such path {path!r}",
-                                 "paths": ["/healthz", "/readyz", "/metrics"]})
-        except Exception as exc:
-            _log.error("HTTP handler failed.", path=path, error=repr(exc))
-            try:
-                self._json(500, {"error": repr(exc)})
-            except OSError:
-                pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], sup: Supervisor) -> None:
-        self.sup = sup
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(sup))
-        super().__init__(addr, _Handler)
-
-
-class HealthServer:
-    def __init__(self, host: str, port: int, sup: Supervisor) -> None:
-        if ":" in host:
-            _Server.address_family = socket.AF_INET6
-        self.server = _Server((host, port), sup)
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.2},
-                                       name="collector-http", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        t0 = time.monotonic()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(max(0.0, 5 - (time.monotonic() - t0)))
+def health_server(host: str, port: int, sup: Supervisor) -> HealthServer:
+    """The daemon's ``/healthz``, ``/readyz`` and ``/metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(sup))
+    return HealthServer(
+        host, port, readiness=sup.readiness, registry=registry,
+        on_error=lambda path, exc: _log.error("HTTP handler failed.", path=path,
+                                              error=repr(exc)),
+        name="collector-http")

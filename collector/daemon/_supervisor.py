@@ -40,6 +40,7 @@ import redis
 
 import ringbuf
 from collector import _redis
+from collector._health import HealthServer
 from collector.config import CollectorConfig
 from collector.stream import shard_keys
 
@@ -47,7 +48,7 @@ from . import _counters as C
 from . import _log
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
 from ._flusher import flusher_main
-from ._http import HealthServer
+from ._http import health_server
 
 LOCK_NAME = ".collector-daemon.lock"
 QUARANTINE = "quarantine"
@@ -453,7 +454,7 @@ class Supervisor:
             self.client = _redis.connect_from_config(cfg, timeout_s=min(1.0, cfg.redis_timeout_s))
             host, port = cfg.health_host_port
             try:
-                self.http = HealthServer(host, port, self)
+                self.http = health_server(host, port, self)
             except OSError as exc:
                 raise DaemonError(f"health_address={cfg.health_address!r}: cannot listen: "
                                   f"{exc.strerror}") from None
