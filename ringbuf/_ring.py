@@ -119,6 +119,7 @@ record for ``read_batch(1000)`` + ``commit`` (before: ~1 us).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -138,6 +139,7 @@ from ._errors import (
     NotARing,
     RecordTooLarge,
     RingCorrupted,
+    RingError,
     RingPermissionError,
     RingVersionMismatch,
 )
@@ -225,6 +227,45 @@ def producer_alive(pid: int, start_time: float) -> bool:
         return abs(proc.create_time() - start_time) < 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
+
+
+def _prefault(mm: mmap.mmap, size: int) -> None:
+    """Map every page of a new ring writable now, not on the first lap.
+
+    A first write to a page faults (a few µs on a virtual machine): spread
+    over the first lap that costs a producer more than its writes. Done once
+    at creation (about 3 ms for 8 MiB), in the worker's start-up.
+    """
+    try:
+        mm.madvise(_MADV_POPULATE_WRITE)
+        return
+    except (OSError, ValueError, AttributeError):
+        pass  # an older kernel: touch each page (the data area is all zeros)
+    step = mmap.PAGESIZE
+    for off in range(HEADER_SIZE, size, step):
+        mm[off] = 0
+
+
+def _allocate(fd: int, size: int, directory: Path) -> None:
+    """Reserve the ring's memory now, so a full ``/dev/shm`` fails here.
+
+    A sparse file on tmpfs gets its pages on first write: with the file
+    system full, that write would kill the producer with ``SIGBUS``.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return  # a file system without fallocate: pages come on first write
+        if exc.errno == errno.ENOSPC:
+            raise RingError(
+                f"not enough space in {directory} for a ring of {size} bytes "
+                f"(ring_capacity_bytes); free space there or make the ring smaller"
+            ) from None
+        raise
 
 
 def _validate_capacity(capacity_bytes: int, max_record_bytes: int) -> None:
@@ -498,6 +539,7 @@ class RingWriter:
         try:
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, HEADER_SIZE + capacity_bytes)
+            _allocate(fd, HEADER_SIZE + capacity_bytes, directory)
             os.pwrite(
                 fd,
                 STATIC.pack(MAGIC, LAYOUT_VERSION, HEADER_SIZE, capacity_bytes,
@@ -522,6 +564,7 @@ class RingWriter:
         self.checksum = checksum
         self._fd = fd
         self._mm = mmap.mmap(fd, HEADER_SIZE + capacity_bytes)
+        _prefault(self._mm, HEADER_SIZE + capacity_bytes)
         self._mv = memoryview(self._mm)
         self._q = self._mv.cast("Q")
         self._closed = False
@@ -950,6 +993,10 @@ class RingReader:
 
     def is_empty(self) -> bool:
         return self._q[_TAIL] == self._head
+
+    def used_bytes(self) -> int:
+        """Bytes the producer cannot reuse yet: everything after the committed head."""
+        return self._q[_TAIL] - self._head
 
     # -- stats and lifecycle ----------------------------------------------
     def stats(self) -> RingStats:

@@ -444,3 +444,61 @@ def test_writer_counters_and_full_policy(rings_dir: Path) -> None:
     assert w.try_write(b"z" * 1000)  # room again
     w.close()
     quiet.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MiB tmpfs (needs root to mount; CI runs as root, so CI never skips it)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir(mode=0o700)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                           str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_ring_larger_than_the_free_shared_memory_is_refused_at_creation(
+        small_tmpfs: Path) -> None:
+    """The ring's memory is reserved when it is created: a full tmpfs is a clear
+    error there, never a SIGBUS in the producer's first write past the free space."""
+    with pytest.raises(ringbuf.RingError, match="not enough space"):
+        ringbuf.RingWriter.create(small_tmpfs, capacity_bytes=8 << 20)
+    assert [p.name for p in small_tmpfs.iterdir()] == []  # no half-made ring left
+
+
+def test_record_hit_on_a_full_tmpfs_drops_and_counts(small_tmpfs: Path) -> None:
+    """A producer whose ring cannot be created keeps running: each record is
+    dropped and counted (in a child process: a SIGBUS would kill it)."""
+    code = (
+        "import sys\n"
+        "from collector import Analytics\n"
+        "from collector.config import CollectorConfig\n"
+        f"a = Analytics(CollectorConfig(rings_dir={str(small_tmpfs)!r},"
+        " ring_capacity_bytes=8 << 20))\n"
+        "ok = sum(a.record_hit({'i': i, 'pad': 'x' * 400}) for i in range(50_000))\n"
+        "s = a.stats()\n"
+        "print(ok, s.dropped_no_ring)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    ok, dropped = map(int, done.stdout.split())
+    assert (ok, dropped) == (0, 50_000)
+
+
+def test_new_ring_works_when_the_kernel_cannot_prefault(
+        rings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MADV_POPULATE_WRITE (kernels before 5.14) the pages are touched
+    one by one; the ring still starts empty and carries records."""
+    monkeypatch.setattr(_ring, "_MADV_POPULATE_WRITE", -1)  # madvise: EINVAL
+    w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=1024)
+    r = ringbuf.RingReader.open(w.path)
+    assert r.read_batch(10) == []
+    assert w.try_write(b"a" * 100) and w.try_write(b"b" * 200)
+    assert list(r.read_batch(10)) == [b"a" * 100, b"b" * 200]
+    r.close()
+    w.close()
