@@ -1,0 +1,52 @@
+"""``bench compare``'s arithmetic: medians with min/max and the target verdicts.
+
+The measurements themselves run in ``python -m bench compare`` (minutes of
+load, not for the test suite); this checks what it concludes from them.
+"""
+
+from __future__ import annotations
+
+from bench.compare import summarize, targets
+
+
+def _raw(none_rps: list[float], ours_rps: list[float]) -> dict:
+    return {
+        "gunicorn_saturated": {
+            "none": [{"rps": r, "machine_cpu_us_per_request": 300.0} for r in none_rps],
+            "ours": [{"rps": r, "machine_cpu_us_per_request": 306.0} for r in ours_rps],
+        },
+        "loop": {
+            "ours": [{"cpu_ns_per_record": 1000.0}],
+            "otel_deque": [{"cpu_ns_per_record": 1900.0}],
+            "seed_queue": [{"cpu_ns_per_record": 8000.0}],
+            "sync_rpush": [{"cpu_ns_per_record": 60000.0}],
+        },
+        "end_to_end_1": {"ours": [{"records_per_s": 250_000.0}]},
+        "end_to_end_4": {"ours": [{"records_per_s": 650_000.0}]},
+    }
+
+
+def test_summary_is_median_min_max_per_key() -> None:
+    s = summarize(_raw([5000, 6000, 5500], [5400, 5300, 5600]))
+    rps = s["gunicorn_saturated"]["none"]["rps"]
+    assert (rps["median"], rps["min"], rps["max"], rps["n"]) == (5500, 5000, 6000, 3)
+
+
+def test_target_verdicts_use_medians() -> None:
+    lines = targets(summarize(_raw([5000, 6000, 5500], [5400, 5300, 5600])))
+    by_start = {line.split(":")[0]: line for line in lines}
+    sat = by_start["ours keeps 98.2% of design 1's saturated requests/s (>= 97%)"]
+    assert sat.endswith("machine CPU per request 306 us vs 300 us (+2.0%)")
+    assert ": met;" in sat
+    otel = next(line for line in lines if "OTel" in line)
+    assert "= 1.9x (>= 2x): NOT met" in otel
+    assert any("seed queue" in line and "8.0x (>= 2x): met" in line for line in lines)
+    assert any("sync RPUSH" in line and "60.0x (>= 30x): met" in line for line in lines)
+    # the best producer count counts
+    assert lines[-1] == "ours end to end into Redis: 650,000 records/s (>= 300,000): met"
+
+
+def test_a_slower_ours_is_not_met() -> None:
+    lines = targets(summarize(_raw([6000], [5700])))
+    assert lines[0].startswith("ours keeps 95.0% of design 1's saturated requests/s "
+                               "(>= 97%): NOT met")
