@@ -279,3 +279,51 @@ def test_sharded_stream_json_logs_and_sighup(tmp_path: Path, rings_dir: Path,
         assert any("SIGHUP ignored" in x["msg"] for x in lines)
     finally:
         daemon.close()
+
+
+def _entry_sizes(client: redis.Redis) -> list[int]:
+    return [int(f[b"n"]) for _, f in client.xrange("collector:analytics")]
+
+
+def test_a_fast_ring_goes_in_full_batches_without_waiting_for_the_interval(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """With a 60 s flush interval, 2,000 records written at once arrive as ten
+    full batches of batch_size=200, long before the interval (the flusher wakes
+    when a batch is full, not only when it is due)."""
+    n, count = 1, 2_000
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1, batch_size=200,
+                        flush_interval_ms=60_000, max_flush_interval_ms=60_000)
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, n, count))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= count, 30,
+                   "every record, well within the 60 s flush interval")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        print(f"fast ring: lost={lost} duplicated={dup} batches={_entry_sizes(client)}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert _entry_sizes(client) == [200] * 10
+    finally:
+        daemon.stop()
+
+
+def test_a_trickle_is_batched_and_every_record_arrives(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """One record every 10 ms with a 300 ms flush interval: the flusher sleeps
+    between looks, so records share stream entries (about 30 each), and the
+    last ones go out without more records behind them."""
+    n, count = 1, 200
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1,
+                        flush_interval_ms=300, max_flush_interval_ms=1000)
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, n, count, pace_every=1, pace_s=0.01))
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= count, 30, "every record")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        sizes = _entry_sizes(client)
+        print(f"trickle: lost={lost} duplicated={dup} batches={sizes}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert len(sizes) <= count // 5, f"records were not batched: {sizes}"
+    finally:
+        daemon.stop()
