@@ -15,7 +15,7 @@ def connect(config: PumpConfig, *, block_s: float = 0.0) -> redis.Redis:
     """A client for the pump's Redis, opened by :func:`collector._redis.connect`.
 
     Same rules as the daemon: ``redis://``, ``rediss://`` (TLS) or ``unix://``;
-    ``redis_username`` / ``redis_password`` (config or environment) win over
+    ``redis_username`` / ``redis_password`` (from the environment) win over
     credentials in the URL; redis-py's own command retries are off, so a
     worker never blocks in ten hidden retries while Redis is down: it gets
     the error at once and backs off itself (``Worker._redis_trouble``).
