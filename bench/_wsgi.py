@@ -13,8 +13,11 @@ used here (``examples/authz_app.py`` itself always records with ours).
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import threading
+from array import array
+from time import perf_counter_ns
 from typing import Any
 
 from examples import authz_app as authz
@@ -41,5 +44,38 @@ def _design() -> Any:
     return _state["design"]
 
 
+def _record(rec: dict[str, Any]) -> bool:
+    return bool(_design().record(rec))
+
+
+# With BENCH_RECORD_STATS=<dir>, each worker times every record() call (the
+# call alone, in the request, with the worker's caches as the request left
+# them) and writes p50/p90/p99/mean ns to <dir>/<pid>.json when it exits.
+_STATS_DIR = os.environ.get("BENCH_RECORD_STATS")
+_lat: array[int] = array("q")
+
+
+def _timed_record(rec: dict[str, Any]) -> bool:
+    d = _design()
+    t = perf_counter_ns()
+    ok = d.record(rec)
+    _lat.append(perf_counter_ns() - t)
+    return bool(ok)
+
+
+def _dump_stats() -> None:
+    if not _lat or not _STATS_DIR:
+        return
+    lat = sorted(_lat)
+    n = len(lat)
+    stats = {"n": n, "p50_ns": lat[n // 2], "p90_ns": lat[n * 9 // 10],
+             "p99_ns": lat[n * 99 // 100], "mean_ns": sum(lat) / n}
+    with open(os.path.join(_STATS_DIR, f"{os.getpid()}.json"), "w") as fh:
+        json.dump(stats, fh)
+
+
+if _STATS_DIR:
+    atexit.register(_dump_stats)
+
 # examples/authz_app.py's handler, recording through the selected design.
-app = authz.make_app(lambda rec: _design().record(rec))
+app = authz.make_app(_timed_record if _STATS_DIR else _record)

@@ -35,7 +35,9 @@ fresh processes, designs interleaved within a repeat:
 
 Prints medians with min/max and ratios to ours, writes
 ``bench/results/<date>.json`` and ``bench/results/<date>.png``.
-Redis runs without persistence here (the same for every design).
+Redis runs without persistence here (the same for every design); ours runs
+``collector-daemon`` with its shipped pool, batch, flush and scan settings
+(``DAEMON_SETTINGS``), so (d) shows the default ``flush_interval_ms``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from typing import Any
 import psutil
 import redis
 
+from collector.config import CollectorConfig
+
 from . import _harness as h
 from . import designs
 
@@ -74,6 +78,17 @@ SHORT = {
     "seed_queue": "4 seed\nqueue", "otel_deque": "5 OTel\ndeque", "mp_queue": "6 mp\nQueue",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# Ours as shipped: the daemon's default pool, flush and scan settings (not the
+# test suite's faster ones); 64 MiB rings so the tight loops of (a) and (c)
+# rarely fill them; no backlog limit in the way.
+_SHIPPED = CollectorConfig.model_fields
+DAEMON_SETTINGS: dict[str, Any] = {
+    **{k: _SHIPPED[k].default for k in ("pool_size", "batch_size", "flush_interval_ms",
+                                        "max_flush_interval_ms", "scan_interval_ms")},
+    "ring_capacity_bytes": 64 * 1024 * 1024,
+    "max_backlog_entries": 10_000_000,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -377,10 +392,12 @@ def _machine_cpu_seconds() -> float:
 def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration: float,
           saturate_conns: int, daemon: h.Service | None = None,
           redis_pid: int | None = None) -> dict[str, Any]:
+    stats_dir = Path(tempfile.mkdtemp(prefix=f"record-{name}-", dir=workdir))
     g = h.Gunicorn("bench._wsgi:app", workers, {
         "BENCH_DESIGN": name, "BENCH_REDIS_URL": env.get("redis_url", ""),
         "BENCH_COLLECTOR_YAML": env.get("collector_yaml", ""),
         "COLLECTOR_CONFIG": env.get("collector_yaml", ""),
+        "BENCH_RECORD_STATS": str(stats_dir),
     }, workdir / "logs" / f"gunicorn-{name}.log").start()
     url = f"http://127.0.0.1:{g.port}/v1/authz"
     try:
@@ -405,6 +422,12 @@ def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration:
             sat["daemon_cpu_us_per_request"] = (_cpu_seconds(dpids) - d0) * 1e6 / n
     finally:
         g.stop()
+    # record() timed inside the workers over the whole run (warm-up, paced and
+    # saturated): the mean over workers of each worker's figure
+    per_worker = [json.loads(f.read_text()) for f in stats_dir.glob("*.json")]
+    if per_worker:
+        for key in ("p50_ns", "p99_ns", "mean_ns"):
+            sat[f"record_in_worker_{key}"] = statistics.fmean(w[key] for w in per_worker)
     return {"paced": paced, "saturated": sat}
 
 
@@ -579,9 +602,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start = list(os.getloadavg())
     redis = h.RedisProc(workdir / "redis", persistence="none").start()
-    ccfg, dport = h.daemon_config(workdir, redis.url, pool_size=2,
-                                  ring_capacity_bytes=64 * 1024 * 1024,
-                                  max_backlog_entries=10_000_000)
+    ccfg, dport = h.daemon_config(workdir, redis.url, **DAEMON_SETTINGS)
     env = {"redis_url": redis.url, "collector_yaml": str(ccfg)}
     daemon = h.daemon(workdir, ccfg, dport).start() if "ours" in args.names else None
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -695,7 +716,8 @@ def targets(summary: dict[str, Any]) -> list[str]:
 
 
 def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\ncompare: medians [min-max] over {args.repeat} repeat(s)")
+    print(f"\ncompare: medians [min-max] over {args.repeat} repeat(s); collector-daemon: "
+          + ", ".join(f"{k}={v}" for k, v in DAEMON_SETTINGS.items()))
     if "loop" in summary:
         print_table("(a) producer cost in a tight loop (record() per call, app-process CPU per "
                     "accepted record incl. background threads)", summary["loop"],
@@ -716,6 +738,14 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
                             ("machine CPU us/req", "machine_cpu_us_per_request", 0)]
                            if section == "gunicorn_saturated" else []),
                         ratio_key="rps", ratio_bases=("none", "ours"))
+    if "gunicorn_saturated" in summary:
+        print_table("(b) record() inside a gunicorn worker, every call of the run (ns; timed "
+                    "in the request, so with the caches the request left; a design's "
+                    "background threads are not in it)", summary["gunicorn_saturated"],
+                    [("record() p50 ns", "record_in_worker_p50_ns", 0),
+                     ("record() p99 ns", "record_in_worker_p99_ns", 0),
+                     ("record() mean ns", "record_in_worker_mean_ns", 0)],
+                    ratio_key="record_in_worker_mean_ns")
     for p in (1, 2, 4):
         section = f"end_to_end_{p}"
         if section in summary:
