@@ -24,7 +24,9 @@ fresh processes, designs interleaved within a repeat:
     is not counted;
 (b) gunicorn (sync workers = cores) serving the authz app under ``wrk``:
     a paced run (few connections, a pause between requests) and a saturated
-    run: requests/s, p50/p99 latency, ratio to design 1;
+    run: requests/s, p50/p99 latency, ratio to design 1; CPU per request of
+    the workers, the daemon, Redis and the whole machine; and ``record()``
+    timed inside the workers (``BENCH_RECORD_STATS``, ``bench/_wsgi.py``);
 (c) records/s end to end into Redis with 1, 2 and 4 producer processes
     (same re-offer rule; from the producers' start until Redis holds every
     record: for ours the daemon's ``records_written`` counter, then the
