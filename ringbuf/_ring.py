@@ -994,6 +994,10 @@ class RingReader:
     def is_empty(self) -> bool:
         return self._q[_TAIL] == self._head
 
+    def producer_closed(self) -> bool:
+        """True once the producer closed the ring: it writes nothing more."""
+        return bool(self._q[_CLOSED])
+
     def used_bytes(self) -> int:
         """Bytes the producer cannot reuse yet: everything after the committed head."""
         return self._q[_TAIL] - self._head

@@ -294,8 +294,10 @@ def test_a_fast_ring_goes_in_full_batches_without_waiting_for_the_interval(
     cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1, batch_size=200,
                         flush_interval_ms=60_000, max_flush_interval_ms=60_000)
     daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    # The producer stays alive with its ring open: a closed ring would be sent
+    # at once (nothing more can come), which is not what this test is about.
+    producers = H.start_producers(rings_dir, n, count, close=False)
     try:
-        H.join_all(H.start_producers(rings_dir, n, count))
         client = redis_server.client()
         wait_until(lambda: H.total_in_stream(client) >= count, 30,
                    "every record, well within the 60 s flush interval")
@@ -304,6 +306,9 @@ def test_a_fast_ring_goes_in_full_batches_without_waiting_for_the_interval(
         assert (lost, dup, unexpected) == (0, 0, 0)
         assert _entry_sizes(client) == [200] * 10
     finally:
+        for p in producers:
+            p.kill()
+            p.join(10)
         daemon.stop()
 
 
@@ -325,5 +330,29 @@ def test_a_trickle_is_batched_and_every_record_arrives(
         print(f"trickle: lost={lost} duplicated={dup} batches={sizes}")
         assert (lost, dup, unexpected) == (0, 0, 0)
         assert len(sizes) <= count // 5, f"records were not batched: {sizes}"
+    finally:
+        daemon.stop()
+
+
+def test_a_ring_smaller_than_a_batch_is_sent_when_half_full(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """A 256 KiB ring cannot hold a batch of 5,000 records: the flusher sends
+    whenever the ring is half full instead of waiting 60 s for the interval,
+    so a producer that waits for room finishes at once and nothing is lost."""
+    n, count = 1, 20_000
+    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1, batch_size=5_000,
+                        flush_interval_ms=60_000, max_flush_interval_ms=60_000)
+    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    try:
+        H.join_all(H.start_producers(rings_dir, n, count, capacity=1 << 18), timeout=30)
+        client = redis_server.client()
+        wait_until(lambda: H.total_in_stream(client) >= count, 30,
+                   "every record, well within the 60 s flush interval")
+        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        sizes = _entry_sizes(client)
+        print(f"small ring: lost={lost} duplicated={dup} batches={len(sizes)} "
+              f"largest={max(sizes)}")
+        assert (lost, dup, unexpected) == (0, 0, 0)
+        assert max(sizes) < 5_000  # sent by the half-full rule, not by batch_size
     finally:
         daemon.stop()

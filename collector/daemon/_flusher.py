@@ -3,8 +3,10 @@
 For each ring it reads records (raw msgpack bytes, never decoded) into a
 pending batch until the batch holds ``batch_size`` records or
 ``batch_bytes`` bytes, or its first record is ``flush_interval_ms`` old
-(capped by the forced maximum ``max_flush_interval_ms``), whichever comes
-first, so a steady trickle waits at most ``flush_interval_ms``.
+(capped by the forced maximum ``max_flush_interval_ms``), or the ring is
+half full, or its producer has closed it, whichever comes first, so a steady
+trickle waits at most ``flush_interval_ms``, a ring smaller than two batches
+never stalls its producer, and an exiting worker's last records go at once.
 It then writes the batch as ONE stream entry (``collector.stream``) in one
 round trip (``XADD`` pipelined with ``XLEN`` of the same shard) and only
 after Redis accepted it commits the ring, which frees the records for the
@@ -397,8 +399,12 @@ class Flusher:
                 self._drop(ring, "corrupted", ring.corrupt)
                 return state, INF
             return state, self._next_look(ring, reader, now, now + self.idle_s)
+        # A ring half full goes now, whatever the batch limits: a small ring must
+        # never make its producer wait (or drop) for a batch that cannot fill.
+        # A closed ring's batch cannot grow any more: it goes now too.
         due = (len(acc) >= self.batch_size or ring.acc_bytes >= self.batch_bytes or stopping
-               or ring.corrupt is not None)
+               or ring.corrupt is not None or 2 * reader.used_bytes() >= reader.capacity
+               or reader.producer_closed())
         if not due:
             wake = ring.first_at + self.due_s
             if now < wake:
