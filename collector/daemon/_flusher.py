@@ -79,7 +79,7 @@ INF = float("inf")
 
 class _Ring:
     __slots__ = ("acc", "acc_bytes", "burst_s", "byte_rate", "checked_at", "corrupt",
-                 "first_at", "first_seq", "key", "key_bytes", "last_at", "lock_fd", "next_try",
+                 "first_at", "first_seq", "key", "key_bytes", "lock_fd", "next_try",
                  "path", "reader", "rec_rate", "warned_busy", "win_bytes", "win_recs",
                  "win_start")
 
@@ -93,7 +93,6 @@ class _Ring:
         self.acc_bytes = 0
         self.first_seq = 0
         self.first_at = 0.0
-        self.last_at = 0.0
         self.corrupt: str | None = None
         self.next_try = 0.0
         self.warned_busy = False
@@ -387,7 +386,6 @@ class Flusher:
                     ring.first_at = ring.checked_at or now
                 acc.extend(batch)
                 ring.acc_bytes += batch.nbytes
-                ring.last_at = now
                 self.arr[C.RECORDS_READ] += len(batch)
                 ring.observe(now, len(batch), batch.nbytes)
                 state = 1
