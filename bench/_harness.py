@@ -53,7 +53,7 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
         except Exception as exc:
             last = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}"
                                + (f" (last error: {last!r})" if last else ""))
         time.sleep(interval)
 

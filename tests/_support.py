@@ -5,42 +5,31 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import redis
 
+from bench._harness import free_port, wait_for
+
+__all__ = ["RedisServer", "free_port", "pg_dsn", "wait_until"]
+
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
                interval: float = 0.02) -> T:
-    """Poll ``cond`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception as exc:
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}"
-                + (f" (last error: {last_exc!r})" if last_exc else "")
-            )
-        time.sleep(interval)
+    """Poll ``cond`` until it returns a truthy value; fail after ``timeout`` seconds.
+
+    ``bench._harness.wait_for``, with a timeout reported as a test failure
+    (``AssertionError``) rather than an error.
+    """
+    try:
+        return wait_for(cond, timeout, what, interval)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class RedisServer:
