@@ -368,6 +368,14 @@ class Chaos:
         procs = sorted(procs, key=lambda p: p.pid)
         return procs[self.rng.randrange(len(procs))] if procs else None
 
+    def _kill_one(self, procs: list[psutil.Process], what: str) -> str:
+        """SIGKILL one of ``procs``, picked by the seeded RNG; the fault's detail."""
+        victim = self._pick(procs)
+        if victim is None:
+            return f"no {what} alive (skipped)"
+        victim.kill()
+        return f"{what} pid {victim.pid}"
+
     def inject(self, n: int, kind: str) -> Fault:
         f = Fault(n, kind, time.monotonic() - self.t0, time.time())
         rng = self.rng
@@ -384,24 +392,14 @@ class Chaos:
                             f"after {int(victim.state[1])} calls; producer {new.producer_id} "
                             "started")
         elif kind == "flusher_kill":
-            victim = self._pick(self.flushers())
-            if victim is not None:
-                victim.kill()
-                f.detail = f"flusher pid {victim.pid}"
-            else:
-                f.detail = "no flusher alive (skipped)"
+            f.detail = self._kill_one(self.flushers(), "flusher")
         elif kind == "daemon_kill":
             self.daemon.kill9()
             f.detail = f"daemon down {hold}s"
             time.sleep(hold)
             self.daemon.start(wait_s=60)
         elif kind == "pump_worker_kill":
-            victim = self._pick(self.pump.worker_children())
-            if victim is not None:
-                victim.kill()
-                f.detail = f"pump worker pid {victim.pid}"
-            else:
-                f.detail = "no pump worker alive (skipped)"
+            f.detail = self._kill_one(self.pump.worker_children(), "pump worker")
         elif kind == "pump_kill":
             self.pump.kill9()
             f.detail = f"pump down {hold}s"

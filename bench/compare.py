@@ -212,6 +212,20 @@ def _e2e_child(name: str, env: dict[str, str], producer: int, n: int, go: Any,
         raise
 
 
+def _receive(pipes: list[Any], timeout: float, name: str, late: str) -> list[dict[str, Any]]:
+    """One message from each child's pipe: ``TimeoutError`` saying ``late`` if one
+    is silent, ``RuntimeError`` if one reports an error."""
+    msgs = []
+    for rx in pipes:
+        if not rx.poll(timeout):
+            raise TimeoutError(f"{name}: {late}")
+        msg = rx.recv()
+        if "error" in msg:
+            raise RuntimeError(f"{name}: {msg['error']}")
+        msgs.append(msg)
+    return msgs
+
+
 def end_to_end(name: str, env: dict[str, str], producers: int, n: int,
                redis: h.RedisProc, daemon: h.Service | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
@@ -226,12 +240,7 @@ def end_to_end(name: str, env: dict[str, str], producers: int, n: int,
         pipes.append(rx)
         procs.append(p)
     try:
-        for rx in pipes:
-            if not rx.poll(120):
-                raise TimeoutError(f"{name}: a producer did not start")
-            msg = rx.recv()
-            if "error" in msg:
-                raise RuntimeError(f"{name}: {msg['error']}")
+        _receive(pipes, 120, name, "a producer did not start")
         if name == "ours" and daemon is not None:
             # start the clock once the daemon has found every producer's ring
             h.wait_for(lambda: json.loads(daemon.get("readyz")[1]).get("rings", 0) >= producers,
@@ -239,15 +248,9 @@ def end_to_end(name: str, env: dict[str, str], producers: int, n: int,
         base = _daemon_written(daemon) if name == "ours" and daemon is not None else 0
         t0 = time.perf_counter()
         go.set()
-        accepted = refused = 0
-        for rx in pipes:
-            if not rx.poll(600):
-                raise TimeoutError(f"{name}: a producer did not finish")
-            msg = rx.recv()
-            if "error" in msg:
-                raise RuntimeError(f"{name}: {msg['error']}")
-            accepted += msg["accepted"]
-            refused += msg["refused"]
+        done = _receive(pipes, 600, name, "a producer did not finish")
+        accepted = sum(msg["accepted"] for msg in done)
+        refused = sum(msg["refused"] for msg in done)
         if name == "ours" and daemon is not None:
             # the daemon's own counter (cheap to poll); verified on the stream below
             h.wait_for(lambda: _daemon_written(daemon) - base >= accepted, 300,
