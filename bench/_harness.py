@@ -518,7 +518,7 @@ def parse_wrk(text: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------
-# Redis stream helpers (format: collector/stream.py)
+# Redis stream helpers (format: collector/common/stream.py)
 
 
 def stream_record_count(client: redis.Redis, keys: list[str]) -> int:

@@ -359,7 +359,7 @@ class Chaos:
         return out
 
     def stream_keys(self) -> list[str]:
-        from collector.stream import shard_keys
+        from collector.common.stream import shard_keys
 
         return shard_keys()
 
@@ -528,7 +528,7 @@ class Chaos:
         """Records on each sink's dead-letter stream ``<shard>:dead:<sink>``."""
         import msgpack
 
-        from collector.stream import decode_entry
+        from collector.common.stream import decode_entry
 
         out: dict[str, set[tuple[int, int]]] = {s: set() for s in self.sinks}
         client = self.redis.client(socket_timeout=10)

@@ -34,7 +34,7 @@ import redis
 import yaml
 
 import ringbuf
-from collector.stream import shard_keys
+from collector.common.stream import shard_keys
 
 from ._harness import stream_record_count
 

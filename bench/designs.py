@@ -31,7 +31,7 @@ Redis so far. Names (the numbering of ``bench compare``):
                    queue's feeder thread) and the pipe writes
 
 Designs 3-6 write to the Redis list ``bench:<name>``; ours to the stream
-(``collector.stream``).
+(``collector.common.stream``).
 """
 
 from __future__ import annotations
@@ -385,7 +385,7 @@ def count_in_redis(name: str, client: redis.Redis) -> int:
     if name == "none":
         return 0
     if name == "ours":
-        from collector.stream import shard_keys
+        from collector.common.stream import shard_keys
 
         from ._harness import stream_record_count
 

@@ -35,7 +35,7 @@ import msgpack
 import redis
 import yaml
 
-from collector.stream import encode_entry
+from collector.common.stream import encode_entry
 from pump._pipeline import RecordPipeline, decode_record
 from pump.config import Filters
 

@@ -84,7 +84,7 @@ from typing import Any, Literal
 import ringbuf
 
 from ._encode import make_encoder
-from ._logkv import RateLimited
+from .common.log import RateLimited
 from .config import CollectorConfig, ConfigError, load_config
 
 log = logging.getLogger("collector.analytics")

@@ -17,20 +17,18 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 import ringbuf
 
-from .stream import DEFAULT_STREAM_KEY, default_runtime_dir
+from .common.redact import redact_url
+from .common.settings import ConfigError, read_yaml_mapping
+from .common.stream import DEFAULT_STREAM_KEY, default_runtime_dir
 
 ENV_PREFIX = "COLLECTOR_"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names source, key and rule."""
 
 
 class CollectorConfig(BaseModel):
@@ -125,18 +123,6 @@ class CollectorConfig(BaseModel):
         return redact_url(self.effective_redis_url())
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
-
-
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     fields = CollectorConfig.model_fields
@@ -170,26 +156,6 @@ def _format_errors(exc: ValidationError, source: str) -> str:
                 rule += f" (got {err['input']!r})"
         lines.append(f"{source}: {key}: {rule}")
     return "\n".join(lines)
-
-
-def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML file whose top level is a mapping; :class:`ConfigError` otherwise."""
-    label = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read the config file: {exc.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: not valid YAML: {exc}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(
-            f"{label}: the top level must be a mapping of keys, got {type(loaded).__name__}"
-        )
-    return dict(loaded)
 
 
 def load_config(

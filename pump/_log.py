@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from collector._logkv import RateLimited as _RateLimited
-from collector._logkv import quote
+from collector.common.log import RateLimited as _RateLimited
+from collector.common.log import quote
 
 LOGGER = logging.getLogger("collector.pump")
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import ormsgpack
 
-from collector.stream import BadEntry, decode_entry, encode_entry
+from collector.common.stream import BadEntry, decode_entry, encode_entry
 
 from .config import Filters
 from .sinks._base import Record

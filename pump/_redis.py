@@ -6,13 +6,13 @@ from typing import Any
 
 import redis
 
-from collector._redis import connect as _connect
+from collector.common.redisconn import connect as _connect
 
 from .config import PumpConfig
 
 
 def connect(config: PumpConfig, *, block_s: float = 0.0) -> redis.Redis:
-    """A client for the pump's Redis, opened by :func:`collector._redis.connect`.
+    """A client for the pump's Redis, opened by :func:`collector.common.redisconn.connect`.
 
     Same rules as the daemon: ``redis://``, ``rediss://`` (TLS) or ``unix://``;
     ``redis_username`` / ``redis_password`` (from the environment) win over

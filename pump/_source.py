@@ -7,7 +7,7 @@ at-most-once window of that format).
 
 We close that window on the pump side: one Lua script moves up to
 ``list_batch`` records from the head of the list into one stream entry
-(the format of ``collector/stream.py``) *atomically* -- LRANGE, LTRIM and
+(the format of ``collector/common/stream.py``) *atomically* -- LRANGE, LTRIM and
 XADD run as one script, so a record is either still in the list or in the
 stream, never in neither. From there only the stream path writes sinks,
 with its at-least-once guarantees. Record ids are ``list-<list_key>:<n>``
@@ -26,7 +26,7 @@ import threading
 
 import redis
 
-from collector.stream import shard_for
+from collector.common.stream import shard_for
 
 from ._log import RateLimited, log
 from .config import PumpConfig

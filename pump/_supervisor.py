@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from prometheus_client import CollectorRegistry
 
-from collector._health import HealthServer
+from collector.common.health import HealthServer
 
 from ._log import RateLimited, log
 from ._metrics import STATE, STATE_OUTAGE, STATE_STARTING, WRITE_DEADLINE, PumpCollector
@@ -39,7 +39,7 @@ from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
 from ._source import ListMover
 from ._worker import worker_main
 from .config import PumpConfig
-from .sinks._base import Sink, build_sink
+from .sinks import Sink, build_sink
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _HEALTH_CACHE_S = 1.0

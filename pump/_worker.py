@@ -70,7 +70,7 @@ from ._pipeline import DeadItem, Prepared, RecordPipeline
 from ._redis import connect, ensure_groups
 from ._retry import RetryPolicy, WriteFailed, write_with_retries
 from .config import PumpConfig, dead_letter_key, import_plugins
-from .sinks._base import Batch, PermanentError, Record, Sink, build_sink
+from .sinks import Batch, PermanentError, Record, Sink, build_sink
 
 _STOP_SIGNALS = {signal.SIGTERM}
 

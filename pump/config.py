@@ -33,8 +33,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from collector.config import ConfigError, read_yaml_mapping, redact_url
-from collector.stream import DEFAULT_STREAM_KEY, default_redis_url, shard_keys
+from collector.common.redact import redact_url
+from collector.common.settings import ConfigError, read_yaml_mapping
+from collector.common.stream import DEFAULT_STREAM_KEY, default_redis_url, shard_keys
 
 ENV_PREFIX = "COLLECTOR_PUMP_"
 SINK_COMMON_KEYS = ("type", "timeout", "omit_detailed_recording", "max_record_size", "workers")

@@ -28,7 +28,7 @@ import redis
 import yaml
 
 import ringbuf
-from collector.stream import decode_entry, shard_keys
+from collector.common.stream import decode_entry, shard_keys
 
 from ._support import free_port, wait_until
 

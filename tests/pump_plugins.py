@@ -31,7 +31,7 @@ import msgpack
 import redis
 import yaml
 
-from collector.stream import encode_entry
+from collector.common.stream import encode_entry
 from pump.sinks import (
     Batch,
     PermanentError,

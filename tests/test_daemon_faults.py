@@ -17,7 +17,7 @@ from pathlib import Path
 import msgpack
 import psutil
 
-from collector.stream import decode_entry
+from collector.common.stream import decode_entry
 from tests import _daemon_helpers as H
 from tests._support import RedisServer, wait_until
 

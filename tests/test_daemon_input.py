@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import ringbuf
-from collector import _redis
+from collector.common import redisconn
+from collector.common.redact import redact_url
 from collector.config import load_config
 from tests import _daemon_helpers as H
 from tests._support import RedisServer, free_port, wait_until
@@ -162,22 +163,22 @@ def test_rings_of_another_user_or_world_writable_are_refused(
 
 
 def test_redis_connection_helper_urls(tmp_path: Path, redis_server: RedisServer) -> None:
-    c = _redis.connect(redis_server.url, timeout_s=1)
+    c = redisconn.connect(redis_server.url, timeout_s=1)
     assert c.ping()
     kw = c.connection_pool.connection_kwargs
     assert kw["socket_timeout"] == 1 and kw["socket_connect_timeout"] == 1
-    c = _redis.connect("rediss://u:pw@127.0.0.1:6390/0", password="other", username="me")
+    c = redisconn.connect("rediss://u:pw@127.0.0.1:6390/0", password="other", username="me")
     assert c.connection_pool.connection_class.__name__ == "SSLConnection"
     assert c.connection_pool.connection_kwargs["password"] == "other"
     assert c.connection_pool.connection_kwargs["username"] == "me"
-    c = _redis.connect(f"unix://{tmp_path}/r.sock?db=2")
+    c = redisconn.connect(f"unix://{tmp_path}/r.sock?db=2")
     assert c.connection_pool.connection_kwargs["path"] == f"{tmp_path}/r.sock"
     with pytest.raises(ValueError, match="scheme 'http'"):
-        _redis.connect("http://u:pw@host/")
-    assert _redis.describe("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+        redisconn.connect("http://u:pw@host/")
+    assert redact_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
     cfg = load_config({"redis_url": redis_server.url, "redis_password": "pw-9f3k"})
     assert "pw-9f3k" not in repr(cfg)
-    pool = _redis.connect_from_config(cfg).connection_pool
+    pool = redisconn.connect_from_config(cfg).connection_pool
     assert pool.connection_kwargs["password"] == "pw-9f3k"
 
 

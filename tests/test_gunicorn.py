@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 import ringbuf
-from collector.stream import decode_entry, shard_keys
+from collector.common.stream import decode_entry, shard_keys
 
 from ._support import RedisServer, free_port, wait_until
 

@@ -141,7 +141,7 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
 
 def test_redis_client_credentials_from_environment_win_and_no_hidden_retries(
         redis_server: RedisServer) -> None:
-    """pump._redis.connect goes through collector._redis.connect (the daemon's rules)."""
+    """pump._redis.connect goes through collector.common.redisconn.connect (the daemon's rules)."""
     url = redis_server.url.replace("redis://", "redis://urluser:urlpw@")
     env = {"COLLECTOR_PUMP_REDIS_USERNAME": "default", "COLLECTOR_PUMP_REDIS_PASSWORD": "envpw"}
     cfg = load_config({**MINIMAL, "redis_url": url, "purge_delay": 2}, environ=env)

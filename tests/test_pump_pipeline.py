@@ -8,7 +8,7 @@ import time
 import msgpack
 import pytest
 
-from collector.stream import encode_entry
+from collector.common.stream import encode_entry
 from pump._pipeline import RecordPipeline, compile_filter, trim_record
 from pump._retry import RetryPolicy, WriteFailed, write_with_retries
 from pump._worker import Stopper

@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from collector.stream import decode_entry, encode_entry
+from collector.common.stream import decode_entry, encode_entry
 from pump._metrics import DEAD, DECODE_ERRORS, FILTERED, OUT, TRIMMED, Counters
 from pump._redis import group_lag, trim_acknowledged
 from pump._source import ListMover

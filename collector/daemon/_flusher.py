@@ -7,7 +7,7 @@ pending batch until the batch holds ``batch_size`` records or
 half full, or its producer has closed it, whichever comes first, so a steady
 trickle waits at most ``flush_interval_ms``, a ring smaller than two batches
 never stalls its producer, and an exiting worker's last records go at once.
-It then writes the batch as ONE stream entry (``collector.stream``) in one
+It then writes the batch as ONE stream entry (``collector.common.stream``) in one
 round trip (``XADD`` pipelined with ``XLEN`` of the same shard) and only
 after Redis accepted it commits the ring, which frees the records for the
 producer. A crash before the commit re-reads the batch on the next start:
@@ -61,9 +61,9 @@ from typing import Any
 import redis
 
 import ringbuf
-from collector import _redis
+from collector.common import redisconn
+from collector.common.stream import encode_entry, shard_for, shard_keys
 from collector.config import CollectorConfig
-from collector.stream import encode_entry, shard_for, shard_keys
 
 from . import _counters as C
 from . import _log
@@ -141,7 +141,7 @@ class Flusher:
         self.rings: dict[str, _Ring] = {}
         self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
         # No CLIENT SETNAME: an ACL user limited to streams (+@stream +ping) must work.
-        self.client = _redis.connect_from_config(cfg)
+        self.client = redisconn.connect_from_config(cfg)
         self.conn_redis: Any = None  # the one connection this flusher writes on
         self.batch_size = cfg.batch_size
         self.batch_bytes = cfg.batch_bytes
@@ -262,7 +262,7 @@ class Flusher:
         held = self.limiter.hit("redis")
         if held is not None:
             _log.warning("Redis round trip failed; records stay in the rings and will be retried.",
-                         what=what, url=_redis.describe(self.cfg.effective_redis_url()),
+                         what=what, url=self.cfg.redacted_redis_url(),
                          error=repr(exc), failures=self.fail_count, suppressed=held,
                          retry_in_s=round(self.backoff, 3))
         self.retry_at = now + self.backoff * random.uniform(0.5, 1.0)

@@ -13,7 +13,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from collector._health import HealthServer
+from collector.common.health import HealthServer
 
 from . import _counters as C
 from . import _log

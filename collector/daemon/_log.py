@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from collector._logkv import RateLimited, quote
+from collector.common.log import RateLimited, quote
 
 LOGGER = logging.getLogger("collector.daemon")
 __all__ = ["RateLimited", "debug", "error", "info", "log", "setup", "warning"]

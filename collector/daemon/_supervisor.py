@@ -39,10 +39,10 @@ from typing import Any
 import redis
 
 import ringbuf
-from collector import _redis
-from collector._health import HealthServer
+from collector.common import redisconn
+from collector.common.health import HealthServer
+from collector.common.stream import shard_keys
 from collector.config import CollectorConfig
-from collector.stream import shard_keys
 
 from . import _counters as C
 from . import _log
@@ -451,7 +451,8 @@ class Supervisor:
             if cfg.embedded_redis:
                 self.embedded = EmbeddedRedis(cfg.redis_server, cfg.runtime_dir)
                 self.embedded.start(wait_s=max(cfg.startup_redis_wait_s, 5.0))
-            self.client = _redis.connect_from_config(cfg, timeout_s=min(1.0, cfg.redis_timeout_s))
+            self.client = redisconn.connect_from_config(
+                cfg, timeout_s=min(1.0, cfg.redis_timeout_s))
             host, port = cfg.health_host_port
             try:
                 self.http = health_server(host, port, self)

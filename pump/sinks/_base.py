@@ -20,7 +20,7 @@ statement timeouts so a timeout stops the write, not only the wait.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -128,30 +128,6 @@ def register(cls: type[Sink]) -> type[Sink]:
     return cls
 
 
-def registry() -> Mapping[str, type[Sink]]:
-    """Every known sink type, built-in and from ``collector.sinks`` entry points."""
-    from . import _load_builtin_and_plugins
-
-    _load_builtin_and_plugins()
-    return dict(_REGISTRY)
-
-
-def sink_class(type_name: str) -> type[Sink]:
-    known = registry()
-    try:
-        return known[type_name]
-    except KeyError:
-        raise ValueError(
-            f"unknown sink type {type_name!r}; known types: {', '.join(sorted(known))}"
-        ) from None
-
-
-def build_sink(type_name: str, meta: Mapping[str, Any] | None) -> Sink:
-    """Validate ``meta`` against the sink's config class and construct it."""
-    cls = sink_class(type_name)
-    return cls(cls.Config.model_validate(dict(meta or {})))
-
-
 RecordFilter = Callable[[Record], bool]
 __all__ = [
     "Batch",
@@ -163,8 +139,5 @@ __all__ = [
     "SinkConfig",
     "SinkError",
     "Verdict",
-    "build_sink",
     "register",
-    "registry",
-    "sink_class",
 ]

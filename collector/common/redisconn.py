@@ -6,8 +6,8 @@ and ``unix:///path/to/redis.sock?db=0``. The ACL user name and password come
 from the URL or, winning over it, from the arguments (config keys
 ``redis_username`` / ``redis_password`` or ``COLLECTOR_REDIS_PASSWORD``).
 
-Passwords are never logged: log :func:`collector.config.redact_url` output
-(or :func:`describe`), never the URL itself.
+Passwords are never logged: log :func:`collector.common.redact.redact_url`
+output, never the URL itself.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import redact_url
+from .redact import redact_url
 
 if TYPE_CHECKING:
-    from .config import CollectorConfig
+    from collector.config import CollectorConfig
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -86,7 +86,3 @@ def connect_from_config(cfg: CollectorConfig, *, timeout_s: float | None = None,
         **kwargs,
     )
 
-
-def describe(url: str) -> str:
-    """The URL as it may appear in logs (password replaced by ``***``)."""
-    return redact_url(url)
