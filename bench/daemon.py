@@ -149,7 +149,7 @@ def run_once(rings_dir: Path, client: redis.Redis, keys: list[str], producers: i
     for e in readies:
         if not e.wait(60):
             raise RuntimeError("a producer did not start")
-    # The header's ``committed`` word (offset 264, see ringbuf/_ring.py) counts
+    # The header's ``committed`` word (offset 264, see ringbuf/_layout.py) counts
     # the records the daemon committed, i.e. that Redis accepted.
     files = [open(p, "rb") for p in rings_dir.glob("*.ring")]
     maps = [mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ) for f in files]

@@ -95,7 +95,6 @@ _NEW: State = "new"
 _RUNNING: State = "running"
 _STOPPED: State = "stopped"
 
-_FRAME_HEADER = 16
 _BLOCK_FIRST_SLEEP_S = 50e-6
 _BLOCK_MAX_SLEEP_S = 1e-3
 _OPEN_RETRY_S = 1.0
@@ -120,13 +119,10 @@ class AnalyticsStats:
 
 
 def _check_ring_sizes(cfg: CollectorConfig) -> None:
-    need = 2 * (_FRAME_HEADER + ((cfg.max_record_bytes + 7) & ~7))
-    if cfg.ring_capacity_bytes < need:
-        raise ConfigError(
-            f"ring_capacity_bytes={cfg.ring_capacity_bytes} is too small for "
-            f"max_record_bytes={cfg.max_record_bytes}: it must be at least "
-            f"2 * (16 + max_record_bytes) = {need}, rounded up to a power of two"
-        )
+    try:
+        ringbuf.check_capacity(cfg.ring_capacity_bytes, cfg.max_record_bytes)
+    except ValueError as exc:
+        raise ConfigError(f"ring_capacity_bytes: {exc}") from None
 
 
 class _Core:

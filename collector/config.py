@@ -79,8 +79,7 @@ class CollectorConfig(BaseModel):
     @field_validator("ring_capacity_bytes")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"must be a power of two (e.g. 8388608), got {v}")
+        ringbuf.check_capacity(v)
         return v
 
     @field_validator("redis_url")

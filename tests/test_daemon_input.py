@@ -99,7 +99,7 @@ def test_junk_ring_is_quarantined_and_others_still_served(tmp_path: Path, rings_
     for i in range(10):
         assert bad.try_write(b"\x91" + bytes([i]))
     with open(bad.path, "r+b") as f:
-        f.seek(ringbuf._ring.HEADER_SIZE)
+        f.seek(ringbuf._layout.HEADER_SIZE)
         f.write(b"\xee" * 16)  # smash the first frame header
     daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
                       tmp_path / "daemon.log").start()

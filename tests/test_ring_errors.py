@@ -15,9 +15,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import ringbuf
-from ringbuf import _ring
+from ringbuf import _files, _layout
 
-H = _ring.HEADER_SIZE
+H = _layout.HEADER_SIZE
 
 
 def _ring_with(rings_dir: Path, records: list[bytes], **kw: object) -> ringbuf.RingWriter:
@@ -494,7 +494,7 @@ def test_new_ring_works_when_the_kernel_cannot_prefault(
         rings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without MADV_POPULATE_WRITE (kernels before 5.14) the pages are touched
     one by one; the ring still starts empty and carries records."""
-    monkeypatch.setattr(_ring, "_MADV_POPULATE_WRITE", -1)  # madvise: EINVAL
+    monkeypatch.setattr(_files, "_MADV_POPULATE_WRITE", -1)  # madvise: EINVAL
     w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=1024)
     r = ringbuf.RingReader.open(w.path)
     assert r.read_batch(10) == []

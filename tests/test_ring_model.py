@@ -1,7 +1,7 @@
 """The ring against a model: a hypothesis state machine.
 
 The model is a deque of (seq, payload, end position) plus the byte
-positions the layout defines (see ``ringbuf._ring``). ``try_write`` must
+positions the layout defines (see ``ringbuf._layout``). ``try_write`` must
 return False exactly when the layout's room rule says there is no room:
 a frame takes ``16 + align8(len(payload))`` bytes, and a frame that does not
 fit before the end of the data area also takes the rest of the area

@@ -1,0 +1,401 @@
+"""The consumer side: :class:`RingReader`, :class:`RecordBatch` and the frame scanners.
+
+A reader opens a ring file only after :func:`ringbuf._files.open_ring_file`
+validated it, then maps it. Positions are checked once per batch (``head <=
+tail``, ``tail - head <= capacity``, both 8-aligned). The published data is
+then scanned one contiguous segment at a time (up to the end of the data
+area or to ``tail``) by a tight loop over absolute file offsets
+(``_scan_tagged`` / ``_scan_crc``): per frame one ``unpack_from``, one
+combined test (the frame lies inside the segment, ``length <=
+max_record_bytes``, ``seq`` is the next expected one, the check word is TAG
+or, with checksums, the CRC-32 of the payload) and one ``mmap`` slice to
+``bytes``. The first frame a loop does not take is classified outside it: a
+PAD word before the end of the data area moves on to the next lap; else
+:class:`RingCorrupted`, with the reason, once the valid records before the
+bad frame have been handed out (the next call raises again, never skipping
+it). A batch never ends just after a PAD word, so a committed ``head``
+always ends where a record ends. After a reader restart or a rollback the
+first frame's seq must lie in ``[committed, written]``.
+
+:meth:`RingReader.commit` publishes ``head`` (then ``committed``) with one
+aligned 8-byte store each (:mod:`ringbuf._layout`); a reader that dies
+before it leaves the records for the next reader. ``python -m bench ring``
+prints what reading costs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from typing import NoReturn
+
+from ._errors import RingCorrupted
+from ._files import open_ring_file, producer_alive
+from ._layout import (
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    HEADER_SIZE,
+    PAD64,
+    TAG,
+    W_CLOSED,
+    W_COMMITTED,
+    W_DROPPED_FULL,
+    W_DROPPED_OVERSIZE,
+    W_HEAD,
+    W_TAIL,
+    W_WRITTEN,
+    WORD,
+    RingStats,
+    align8,
+)
+
+_FRAME_UNPACK = FRAME_HEADER.unpack_from
+_WORD_UNPACK = WORD.unpack_from
+
+
+class RecordBatch(list):
+    """A list of record payloads (bytes) that also knows its sequence numbers.
+
+    ``first_seq`` is the sequence number of the first record; the records'
+    sequence numbers are consecutive. ``nbytes`` is the payload bytes in all.
+    """
+
+    __slots__ = ("first_seq", "nbytes")
+
+    def __init__(self, records: Iterable[bytes] = (), first_seq: int = 0,
+                 nbytes: int = 0) -> None:
+        super().__init__(records)
+        self.first_seq = first_seq
+        self.nbytes = nbytes
+
+
+_STOP_DONE = 0  # max_records or max_bytes reached
+_STOP_END = 1  # reached the end of the segment
+_STOP_ODD = 2  # a frame the fast loop does not take: padding or corruption
+
+
+def _scan_tagged(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
+                 budget: int, limit: int, nonempty: bool,
+                 append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    """Append up to ``count`` frames in ``[off, seg_end)``; the TAG variant.
+
+    Returns ``(off, seq, nbytes, why)``. Past ``budget`` payload bytes the
+    loop stops, unless the batch would otherwise be empty (``nonempty`` says
+    whether the caller already holds records). A frame is taken only if it lies
+    wholly inside the segment, its length is at most ``limit``, its check
+    word is TAG and its sequence number is the expected one; anything else
+    stops the loop with ``_STOP_ODD`` for the caller to classify.
+    """
+    unpack = _FRAME_UNPACK
+    start = off
+    for _ in range(count):
+        try:
+            length, check, fseq = unpack(mm, off)
+        except struct.error:  # 8 bytes before the end: only padding fits there
+            return off, seq, nbytes, _STOP_ODD
+        end = off + 16 + ((length + 7) & -8)
+        if end > seg_end or length > limit or fseq != seq or check != TAG:
+            return off, seq, nbytes, _STOP_ODD
+        if nbytes + length > budget and (nonempty or off != start):
+            return off, seq, nbytes, _STOP_DONE
+        append(mm[off + 16:off + 16 + length])
+        nbytes += length
+        seq += 1
+        off = end
+        if end == seg_end:
+            return off, seq, nbytes, _STOP_END
+    return off, seq, nbytes, _STOP_DONE
+
+
+def _scan_crc(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
+              budget: int, limit: int, nonempty: bool,
+              append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    """Like :func:`_scan_tagged` for rings whose check word is a CRC-32."""
+    unpack = _FRAME_UNPACK
+    start = off
+    crc32 = zlib.crc32
+    for _ in range(count):
+        try:
+            length, check, fseq = unpack(mm, off)
+        except struct.error:
+            return off, seq, nbytes, _STOP_ODD
+        end = off + 16 + ((length + 7) & -8)
+        if end > seg_end or length > limit or fseq != seq:
+            return off, seq, nbytes, _STOP_ODD
+        payload = mm[off + 16:off + 16 + length]
+        if crc32(payload) != check:
+            return off, seq, nbytes, _STOP_ODD
+        if nbytes + length > budget and (nonempty or off != start):
+            return off, seq, nbytes, _STOP_DONE
+        append(payload)
+        nbytes += length
+        seq += 1
+        off = end
+        if end == seg_end:
+            return off, seq, nbytes, _STOP_END
+    return off, seq, nbytes, _STOP_DONE
+
+
+_NO_BUDGET = 1 << 62
+
+
+class RingReader:
+    """The consumer side of one ring. Open with :meth:`RingReader.open`."""
+
+    def __init__(self) -> None:  # pragma: no cover - use open()
+        raise TypeError("use RingReader.open(path)")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, check_owner: bool = True) -> RingReader:
+        """Open and validate an existing ring file for reading."""
+        path = str(path)
+        fd, header = open_ring_file(path, check_owner=check_owner)
+        try:
+            mm = mmap.mmap(fd, HEADER_SIZE + header.capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+        self = object.__new__(cls)
+        self.path = path
+        self.ring_id = header.ring_id
+        self.capacity = header.capacity
+        self.max_record_bytes = header.max_record_bytes
+        self.checksum = header.checksum
+        self._scan = _scan_crc if self.checksum else _scan_tagged
+        self.producer_pid = header.producer_pid
+        self.producer_start_time = header.producer_start_time
+        self.created_at = header.created_at
+        self._fd = fd
+        self._mm = mm
+        self._mv = memoryview(mm)
+        self._q = self._mv[:HEADER_SIZE].cast("Q")
+        self._mask = header.capacity - 1
+        self._head = self._q[W_HEAD]
+        self._read_pos = self._head
+        self._head_seq: int | None = None  # seq of the record at head, once known
+        self._read_seq: int | None = None
+        self._check_positions(self._q[W_TAIL])
+        return self
+
+    def _check_positions(self, tail: int) -> None:
+        head = self._head
+        if (head > tail or tail - head > self.capacity or head & 7 or tail & 7
+                or self._read_pos > tail):
+            raise RingCorrupted(
+                f"ring {self.path}: impossible positions head={head} tail={tail} "
+                f"(read position {self._read_pos}, capacity={self.capacity})"
+            )
+
+    # -- reading ----------------------------------------------------------
+    def read_batch(self, max_records: int, max_bytes: int | None = None) -> RecordBatch:
+        """Read up to ``max_records`` records and at most ``max_bytes`` payload bytes.
+
+        At least one record is returned when one is available, even if it
+        alone is larger than ``max_bytes``. The records stay in the ring until
+        :meth:`commit`; further calls continue after the last record read.
+        Raises :class:`RingCorrupted` on a frame that fails validation (when
+        valid records precede it, they are returned first and the next call
+        raises).
+        """
+        if max_records < 1:
+            raise ValueError(f"max_records={max_records} must be at least 1")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes} must not be negative")
+        tail = self._q[W_TAIL]
+        pos = self._read_pos
+        batch = RecordBatch()
+        if tail == pos:
+            seq = self._read_seq
+            batch.first_seq = seq if seq is not None else self._q[W_COMMITTED]
+            return batch
+        self._check_positions(tail)
+        seq = self._read_seq
+        if seq is None:
+            seq = self._seq_at(pos, tail)
+        first_seq = seq
+        cap = self.capacity
+        mask = cap - 1
+        dend = HEADER_SIZE + cap
+        mm = self._mm
+        scan = self._scan
+        budget = _NO_BUDGET if max_bytes is None else max_bytes
+        limit = self.max_record_bytes
+        append = batch.append
+        nbytes = 0
+        before_pad = -1  # where padding began, until a record after it is taken
+        while pos < tail:
+            count = max_records - len(batch)
+            if count <= 0:
+                break
+            rel = pos & mask
+            off = HEADER_SIZE + rel
+            seg_end = off + min(cap - rel, tail - pos)
+            new_off, seq, nbytes, why = scan(mm, off, seg_end, seq, count, nbytes, budget,
+                                             limit, bool(batch), append)
+            if new_off != off:
+                pos += new_off - off
+                before_pad = -1
+            if why == _STOP_DONE:
+                break
+            if why == _STOP_END:
+                continue  # at the end of the data area (next lap) or at tail
+            # A frame the fast loop did not take: padding, or corruption.
+            if _WORD_UNPACK(mm, new_off)[0] == PAD64 and seg_end == dend:
+                before_pad = pos
+                pos += dend - new_off
+                continue
+            if batch:
+                break  # hand out the good records; the next call raises
+            self._diagnose(pos, new_off, seg_end, seq)
+        if before_pad >= 0:
+            # Stop before the padding: the read position (and so a committed
+            # head) always ends where the last record taken ends.
+            pos = before_pad
+        self._read_pos = pos
+        self._read_seq = seq
+        batch.first_seq = first_seq
+        batch.nbytes = nbytes
+        return batch
+
+    def _seq_at(self, pos: int, tail: int) -> int:
+        """The sequence number of the frame at ``pos`` (after a restart or rollback).
+
+        It must lie in ``[committed, written]``: a reader that was killed
+        between storing ``head`` and ``committed`` leaves ``committed``
+        behind, never ahead; ``written`` is stored just after ``tail``.
+        """
+        mm = self._mm
+        dend = HEADER_SIZE + self.capacity
+        off = HEADER_SIZE + (pos & (self.capacity - 1))
+        if _WORD_UNPACK(mm, off)[0] == PAD64:
+            pos += dend - off
+            off = HEADER_SIZE
+            if pos + FRAME_HEADER_SIZE > tail:
+                self._corrupt(pos, "padding reaches past the published data")
+        if off + FRAME_HEADER_SIZE > dend:
+            self._corrupt(pos, "frame header runs past the end of the data area")
+        fseq = _FRAME_UNPACK(mm, off)[2]
+        committed = self._q[W_COMMITTED]
+        written = self._q[W_WRITTEN]
+        if not committed <= fseq <= written:
+            self._corrupt(pos, f"sequence {fseq} outside [committed={committed}, "
+                               f"written={written}]")
+        return fseq
+
+    def _diagnose(self, pos: int, off: int, seg_end: int, seq: int) -> None:
+        """Raise :class:`RingCorrupted` naming what is wrong with the frame at ``off``."""
+        dend = HEADER_SIZE + self.capacity
+        word = _WORD_UNPACK(self._mm, off)[0]
+        if word == PAD64:
+            self._corrupt(pos, "padding marker where the published data ends before "
+                               "the end of the data area")
+        if off + FRAME_HEADER_SIZE > dend:
+            self._corrupt(pos, "frame header runs past the end of the data area")
+        length, check, fseq = _FRAME_UNPACK(self._mm, off)
+        limit = self.max_record_bytes
+        if length > limit:
+            self._corrupt(pos, f"frame length {length} exceeds max_record_bytes {limit}")
+        frame = FRAME_HEADER_SIZE + align8(length)
+        if off + frame > seg_end:
+            where = "the end of the data area" if seg_end == dend else "the published data"
+            self._corrupt(pos, f"frame of {frame} bytes runs past {where}")
+        if fseq != seq:
+            self._corrupt(pos, f"sequence {fseq} where {seq} was expected")
+        if self.checksum:
+            start = off + FRAME_HEADER_SIZE
+            if zlib.crc32(self._mm[start:start + length]) != check:
+                self._corrupt(pos, "CRC-32 of the payload does not match")
+        elif check != TAG:
+            self._corrupt(pos, f"frame tag {check:#x} is not {TAG:#x}")
+        self._corrupt(pos, "frame rejected")  # pragma: no cover - unreachable
+
+    def _corrupt(self, pos: int, why: str) -> NoReturn:
+        raise RingCorrupted(f"ring {self.path}: corrupted frame at position {pos}: {why}")
+
+    def commit(self) -> None:
+        """Free every record read so far; they will not be read again."""
+        pos = self._read_pos
+        if pos == self._head:
+            return
+        # One aligned 8-byte store publishes the new head to the producer.
+        self._q[W_HEAD] = pos
+        self._head = pos
+        self._head_seq = self._read_seq
+        if self._read_seq is not None:
+            self._q[W_COMMITTED] = self._read_seq
+
+    def rollback(self) -> None:
+        """Forget what was read since the last commit; it will be read again."""
+        self._read_pos = self._head
+        self._read_seq = self._head_seq
+
+    @property
+    def has_uncommitted(self) -> bool:
+        return self._read_pos != self._head
+
+    def available_bytes(self) -> int:
+        return self._q[W_TAIL] - self._read_pos
+
+    def is_empty(self) -> bool:
+        return self._q[W_TAIL] == self._head
+
+    def producer_closed(self) -> bool:
+        """True once the producer closed the ring: it writes nothing more."""
+        return bool(self._q[W_CLOSED])
+
+    def used_bytes(self) -> int:
+        """Bytes the producer cannot reuse yet: everything after the committed head."""
+        return self._q[W_TAIL] - self._head
+
+    # -- stats and lifecycle ----------------------------------------------
+    def stats(self) -> RingStats:
+        return read_stats(self._q, self.path, self.ring_id, self.capacity,
+                          self.max_record_bytes, self.producer_pid,
+                          self.producer_start_time, self.created_at)
+
+    def close(self) -> None:
+        """Unmap the ring. Uncommitted records stay for the next reader."""
+        if self._fd < 0:
+            return
+        try:
+            self._q.release()
+            self._mv.release()
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> RingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RingReader(path={self.path!r}, capacity={self.capacity})"
+
+
+def read_stats(q: memoryview, path: str, ring_id: str, capacity: int, max_record: int,
+               pid: int, start: float, created: float) -> RingStats:
+    head = q[W_HEAD]
+    tail = q[W_TAIL]
+    return RingStats(
+        path=path,
+        ring_id=ring_id,
+        written=q[W_WRITTEN],
+        dropped_full=q[W_DROPPED_FULL],
+        dropped_oversize=q[W_DROPPED_OVERSIZE],
+        committed=q[W_COMMITTED],
+        bytes_used=max(0, tail - head),
+        capacity=capacity,
+        max_record_bytes=max_record,
+        producer_pid=pid,
+        producer_start_time=start,
+        producer_alive=producer_alive(pid, start),
+        closed=bool(q[W_CLOSED]),
+        created_at=created,
+    )
