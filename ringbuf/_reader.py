@@ -352,9 +352,34 @@ class RingReader:
 
     # -- stats and lifecycle ----------------------------------------------
     def stats(self) -> RingStats:
-        return read_stats(self._q, self.path, self.ring_id, self.capacity,
-                          self.max_record_bytes, self.producer_pid,
-                          self.producer_start_time, self.created_at)
+        """A snapshot of the header.
+
+        Whether the producer is finished (``closed``, then alive) is read
+        before the positions and counts: a producer that writes a last record
+        and exits meanwhile then shows that record as unread, never as a
+        finished, drained ring (the daemon removes those).
+        """
+        q = self._q
+        closed = bool(q[W_CLOSED])
+        alive = producer_alive(self.producer_pid, self.producer_start_time)
+        head = q[W_HEAD]
+        tail = q[W_TAIL]
+        return RingStats(
+            path=self.path,
+            ring_id=self.ring_id,
+            written=q[W_WRITTEN],
+            dropped_full=q[W_DROPPED_FULL],
+            dropped_oversize=q[W_DROPPED_OVERSIZE],
+            committed=q[W_COMMITTED],
+            bytes_used=max(0, tail - head),
+            capacity=self.capacity,
+            max_record_bytes=self.max_record_bytes,
+            producer_pid=self.producer_pid,
+            producer_start_time=self.producer_start_time,
+            producer_alive=alive,
+            closed=closed,
+            created_at=self.created_at,
+        )
 
     def close(self) -> None:
         """Unmap the ring. Uncommitted records stay for the next reader."""
@@ -377,25 +402,3 @@ class RingReader:
 
     def __repr__(self) -> str:
         return f"RingReader(path={self.path!r}, capacity={self.capacity})"
-
-
-def read_stats(q: memoryview, path: str, ring_id: str, capacity: int, max_record: int,
-               pid: int, start: float, created: float) -> RingStats:
-    head = q[W_HEAD]
-    tail = q[W_TAIL]
-    return RingStats(
-        path=path,
-        ring_id=ring_id,
-        written=q[W_WRITTEN],
-        dropped_full=q[W_DROPPED_FULL],
-        dropped_oversize=q[W_DROPPED_OVERSIZE],
-        committed=q[W_COMMITTED],
-        bytes_used=max(0, tail - head),
-        capacity=capacity,
-        max_record_bytes=max_record,
-        producer_pid=pid,
-        producer_start_time=start,
-        producer_alive=producer_alive(pid, start),
-        closed=bool(q[W_CLOSED]),
-        created_at=created,
-    )

@@ -266,3 +266,32 @@ if __name__ == "__main__":
     if role == "peek":
         sys.exit(run_peek(*rest))
     sys.exit(f"unknown role {role!r}")
+
+
+@pytest.mark.parametrize("exit_as", ["closed", "killed"])
+def test_stats_never_show_a_finished_producer_with_an_unread_last_record(
+        rings_dir: Path, monkeypatch: pytest.MonkeyPatch, exit_as: str) -> None:
+    """The daemon removes a ring once its stats say the producer is closed or dead and
+    everything is committed. A producer that writes its last record and exits while
+    the stats are being read must not make them say so: the liveness check is where
+    that interleaving is forced here (it writes the record and, for ``closed``, closes
+    the ring, as a stop() right after a last record_hit would)."""
+    w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=256)
+    r = ringbuf.RingReader.open(w.path)
+
+    def last_record_then_exit(pid: int, start_time: float) -> bool:
+        assert w.try_write(payload(0, 0))
+        if exit_as == "closed":
+            w.close()
+            return True
+        w.abandon()
+        return False
+
+    monkeypatch.setattr(ringbuf._reader, "producer_alive", last_record_then_exit)
+    st = r.stats()
+    finished = st.closed or not st.producer_alive
+    assert not (finished and st.bytes_used == 0 and st.pending == 0), st
+    monkeypatch.undo()
+    assert list(r.read_batch(10)) == [payload(0, 0)]
+    r.close()
+    w.close()
