@@ -21,15 +21,16 @@ Cluster the list, the counter and the stream shard must share a hash slot
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import redis
 
+from collector.common.log import RateLimited, get_logger
 from collector.common.stream import shard_for
 
-from ._log import RateLimited, log
 from .config import PumpConfig
+
+log = get_logger(__name__)
 
 MOVE_SCRIPT = """
 local recs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
@@ -63,7 +64,7 @@ class ListMover:
         self.script = r.register_script(MOVE_SCRIPT)
         self.stop = threading.Event()
         self.moved = 0
-        self.limited = RateLimited(10.0)
+        self.limited = RateLimited(10.0, log)
 
     def move_once(self) -> int:
         n = int(self.script(keys=[self.list_key, self.stream, self.seq_key],
@@ -72,13 +73,13 @@ class ListMover:
         return n
 
     def run(self) -> None:
-        log(logging.INFO, "Moving records from the seed's list into the stream.",
-            list=self.list_key, stream=self.stream)
+        log.info("Moving records from the seed's list into the stream.",
+                 list=self.list_key, stream=self.stream)
         while not self.stop.is_set():
             try:
                 if self.move_once() >= self.batch:
                     continue
             except redis.RedisError as exc:
-                self.limited.log("move", logging.WARNING, "Moving the list failed; retrying.",
-                                 list=self.list_key, error=exc)
+                self.limited.warning("move", "Moving the list failed; retrying.",
+                                     list=self.list_key, error=exc)
             self.stop.wait(self.interval)

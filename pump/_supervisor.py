@@ -19,7 +19,6 @@ start). A second signal kills the workers and exits at once with status 1.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -32,14 +31,16 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from collector.common.health import HealthServer
+from collector.common.log import RateLimited, get_logger
 
-from ._log import RateLimited, log
 from ._metrics import STATE, STATE_OUTAGE, STATE_STARTING, WRITE_DEADLINE, PumpCollector
 from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
 from ._source import ListMover
 from ._worker import worker_main
 from .config import PumpConfig
 from .sinks import Sink, build_sink
+
+log = get_logger(__name__)
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _HEALTH_CACHE_S = 1.0
@@ -72,7 +73,7 @@ class Supervisor:
                 by_sink.setdefault(sink, []).append(arr)
         self.r = connect(config)
         self.stopping = False
-        self.limited = RateLimited(10.0)
+        self.limited = RateLimited(10.0, log)
         self._health_sinks: dict[str, Sink | None] = {}
         self._health_cache: dict[str, tuple[float, str | None]] = {}
         self._health_lock = threading.Lock()
@@ -176,15 +177,15 @@ class Supervisor:
         health_path = "/" + self.config.health_check_path
 
         def on_error(path: str, exc: Exception) -> None:
-            self.limited.log("http", logging.ERROR, "Health endpoint failed.",
+            self.limited.error("http", "Health endpoint failed.",
                             path=path, error=exc)
 
         host, port = self.config.health_host_port
         self.httpd = HealthServer(host, port, readiness=self.readiness, registry=self.registry,
                                   health_path=health_path, on_error=on_error, name="pump-http")
         self.httpd.start()
-        log(logging.INFO, "Serving health and metrics.", address=f"{host}:{port}",
-            health=health_path)
+        log.info("Serving health and metrics.", address=f"{host}:{port}",
+                 health=health_path)
 
     # -- workers -------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
@@ -205,9 +206,9 @@ class Supervisor:
             if proc is not None and proc.is_alive():
                 deadline = slot.array[WRITE_DEADLINE]
                 if deadline and now > deadline + self.config.stuck_write_grace_s:
-                    log(logging.ERROR, "Worker's write overran its deadline; killing it.",
-                        sink=slot.sink, worker=slot.index, pid=proc.pid,
-                        overrun_s=round(now - deadline, 1))
+                    log.error("Worker's write overran its deadline; killing it.",
+                              sink=slot.sink, worker=slot.index, pid=proc.pid,
+                              overrun_s=round(now - deadline, 1))
                     proc.kill()
                 continue
             if proc is not None:
@@ -218,8 +219,8 @@ class Supervisor:
                 slot.streak = slot.streak + 1 if now - slot.started < 10 else 0
                 delay = min(30.0, 0.25 * (2 ** min(slot.streak, 7))) if slot.streak else 0.0
                 slot.restart_at = now + delay
-                log(logging.WARNING, "Worker exited; restarting it.", sink=slot.sink,
-                    worker=slot.index, exitcode=code, delay_s=round(delay, 2))
+                log.warning("Worker exited; restarting it.", sink=slot.sink,
+                            worker=slot.index, exitcode=code, delay_s=round(delay, 2))
             if now >= slot.restart_at:
                 self._spawn(slot)
         if self.config.trim and now >= self._next_trim:
@@ -232,10 +233,10 @@ class Supervisor:
             try:
                 removed += trim_acknowledged(self.r, key)
             except redis.RedisError as exc:
-                self.limited.log("trim", logging.WARNING, "Trimming the stream failed.",
-                                 stream=key, error=exc)
+                self.limited.warning("trim", "Trimming the stream failed.",
+                                     stream=key, error=exc)
         if removed:
-            log(logging.DEBUG, "Trimmed acknowledged entries.", entries=removed)
+            log.debug("Trimmed acknowledged entries.", entries=removed)
         return removed
 
     # -- main ------------------------------------------------------------------------
@@ -245,20 +246,20 @@ class Supervisor:
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         cfg = self.config
-        log(logging.INFO, "collector-pump starting.", config=self.label,
-            redis=cfg.redacted_redis_url(), streams=",".join(self.keys),
-            sinks=",".join(f"{n}:{cfg.sink_type(n)}x{s.workers}" for n, s in cfg.pumps.items()))
+        sinks = ",".join(f"{n}:{cfg.sink_type(n)}x{s.workers}" for n, s in cfg.pumps.items())
+        log.info("collector-pump starting.", config=self.label, redis=cfg.redacted_redis_url(),
+                 streams=",".join(self.keys), sinks=sinks)
         try:
             for sink in cfg.pumps:
                 ensure_groups(self.r, self.keys, sink)
         except redis.RedisError as exc:
-            log(logging.WARNING, "Redis is not reachable yet; workers will keep trying.",
-                redis=cfg.redacted_redis_url(), error=exc)
+            log.warning("Redis is not reachable yet; workers will keep trying.",
+                        redis=cfg.redacted_redis_url(), error=exc)
         try:
             self._start_http()
         except OSError as exc:
-            log(logging.ERROR, "Cannot serve health and metrics; stopping.",
-                address=cfg.health_check_address, error=exc)
+            log.error("Cannot serve health and metrics; stopping.",
+                      address=cfg.health_check_address, error=exc)
             return 1
         if cfg.source.type == "list":
             self.mover = ListMover(cfg, connect(cfg))
@@ -270,8 +271,8 @@ class Supervisor:
         while True:
             sig = signal.sigtimedwait(_SIGNALS, 0.25)
             if sig is not None:
-                log(logging.INFO, "Signal received; stopping.",
-                    signal=signal.Signals(sig.si_signo).name)
+                log.info("Signal received; stopping.",
+                         signal=signal.Signals(sig.si_signo).name)
                 break
             self._tick()
         return self._shutdown()
@@ -292,13 +293,13 @@ class Supervisor:
             if left <= 0:
                 for s in self.slots:
                     if s.proc is not None and s.proc.is_alive():
-                        log(logging.WARNING, "Worker did not stop in time; killing it.",
-                            sink=s.sink, worker=s.index, pid=s.proc.pid)
+                        log.warning("Worker did not stop in time; killing it.",
+                                    sink=s.sink, worker=s.index, pid=s.proc.pid)
                         s.proc.kill()
                 break
             sig = signal.sigtimedwait(_SIGNALS, min(0.05, left))
             if sig is not None:
-                log(logging.WARNING, "Second signal; exiting at once.")
+                log.warning("Second signal; exiting at once.")
                 for s in self.slots:
                     if s.proc is not None and s.proc.is_alive():
                         s.proc.kill()
@@ -311,10 +312,10 @@ class Supervisor:
                 try:
                     inst.close(1.0)
                 except Exception as exc:
-                    log(logging.WARNING, "Closing the sink failed.", sink=name, error=exc)
+                    log.warning("Closing the sink failed.", sink=name, error=exc)
         if self.httpd is not None:
             self.httpd.stop()
-        log(logging.INFO, "collector-pump stopped.")
+        log.info("collector-pump stopped.")
         return 0
 
 

@@ -32,7 +32,6 @@ are claimed by the others after ``claim_idle_ms``.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import signal
@@ -44,8 +43,9 @@ from typing import Any
 
 import redis
 
-from . import _log
-from ._log import RateLimited, log
+from collector.common.log import RateLimited, get_logger
+from collector.common.log import setup as setup_logging
+
 from ._metrics import (
     ACKED,
     BATCHES,
@@ -71,6 +71,8 @@ from ._redis import connect, ensure_groups
 from ._retry import RetryPolicy, WriteFailed, write_with_retries
 from .config import PumpConfig, dead_letter_key, import_plugins
 from .sinks import Batch, PermanentError, Record, Sink, build_sink
+
+log = get_logger(__name__)
 
 _STOP_SIGNALS = {signal.SIGTERM}
 
@@ -171,7 +173,7 @@ class Worker:
         self.claim_due = 0.0
         self.claim_every = min(config.claim_idle_ms / 2000, 30.0)
         self.parent_pid = os.getppid()
-        self.limited = RateLimited(10.0)
+        self.limited = RateLimited(10.0, log)
         self.redis_failures = 0
 
     # -- life cycle --------------------------------------------------------
@@ -179,15 +181,15 @@ class Worker:
         c = self.counters
         c.set(PID, os.getpid())
         c.set(STATE, STATE_STARTING)
-        log(logging.INFO, "Worker starting.", sink=self.sink_name, consumer=self.consumer)
+        log.info("Worker starting.", sink=self.sink_name, consumer=self.consumer)
         if not self._open_sink():
             return 2 if not self.stopper.is_set() else 0
         c.set(STATE, STATE_RUNNING)
         while not self.stopper.is_set():
             c.beat()
             if os.getppid() != self.parent_pid:
-                log(logging.WARNING, "The supervisor went away; worker stops.",
-                    sink=self.sink_name, consumer=self.consumer)
+                log.warning("The supervisor went away; worker stops.",
+                            sink=self.sink_name, consumer=self.consumer)
                 break
             try:
                 self.step()
@@ -199,8 +201,8 @@ class Worker:
         try:
             self.sink.close(left)
         except Exception as exc:
-            log(logging.WARNING, "Closing the sink failed.", sink=self.sink_name, error=exc)
-        log(logging.INFO, "Worker stopped.", sink=self.sink_name, consumer=self.consumer)
+            log.warning("Closing the sink failed.", sink=self.sink_name, error=exc)
+        log.info("Worker stopped.", sink=self.sink_name, consumer=self.consumer)
         return 0
 
     def _time_left_for_shutdown(self) -> float:
@@ -217,11 +219,11 @@ class Worker:
                 ensure_groups(self.r, self.keys, self.group)
                 return True
             except PermanentError as exc:
-                log(logging.ERROR, "The sink cannot be opened.", sink=self.sink_name, error=exc)
+                log.error("The sink cannot be opened.", sink=self.sink_name, error=exc)
                 return False
             except Exception as exc:
-                self.limited.log("open", logging.WARNING, "Sink or Redis not ready; retrying.",
-                                 sink=self.sink_name, error=exc)
+                self.limited.warning("open", "Sink or Redis not ready; retrying.",
+                                     sink=self.sink_name, error=exc)
                 self.stopper.wait(self.policy.backoff(attempt))
                 attempt += 1
         return False
@@ -232,14 +234,14 @@ class Worker:
         if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
             try:
                 ensure_groups(self.r, self.keys, self.group)
-                log(logging.WARNING, "Consumer group was missing; created it again.",
-                    sink=self.sink_name)
+                log.warning("Consumer group was missing; created it again.",
+                            sink=self.sink_name)
                 return
             except redis.RedisError as exc2:
                 exc = exc2
-        self.limited.log("redis", logging.WARNING, "Redis call failed; retrying.",
-                         sink=self.sink_name, error=exc,
-                         url=self.config.redacted_redis_url())
+        self.limited.warning("redis", "Redis call failed; retrying.",
+                             sink=self.sink_name, error=exc,
+                             url=self.config.redacted_redis_url())
         self.stopper.wait(self.policy.backoff(min(self.redis_failures, 6)))
 
     # -- one turn ------------------------------------------------------------
@@ -286,8 +288,8 @@ class Worker:
                 if len(rows) < self.config.read_count or not got:
                     break
         if claimed:
-            log(logging.INFO, "Claimed entries left pending by another consumer.",
-                sink=self.sink_name, consumer=self.consumer, entries=claimed)
+            log.info("Claimed entries left pending by another consumer.",
+                     sink=self.sink_name, consumer=self.consumer, entries=claimed)
         return claimed > 0
 
     def _own_pending(self) -> int:
@@ -326,9 +328,9 @@ class Worker:
             c.add(DECODE_ERRORS, prep.n_decode_errors)
             ack = [d.entry_id for d in prep.dead if d.reason == "undecodable_entry"]
             self._dead_letter(key, prep.dead, ack, deliveries)
-            self.limited.log("decode", logging.WARNING, "Dead-lettered what did not decode.",
-                             sink=self.sink_name, stream=key, items=len(prep.dead),
-                             error=prep.dead[0].error)
+            self.limited.warning("decode", "Dead-lettered what did not decode.",
+                                 sink=self.sink_name, stream=key, items=len(prep.dead),
+                                 error=prep.dead[0].error)
         if prep.ack_only:
             self.r.xack(key, self.group, *prep.ack_only)
             c.add(ACKED, len(prep.ack_only))
@@ -375,9 +377,9 @@ class Worker:
             if due:
                 pause = self.policy.backoff(min(due))
                 self.pending_due = min(self.pending_due, time.monotonic() + pause)
-                self.limited.log("retry-later", logging.WARNING,
-                                 "Batch failed while the sink is healthy; retrying it later.",
-                                 sink=self.sink_name, entries=len(due), error=exc.error)
+                self.limited.warning("retry-later",
+                                     "Batch failed while the sink is healthy; retrying it later.",
+                                     sink=self.sink_name, entries=len(due), error=exc.error)
             return
         self._acked(key, batch)
 
@@ -397,8 +399,8 @@ class Worker:
 
         def on_failure(err: BaseException, attempt: int) -> None:
             c.add(WRITE_ERRORS)
-            self.limited.log("write", logging.WARNING, "Sink write failed.",
-                             sink=self.sink_name, attempt=attempt, error=err)
+            self.limited.warning("write", "Sink write failed.",
+                                 sink=self.sink_name, attempt=attempt, error=err)
 
         t0 = time.monotonic()
         try:
@@ -423,8 +425,8 @@ class Worker:
             self.sink.health_check(deadline=time.monotonic() + min(self.spec.timeout, 10.0))
             return True
         except Exception as exc:
-            self.limited.log("health", logging.WARNING, "Sink health check failed.",
-                             sink=self.sink_name, error=exc)
+            self.limited.warning("health", "Sink health check failed.",
+                                 sink=self.sink_name, error=exc)
             return False
 
     def _outage(self, key: str, groups: list[tuple[str, list[Record], Any]], batch: Batch,
@@ -432,8 +434,8 @@ class Worker:
         """Hold the batch until the sink is back (or we are told to stop)."""
         c = self.counters
         c.set(STATE, STATE_OUTAGE)
-        log(logging.WARNING, "Sink is down; holding the batch until it is back.",
-            sink=self.sink_name, entries=len(groups))
+        log.warning("Sink is down; holding the batch until it is back.",
+                    sink=self.sink_name, entries=len(groups))
         ids = [g[0] for g in groups]
         attempt = 0
         try:
@@ -445,8 +447,8 @@ class Worker:
                 try:  # keep the entries ours without counting a delivery
                     self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True)
                 except redis.RedisError as exc:
-                    self.limited.log("redis", logging.WARNING, "Redis call failed.",
-                                     sink=self.sink_name, error=exc)
+                    self.limited.warning("redis", "Redis call failed.",
+                                         sink=self.sink_name, error=exc)
                     continue
                 try:
                     self._write(batch)
@@ -461,7 +463,7 @@ class Worker:
                         return
                     continue
                 self._acked(key, batch)
-                log(logging.INFO, "Sink is back.", sink=self.sink_name)
+                log.info("Sink is back.", sink=self.sink_name)
                 return
         finally:
             if c.get(STATE) == STATE_OUTAGE:
@@ -473,9 +475,9 @@ class Worker:
         items = [DeadItem(dict(g[2]), reason, error, g[0]) for g in groups]
         self._dead_letter(key, items, [g[0] for g in groups], deliveries)
         self.counters.add(DEAD, sum(len(g[1]) for g in groups))
-        self.limited.log("dead", logging.WARNING, "Dead-lettered entries.",
-                         sink=self.sink_name, stream=key, entries=len(groups),
-                         reason=reason, error=error)
+        self.limited.warning("dead", "Dead-lettered entries.",
+                             sink=self.sink_name, stream=key, entries=len(groups),
+                             reason=reason, error=error)
 
     def _dead_letter(self, key: str, items: list[DeadItem], ack: list[str],
                      deliveries: dict[str, int] | None) -> None:
@@ -504,13 +506,12 @@ class Worker:
 def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Any) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
     stopper = SignalStopper()
-    _log.setup(config.log_level)
+    setup_logging(config.log_format, config.log_level, proc=f"worker-{sink_name}-{index}")
     try:
         import_plugins(config.plugins)
         worker = Worker(config, sink_name, index, counters=Counters(slot), stopper=stopper)
         code = worker.run()
     except Exception as exc:
-        _log.LOGGER.error("Worker failed.", exc_info=True,
-                          extra={"kv": {"sink": sink_name, "error": repr(exc)}})
+        log.exception("Worker failed.", sink=sink_name, error=repr(exc))
         code = 2
     sys.exit(code)

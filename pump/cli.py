@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from . import _log
+from collector.common.log import setup as setup_logging
+
 from .config import ConfigError, load_config
 
 
@@ -27,7 +28,7 @@ def main(config_path: str | None, check: bool) -> None:
     if check:
         click.echo(f"{config_path}: ok ({len(config.pumps)} sink(s))")
         return
-    _log.setup(config.log_level)
+    setup_logging(config.log_format, config.log_level, proc="supervisor")
     from ._supervisor import Supervisor
 
     sys.exit(Supervisor(config, label=config_path).run())

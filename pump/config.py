@@ -121,6 +121,7 @@ class PumpConfig(_Model):
     trim_interval_s: float = Field(default=10.0, gt=0)
     source: SourceConfig = Field(default_factory=SourceConfig)
     plugins: list[str] = Field(default_factory=list)
+    log_format: Literal["kv", "json"] = "kv"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pumps: dict[str, PumpSpec] = Field(min_length=1)
 

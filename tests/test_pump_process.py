@@ -340,3 +340,32 @@ def test_second_signal_exits_at_once(tmp_path: Path, redis_server: RedisServer,
     assert pump.wait(30) == 1
     worker.wait(10)  # killed with the supervisor, not left behind
     assert r.xpending(KEY, "t")["pending"] > 0  # unacknowledged: redelivered on next start
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_a_sinks_log_line_appears_in_the_pumps_log_format(
+        tmp_path: Path, redis_server: RedisServer, pumps: Any, fmt: str) -> None:
+    """The file sink's torn-line warning (logger ``pump.sinks.file``) comes out of the
+    worker's stderr in the pump's ``log_format``, not through Python's last-resort
+    handler; the records still arrive exactly once."""
+    out, torn = tmp_path / "file.jsonl", b'{"_id": "torn'
+    out.write_bytes(b'{"_id": "old:1", "seq": -1}\n' + torn)  # a writer died mid-line
+    expected = produce(redis_server.client(), 50, per_entry=10)
+    pump = pumps(tmp_path, redis_server, {"file": {"meta": {"path": str(out)}}},
+                 log_format=fmt).start()
+    wait_until(lambda: sum(count_jsonl(out, "_id").values()) >= 51, 60, "the file sink")
+    assert pump.stop() == 0
+    file_seqs = {int(k.rsplit(":", 1)[1]): v for k, v in count_jsonl(out, "_id").items()
+                 if k != "old:1"}
+    assert report("file", file_seqs, expected) == (0, 0)
+    lines = [line for line in pump.log.read_text().splitlines() if "partial last line" in line]
+    assert len(lines) == 1, pump.log.read_text()[-3000:]
+    if fmt == "json":
+        event = json.loads(lines[0])
+        assert event["logger"] == "pump.sinks.file" and event["level"] == "warning"
+        assert event["proc"] == "worker-file-0" and event["bytes"] == len(torn)
+        assert event["msg"].startswith("Cut a partial last line") and "ts" in event
+    else:
+        assert lines[0].startswith("ts=")
+        assert " level=warning proc=worker-file-0 logger=pump.sinks.file " in lines[0]
+        assert f" bytes={len(torn)}" in lines[0]

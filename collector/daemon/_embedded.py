@@ -25,7 +25,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import _log
+from collector.common.log import get_logger
+
+log = get_logger(__name__)
+
 
 _PR_SET_PDEATHSIG = 1
 SOCKET_NAME = "redis.sock"
@@ -107,8 +110,8 @@ class EmbeddedRedis:
             return  # nothing listens: a stale socket file (redis-server replaces it)
         try:
             self._client().shutdown(nosave=False)
-            _log.warning("Shut down a redis-server left over from an earlier run.",
-                         socket=str(self.socket))
+            log.warning("Shut down a redis-server left over from an earlier run.",
+                        socket=str(self.socket))
         except redis.ConnectionError:
             pass  # nothing listens (a stale socket file) or it just exited
         except redis.RedisError as exc:
@@ -163,8 +166,8 @@ class EmbeddedRedis:
                     f"redis-server did not answer on {self.socket} within {wait_s}s"
                 )
             time.sleep(0.02)
-        _log.info("Started the embedded redis-server.", pid=self.proc.pid, url=self.url,
-                  dir=str(self.dir))
+        log.info("Started the embedded redis-server.", pid=self.proc.pid, url=self.url,
+                 dir=str(self.dir))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -175,12 +178,12 @@ class EmbeddedRedis:
             return False
         code = self.proc.returncode
         self.restarts += 1
-        _log.error("The embedded redis-server died; restarting it.", code=code,
-                   restarts=self.restarts)
+        log.error("The embedded redis-server died; restarting it.", code=code,
+                  restarts=self.restarts)
         try:
             self.start()
         except EmbeddedRedisError as exc:
-            _log.error("Cannot restart the embedded redis-server.", error=str(exc))
+            log.error("Cannot restart the embedded redis-server.", error=str(exc))
         return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -193,7 +196,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-            _log.info("Stopped the embedded redis-server.", code=proc.returncode)
+            log.info("Stopped the embedded redis-server.", code=proc.returncode)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -62,11 +62,14 @@ import redis
 
 import ringbuf
 from collector.common import redisconn
+from collector.common.log import RateLimited, get_logger
+from collector.common.log import setup as setup_logging
 from collector.common.stream import encode_entry, shard_for, shard_keys
 from collector.config import CollectorConfig
 
 from . import _counters as C
-from . import _log
+
+_log = get_logger(__name__)
 
 BACKLOG_RECHECK_S = 0.1
 LOCK_RETRY_S = 0.1
@@ -159,7 +162,7 @@ class Flusher:
         self.backlog: dict[str, tuple[int, float]] = {}  # key -> (length, checked_at)
         self.pushed_back: set[str] = set()
         self.stop_deadline: float | None = None
-        self.limiter = _log.RateLimited(10.0)
+        self.limiter = RateLimited(10.0)
         self.arr[C.REDIS_OK] = 1.0
         # One poll object for the command pipe: Connection.poll(timeout) builds a
         # selector per call, which costs more than the rest of an idle loop.
@@ -490,7 +493,7 @@ def flusher_main(slot: int, cfg: CollectorConfig, conn: Connection, counters: An
     # group must not stop a flusher between XADD and commit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _log.setup(cfg.log_format, cfg.log_level, proc=f"flusher-{slot}")
+    setup_logging(cfg.log_format, cfg.log_level, proc=f"flusher-{slot}")
     flusher = Flusher(slot, cfg, conn, counters, parent_pid)
     for p in paths:
         flusher.rings[p] = _Ring(p)

@@ -14,9 +14,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from collector.common.health import HealthServer
+from collector.common.log import get_logger
 
 from . import _counters as C
-from . import _log
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
@@ -114,6 +116,6 @@ def health_server(host: str, port: int, sup: Supervisor) -> HealthServer:
     registry.register(DaemonCollector(sup))
     return HealthServer(
         host, port, readiness=sup.readiness, registry=registry,
-        on_error=lambda path, exc: _log.error("HTTP handler failed.", path=path,
-                                              error=repr(exc)),
+        on_error=lambda path, exc: log.error("HTTP handler failed.", path=path,
+                                             error=repr(exc)),
         name="collector-http")

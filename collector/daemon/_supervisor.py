@@ -41,14 +41,17 @@ import redis
 import ringbuf
 from collector.common import redisconn
 from collector.common.health import HealthServer
+from collector.common.log import RateLimited, get_logger
+from collector.common.log import setup as setup_logging
 from collector.common.stream import shard_keys
 from collector.config import CollectorConfig
 
 from . import _counters as C
-from . import _log
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
 from ._flusher import flusher_main
 from ._http import health_server
+
+_log = get_logger(__name__)
 
 LOCK_NAME = ".collector-daemon.lock"
 QUARANTINE = "quarantine"
@@ -118,7 +121,7 @@ class Supervisor:
         self._lock_fd = -1
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        self.limiter = _log.RateLimited(10.0)
+        self.limiter = RateLimited(10.0)
 
     # -- start ------------------------------------------------------------------------
     def _lock_rings_dir(self) -> None:
@@ -571,5 +574,5 @@ class Supervisor:
 
 def run(cfg: CollectorConfig) -> int:
     """Run the daemon until it is stopped; return the process exit code."""
-    _log.setup(cfg.log_format, cfg.log_level, proc="supervisor")
+    setup_logging(cfg.log_format, cfg.log_level, proc="supervisor")
     return Supervisor(cfg).run()

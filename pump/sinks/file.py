@@ -59,7 +59,6 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import logging
 import os
 import time
 from pathlib import Path
@@ -67,10 +66,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from collector.common.log import get_logger
+
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps, json_line
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_CSV_COLUMNS = (
     "timestamp", "username", "effect", "conclusion", "request", "policies", "deciders", "_id",
@@ -248,7 +249,7 @@ class FileSink(Sink):
             except FileNotFoundError:
                 moved = True
             if moved:
-                log.info("file sink path was moved; opening a new file path=%s", self.cfg.path)
+                log.info("The file was moved away; opening a new one.", path=self.cfg.path)
                 self._close_file()
                 self._open_file()
 
@@ -320,7 +321,7 @@ class FileSink(Sink):
             if self.cfg.fsync != "never":
                 os.fsync(fd)
         except OSError as exc:
-            log.warning("file sink fsync on close failed path=%s error=%s", self._file_path, exc)
+            log.warning("fsync on close failed.", path=self._file_path, error=exc)
         finally:
             os.close(fd)
 
@@ -351,8 +352,8 @@ def _repair_tail(fd: int, path: Path | None) -> int:
             break
         end = start
     os.ftruncate(fd, keep)
-    log.warning("file sink cut a partial last line left by a writer that died mid-write "
-                "path=%s bytes=%d", path, size - keep)
+    log.warning("Cut a partial last line left by a writer that died mid-write.",
+                path=path, bytes=size - keep)
     return keep
 
 

@@ -27,7 +27,6 @@ Headers: ``headers`` are sent as they are; the value of ``auth_header``
 from __future__ import annotations
 
 import email.utils
-import logging
 import os
 import threading
 import time
@@ -35,10 +34,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from collector.common.log import get_logger
+
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class HttpConfig(SinkConfig):
@@ -133,8 +134,8 @@ class HttpSink(Sink):
             wait = _retry_after(resp.headers.get("Retry-After"))
             if wait is not None and status in (429, 503):
                 if time.monotonic() + wait < deadline - 0.05:
-                    log.info("http sink waits as the server asked status=%d retry_after_s=%.3f",
-                             status, wait)
+                    log.info("Waiting as the server asked (Retry-After).", status=status,
+                             retry_after_s=round(wait, 3))
                     return wait
                 err = RetryableError(f"{message} (Retry-After {wait:.1f} s is past the deadline)")
                 err.retry_after_s = wait  # type: ignore[attr-defined]

@@ -25,15 +25,16 @@ created in ``open`` when the collection does not exist yet.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
+from collector.common.log import get_logger
+
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PASSWORD_ENV = "COLLECTOR_MONGO_PASSWORD"
 DUPLICATE_KEY = 11000
@@ -146,8 +147,8 @@ class MongoSink(Sink):
             options["max"] = cfg.capped_max_documents
         try:
             db.create_collection(cfg.collection, **options)
-            log.info("mongo sink created a capped collection collection=%s size_bytes=%d",
-                     cfg.collection, cfg.capped_size_bytes)
+            log.info("Created a capped collection.", collection=cfg.collection,
+                     size_bytes=cfg.capped_size_bytes)
         except pymongo.errors.CollectionInvalid:
             pass  # another worker created it first
 

@@ -48,7 +48,6 @@ and is never logged.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import re
@@ -58,10 +57,12 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
+from collector.common.log import get_logger
+
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PASSWORD_ENV = "COLLECTOR_POSTGRES_PASSWORD"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -164,7 +165,7 @@ class PostgresSink(Sink):
             try:
                 conn.close()
             except Exception as exc:  # closing a broken connection must not raise
-                log.debug("postgres sink close failed error=%s", exc)
+                log.debug("Closing the connection failed.", error=exc)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._drop()

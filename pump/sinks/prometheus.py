@@ -30,16 +30,17 @@ address: run this sink with ``workers: 1``.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import deque
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from collector.common.log import get_logger
+
 from ._base import Batch, RetryableError, Sink, SinkConfig, Verdict, register
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 _LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
@@ -153,7 +154,7 @@ class PrometheusSink(Sink):
                 f"prometheus sink cannot serve on {self.cfg.address}: {exc} (each process "
                 "binds its own address: run this sink with workers: 1)") from exc
         self.port = self._server.server_address[1]
-        log.info("prometheus sink serving address=%s:%d", host, self.port)
+        log.info("Serving /metrics.", address=f"{host}:{self.port}")
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)

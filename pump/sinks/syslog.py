@@ -25,7 +25,6 @@ Syslog cannot deduplicate: a redelivered batch is sent again.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -36,8 +35,6 @@ from pydantic import Field, model_validator
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps, record_object
-
-log = logging.getLogger(__name__)
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
