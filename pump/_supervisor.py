@@ -30,10 +30,11 @@ from typing import Any
 import redis
 from prometheus_client import CollectorRegistry
 
+from collector.common.counters import Slot
 from collector.common.health import HealthServer
 from collector.common.log import RateLimited, get_logger
 
-from ._metrics import STATE, STATE_OUTAGE, STATE_STARTING, WRITE_DEADLINE, PumpCollector
+from ._metrics import STATE_OUTAGE, STATE_STARTING, WORKER_COUNTERS, PumpCollector
 from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
 from ._source import ListMover
 from ._worker import worker_main
@@ -47,10 +48,10 @@ _HEALTH_CACHE_S = 1.0
 
 
 class _Slot:
-    def __init__(self, sink: str, index: int, array: Any) -> None:
+    def __init__(self, sink: str, index: int, counters: Slot) -> None:
         self.sink = sink
         self.index = index
-        self.array = array
+        self.counters = counters
         self.proc: BaseProcess | None = None
         self.started = 0.0
         self.streak = 0
@@ -65,12 +66,12 @@ class Supervisor:
         self.ctx = get_context("spawn")
         self.keys = config.shard_keys()
         self.slots: list[_Slot] = []
-        by_sink: dict[str, list[Any]] = {}
+        by_sink: dict[str, list[Slot]] = {}
         for sink, spec in config.pumps.items():
             for i in range(spec.workers):
-                arr = self.ctx.RawArray("d", len(_blank_slot()))
-                self.slots.append(_Slot(sink, i, arr))
-                by_sink.setdefault(sink, []).append(arr)
+                counters = WORKER_COUNTERS.new_slot(self.ctx)
+                self.slots.append(_Slot(sink, i, counters))
+                by_sink.setdefault(sink, []).append(counters)
         self.r = connect(config)
         self.stopping = False
         self.limited = RateLimited(10.0, log)
@@ -146,7 +147,7 @@ class Supervisor:
             info: dict[str, Any] = {
                 "healthy": err is None, "workers": spec.workers, "workers_alive": alive,
                 "workers_in_outage": sum(1 for s in self.slots if s.sink == sink
-                                         and s.array[STATE] == STATE_OUTAGE),
+                                         and s.counters.get("state") == STATE_OUTAGE),
                 "pids": self.worker_pids().get(sink, []),
             }
             if err is not None:
@@ -189,10 +190,10 @@ class Supervisor:
 
     # -- workers -------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
-        slot.array[WRITE_DEADLINE] = 0.0  # a killed worker cannot clear its own
-        slot.array[STATE] = STATE_STARTING
+        slot.counters.set("write_deadline", 0.0)  # a killed worker cannot clear its own
+        slot.counters.set("state", STATE_STARTING)
         proc = self.ctx.Process(target=worker_main,
-                                args=(self.config, slot.sink, slot.index, slot.array),
+                                args=(self.config, slot.sink, slot.index, slot.counters),
                                 name=f"pump-{slot.sink}-{slot.index}", daemon=False)
         proc.start()
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -204,7 +205,7 @@ class Supervisor:
         for slot in self.slots:
             proc = slot.proc
             if proc is not None and proc.is_alive():
-                deadline = slot.array[WRITE_DEADLINE]
+                deadline = slot.counters.get("write_deadline")
                 if deadline and now > deadline + self.config.stuck_write_grace_s:
                     log.error("Worker's write overran its deadline; killing it.",
                               sink=slot.sink, worker=slot.index, pid=proc.pid,
@@ -318,8 +319,3 @@ class Supervisor:
         log.info("collector-pump stopped.")
         return 0
 
-
-def _blank_slot() -> list[float]:
-    from ._metrics import SLOT_SIZE
-
-    return [0.0] * SLOT_SIZE

@@ -43,28 +43,16 @@ from typing import Any
 
 import redis
 
+from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 from collector.common.log import setup as setup_logging
 
 from ._metrics import (
-    ACKED,
-    BATCHES,
-    DEAD,
-    DECODE_ERRORS,
-    FILTERED,
-    IN,
-    OUT,
-    PID,
-    RETRIES,
-    STATE,
     STATE_OUTAGE,
     STATE_RUNNING,
     STATE_STARTING,
     STATE_STOPPING,
-    TRIMMED,
-    WRITE_DEADLINE,
-    WRITE_ERRORS,
-    Counters,
+    WORKER_COUNTERS,
 )
 from ._pipeline import DeadItem, Prepared, RecordPipeline
 from ._redis import connect, ensure_groups
@@ -149,7 +137,7 @@ class Worker:
     """A consumer of one sink's group. ``run()`` until stopped; ``step()`` is one turn."""
 
     def __init__(self, config: PumpConfig, sink_name: str, index: int = 0, *,
-                 counters: Counters | None = None, stopper: Stopper | None = None,
+                 counters: Slot | None = None, stopper: Stopper | None = None,
                  sink: Sink | None = None, r: redis.Redis | None = None,
                  consumer: str | None = None) -> None:
         self.config = config
@@ -158,7 +146,7 @@ class Worker:
         self.group = sink_name
         self.consumer = consumer or consumer_name(sink_name, index)
         self.keys = config.shard_keys()
-        self.counters = counters or Counters()
+        self.counters = counters or WORKER_COUNTERS.local_slot()
         self.stopper = stopper or Stopper()
         self.sink = sink if sink is not None else build_sink(
             config.sink_type(sink_name), self.spec.meta)
@@ -179,14 +167,14 @@ class Worker:
     # -- life cycle --------------------------------------------------------
     def run(self) -> int:
         c = self.counters
-        c.set(PID, os.getpid())
-        c.set(STATE, STATE_STARTING)
+        c.set("pid", os.getpid())
+        c.set("state", STATE_STARTING)
         log.info("Worker starting.", sink=self.sink_name, consumer=self.consumer)
         if not self._open_sink():
             return 2 if not self.stopper.is_set() else 0
-        c.set(STATE, STATE_RUNNING)
+        c.set("state", STATE_RUNNING)
         while not self.stopper.is_set():
-            c.beat()
+            c.set("heartbeat", time.monotonic())
             if os.getppid() != self.parent_pid:
                 log.warning("The supervisor went away; worker stops.",
                             sink=self.sink_name, consumer=self.consumer)
@@ -196,7 +184,7 @@ class Worker:
                 self.redis_failures = 0
             except redis.RedisError as exc:
                 self._redis_trouble(exc)
-        c.set(STATE, STATE_STOPPING)
+        c.set("state", STATE_STOPPING)
         left = self._time_left_for_shutdown()
         try:
             self.sink.close(left)
@@ -319,13 +307,13 @@ class Worker:
                deliveries: dict[str, int] | None) -> None:
         prep: Prepared = self.pipeline.prepare(entries)
         c = self.counters
-        c.add(IN, prep.n_in)
+        c.add("records_in", prep.n_in)
         if prep.n_filtered:
-            c.add(FILTERED, prep.n_filtered)
+            c.add("records_filtered", prep.n_filtered)
         if prep.n_trimmed:
-            c.add(TRIMMED, prep.n_trimmed)
+            c.add("records_trimmed", prep.n_trimmed)
         if prep.dead:
-            c.add(DECODE_ERRORS, prep.n_decode_errors)
+            c.add("decode_errors", prep.n_decode_errors)
             ack = [d.entry_id for d in prep.dead if d.reason == "undecodable_entry"]
             self._dead_letter(key, prep.dead, ack, deliveries)
             self.limited.warning("decode", "Dead-lettered what did not decode.",
@@ -333,7 +321,7 @@ class Worker:
                                  error=prep.dead[0].error)
         if prep.ack_only:
             self.r.xack(key, self.group, *prep.ack_only)
-            c.add(ACKED, len(prep.ack_only))
+            c.add("entries_acked", len(prep.ack_only))
         if prep.groups:
             self._deliver(key, prep.groups, deliveries)
 
@@ -395,10 +383,10 @@ class Worker:
             return overall
 
         def on_attempt(attempt_deadline: float) -> None:
-            c.set(WRITE_DEADLINE, attempt_deadline)
+            c.set("write_deadline", attempt_deadline)
 
         def on_failure(err: BaseException, attempt: int) -> None:
-            c.add(WRITE_ERRORS)
+            c.add("write_errors")
             self.limited.warning("write", "Sink write failed.",
                                  sink=self.sink_name, attempt=attempt, error=err)
 
@@ -408,17 +396,17 @@ class Worker:
                                           stop=stopper, on_attempt=on_attempt,
                                           on_failure=on_failure)
         finally:
-            c.set(WRITE_DEADLINE, 0.0)
-        c.observe_write(time.monotonic() - t0)
+            c.set("write_deadline", 0.0)
+        c.observe("write_seconds", time.monotonic() - t0)
         if attempts > 1:
-            c.add(RETRIES, attempts - 1)
+            c.add("write_retries", attempts - 1)
 
     def _acked(self, key: str, batch: Batch) -> None:
         self.r.xack(key, self.group, *batch.entry_ids)
         c = self.counters
-        c.add(OUT, len(batch.records))
-        c.add(BATCHES)
-        c.add(ACKED, len(batch.entry_ids))
+        c.add("records_out", len(batch.records))
+        c.add("batches_written")
+        c.add("entries_acked", len(batch.entry_ids))
 
     def _sink_healthy(self) -> bool:
         try:
@@ -433,7 +421,7 @@ class Worker:
                 deliveries: dict[str, int] | None) -> None:
         """Hold the batch until the sink is back (or we are told to stop)."""
         c = self.counters
-        c.set(STATE, STATE_OUTAGE)
+        c.set("state", STATE_OUTAGE)
         log.warning("Sink is down; holding the batch until it is back.",
                     sink=self.sink_name, entries=len(groups))
         ids = [g[0] for g in groups]
@@ -443,7 +431,7 @@ class Worker:
                 if self.stopper.wait(self.policy.backoff(min(attempt, 10))):
                     return
                 attempt += 1
-                c.beat()
+                c.set("heartbeat", time.monotonic())
                 try:  # keep the entries ours without counting a delivery
                     self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True)
                 except redis.RedisError as exc:
@@ -453,12 +441,12 @@ class Worker:
                 try:
                     self._write(batch)
                 except PermanentError:
-                    c.set(STATE, STATE_RUNNING)
+                    c.set("state", STATE_RUNNING)
                     self._deliver(key, groups, deliveries)
                     return
                 except WriteFailed:
                     if self._sink_healthy():
-                        c.set(STATE, STATE_RUNNING)
+                        c.set("state", STATE_RUNNING)
                         self._deliver(key, groups, deliveries)  # poison path now
                         return
                     continue
@@ -466,15 +454,15 @@ class Worker:
                 log.info("Sink is back.", sink=self.sink_name)
                 return
         finally:
-            if c.get(STATE) == STATE_OUTAGE:
-                c.set(STATE, STATE_RUNNING)
+            if c.get("state") == STATE_OUTAGE:
+                c.set("state", STATE_RUNNING)
 
     # -- dead letters ----------------------------------------------------------
     def _dead_letter_groups(self, key: str, groups: list[tuple[str, list[Record], Any]],
                             reason: str, error: str, deliveries: dict[str, int] | None) -> None:
         items = [DeadItem(dict(g[2]), reason, error, g[0]) for g in groups]
         self._dead_letter(key, items, [g[0] for g in groups], deliveries)
-        self.counters.add(DEAD, sum(len(g[1]) for g in groups))
+        self.counters.add("records_dead_lettered", sum(len(g[1]) for g in groups))
         self.limited.warning("dead", "Dead-lettered entries.",
                              sink=self.sink_name, stream=key, entries=len(groups),
                              reason=reason, error=error)
@@ -496,20 +484,20 @@ class Worker:
             pipe.xack(key, self.group, *ack)
         pipe.execute()
         if ack:
-            self.counters.add(ACKED, len(ack))
+            self.counters.add("entries_acked", len(ack))
         undecodable_entries = sum(1 for it in items if it.reason == "undecodable_entry")
         records = sum(1 for it in items if it.reason == "undecodable_record")
         if undecodable_entries or records:
-            self.counters.add(DEAD, undecodable_entries + records)
+            self.counters.add("records_dead_lettered", undecodable_entries + records)
 
 
-def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Any) -> None:
+def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Slot) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
     stopper = SignalStopper()
     setup_logging(config.log_format, config.log_level, proc=f"worker-{sink_name}-{index}")
     try:
         import_plugins(config.plugins)
-        worker = Worker(config, sink_name, index, counters=Counters(slot), stopper=stopper)
+        worker = Worker(config, sink_name, index, counters=slot, stopper=stopper)
         code = worker.run()
     except Exception as exc:
         log.exception("Worker failed.", sink=sink_name, error=repr(exc))

@@ -61,7 +61,8 @@ def test_pump_does_not_load_the_client() -> None:
 def test_collector_common_loads_neither_client_nor_daemon() -> None:
     names = _imported("import collector.common.stream, collector.common.redisconn, "
                       "collector.common.health, collector.common.log, "
-                      "collector.common.settings, collector.common.redact")
+                      "collector.common.settings, collector.common.redact, "
+                      "collector.common.counters")
     assert "collector._client" not in names
     assert _offenders(names, ("pump",)) == []
     assert not any(n.startswith("collector.daemon") for n in names)

@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from collector.common.stream import decode_entry, encode_entry
-from pump._metrics import DEAD, DECODE_ERRORS, FILTERED, OUT, TRIMMED, Counters
+from pump._metrics import WORKER_COUNTERS
 from pump._redis import group_lag, trim_acknowledged
 from pump._source import ListMover
 from pump._worker import Stopper, Worker
@@ -41,7 +41,7 @@ def memory(key: str, **meta: Any) -> dict[str, Any]:
 
 
 def make_worker(cfg: Any, name: str, index: int = 0, **kw: Any) -> Worker:
-    return Worker(cfg, name, index, counters=Counters(), stopper=Stopper(), **kw)
+    return Worker(cfg, name, index, counters=WORKER_COUNTERS.local_slot(), stopper=Stopper(), **kw)
 
 
 def seqs(sink: MemorySink) -> Counter[int]:
@@ -77,7 +77,7 @@ def test_two_sinks_get_every_record_exactly_once(redis_server: RedisServer) -> N
         assert (lost, dups) == (0, 0), f"lost={lost} duplicated={dups}"
         assert {r.id for r in sink.records} == {f"{'a' * 32}:{s}" for s in expected}
     assert group_lag(r, KEY, "m1") == (0, 0)
-    assert w1.counters.get(OUT) == 3000
+    assert w1.counters.get("records_out") == 3000
 
 
 def _ready(r: Any, *workers: Worker) -> None:
@@ -108,7 +108,7 @@ def test_poison_entry_dead_lettered_after_max_deliveries_while_later_records_flo
     lost, dups = lost_and_duplicated(seqs(sink), [*range(100), *range(101, 201)])
     assert (lost, dups) == (0, 0), f"lost={lost} duplicated={dups}"
     run_until([w], lambda: group_lag(r, KEY, "m") == (0, 0))
-    assert w.counters.get(DEAD) == 1
+    assert w.counters.get("records_dead_lettered") == 1
 
 
 def test_permanent_error_splits_the_batch_and_dead_letters_only_the_bad_entry(
@@ -148,7 +148,7 @@ def test_undecodable_entry_and_record_are_dead_lettered_not_passed_on(
     bad_record = next(d for d in dead_entries(r, "m") if d[b"dl_reason"] == b"undecodable_record"
                       and decode_entry(d).first_seq == 11)
     assert decode_entry(bad_record).records == [b"\xc1\xc1 not msgpack"]
-    assert w.counters.get(DECODE_ERRORS) == 4
+    assert w.counters.get("decode_errors") == 4
     run_until([w], lambda: group_lag(r, KEY, "m") == (0, 0))
 
 
@@ -164,7 +164,7 @@ def test_oversized_record_trimmed_and_counted(redis_server: RedisServer) -> None
     big = next(rec for rec in sink.records if rec.data["seq"] == 0)
     assert len(big.raw) <= 300 and msgpack.unpackb(big.raw) == big.data
     assert big.data["request"].startswith("xxx") and big.data["username"] == "user0"
-    assert w.counters.get(TRIMMED) == 1
+    assert w.counters.get("records_trimmed") == 1
 
 
 def test_filters_and_omit_detailed_recording(redis_server: RedisServer) -> None:
@@ -185,7 +185,7 @@ def test_filters_and_omit_detailed_recording(redis_server: RedisServer) -> None:
     assert sorted(seqs(inc)) == [s for s in expected if s % 7 in (1, 2) and s != 1]
     assert sorted(seqs(users)) == [s for s in expected if s % 7 == 3]
     assert sorted(seqs(skip)) == [s for s in expected if s % 7 != 0]
-    assert ws[0].counters.get(FILTERED) == 70 - len(inc.records)
+    assert ws[0].counters.get("records_filtered") == 70 - len(inc.records)
     assert all(rec.data["policies"] == "" and rec.data["deciders"] == "" for rec in skip.records)
     assert all(msgpack.unpackb(rec.raw)["policies"] == "" for rec in skip.records)
     assert all(rec.data["policies"] == "p1,p2" for rec in users.records)

@@ -67,8 +67,6 @@ from collector.common.log import setup as setup_logging
 from collector.common.stream import encode_entry, shard_for, shard_keys
 from collector.config import CollectorConfig
 
-from . import _counters as C
-
 _log = get_logger(__name__)
 
 BACKLOG_RECHECK_S = 0.1
@@ -139,7 +137,7 @@ class Flusher:
         self.slot = slot
         self.cfg = cfg
         self.conn = conn
-        self.arr = counters
+        self.counters = counters
         self.parent_pid = parent_pid
         self.rings: dict[str, _Ring] = {}
         self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
@@ -163,7 +161,7 @@ class Flusher:
         self.pushed_back: set[str] = set()
         self.stop_deadline: float | None = None
         self.limiter = RateLimited(10.0)
-        self.arr[C.REDIS_OK] = 1.0
+        self.counters.set("redis_ok", 1.0)
         # One poll object for the command pipe: Connection.poll(timeout) builds a
         # selector per call, which costs more than the rest of an idle loop.
         self.poller = select.poll()
@@ -257,8 +255,8 @@ class Flusher:
     # -- Redis --------------------------------------------------------------------
     def _failed(self, exc: BaseException, what: str) -> None:
         now = time.monotonic()
-        self.arr[C.REDIS_ERRORS] += 1
-        self.arr[C.REDIS_OK] = 0.0
+        self.counters.add("redis_errors")
+        self.counters.set("redis_ok", 0.0)
         if self.failing_since is None:
             self.failing_since = now
         self.fail_count += 1
@@ -278,7 +276,7 @@ class Flusher:
             self.limiter.reset("redis")
             self.failing_since = None
             self.fail_count = 0
-        self.arr[C.REDIS_OK] = 1.0
+        self.counters.set("redis_ok", 1.0)
         self.backoff = self.retry_initial
 
     def _over_budget(self, key: str, now: float) -> bool:
@@ -295,7 +293,7 @@ class Flusher:
         self._succeeded()
         self.backlog[key] = (length, now)
         if length >= self.budget:
-            self.arr[C.PUSHBACKS] += 1
+            self.counters.add("backpressure")
             if key not in self.pushed_back:
                 self.pushed_back.add(key)
                 _log.warning("Stream is over its backlog budget; keeping records in the rings.",
@@ -354,12 +352,12 @@ class Flusher:
         # Redis has the batch: only now free the records in the ring.
         reader.commit()
         now = time.monotonic()
-        arr = self.arr
+        counters = self.counters
         n = len(ring.acc)
-        arr[C.RECORDS_WRITTEN] += n
-        arr[C.BATCHES_WRITTEN] += 1
-        arr[C.BYTES_WRITTEN] += ring.acc_bytes
-        C.observe_latency(arr, now - t0)
+        counters.add("records_written", n)
+        counters.add("batches_written")
+        counters.add("bytes_written", ring.acc_bytes)
+        counters.observe("flush_seconds", now - t0)
         self.backlog[ring.key] = (length, now)
         ring.acc = []
         ring.acc_bytes = 0
@@ -389,7 +387,7 @@ class Flusher:
                     ring.first_at = ring.checked_at or now
                 acc.extend(batch)
                 ring.acc_bytes += batch.nbytes
-                self.arr[C.RECORDS_READ] += len(batch)
+                self.counters.add("records_read", len(batch))
                 ring.observe(now, len(batch), batch.nbytes)
                 state = 1
             else:
@@ -439,10 +437,10 @@ class Flusher:
         return True
 
     def run(self) -> int:
-        arr = self.arr
+        counters = self.counters
         while True:
             now = time.monotonic()
-            arr[C.HEARTBEAT] = now
+            counters.set("heartbeat", now)
             if os.getppid() != self.parent_pid:
                 _log.warning("The supervisor is gone; exiting, uncommitted records stay in "
                              "the rings.")
@@ -463,7 +461,7 @@ class Flusher:
                 sent = sent or state == 2
                 if w < wake:
                     wake = w
-            arr[C.RINGS] = len(self.rings)
+            counters.set("rings", len(self.rings))
             # sent a batch: look again at once (more may be waiting); else sleep
             # until the earliest ring's next look, retry or lock attempt
             timeout = 0.0 if sent else max(0.0, wake - time.monotonic())

@@ -46,10 +46,9 @@ from collector.common.log import setup as setup_logging
 from collector.common.stream import shard_keys
 from collector.config import CollectorConfig
 
-from . import _counters as C
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
 from ._flusher import flusher_main
-from ._http import health_server
+from ._metrics import FLUSHER_COUNTERS, health_server
 
 _log = get_logger(__name__)
 
@@ -71,7 +70,7 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.counters = C.new_slot()
+        self.counters = FLUSHER_COUNTERS.new_slot()
         self.proc: Any = None
         self.conn: Connection | None = None
         self.rings: set[str] = set()
@@ -408,14 +407,14 @@ class Supervisor:
         stale_after = 2 * self.cfg.redis_timeout_s + 5.0
         flushers = []
         for s in self.slots:
-            a = s.counters
-            age = now - a[C.HEARTBEAT] if a[C.HEARTBEAT] else None
+            heartbeat = s.counters.get("heartbeat")
+            age = now - heartbeat if heartbeat else None
             flushers.append({
                 "slot": s.index,
                 "pid": s.proc.pid if s.proc is not None else None,
                 "alive": s.up,
                 "stalled": age is not None and age > stale_after,
-                "redis_ok": bool(a[C.REDIS_OK]),
+                "redis_ok": bool(s.counters.get("redis_ok")),
                 "rings": len(s.rings),
                 "heartbeat_age_s": round(age, 3) if age is not None else None,
             })

@@ -1,4 +1,10 @@
-"""The daemon's metrics collector and its ``/healthz``, ``/readyz``, ``/metrics`` server."""
+"""The daemon's metrics: the flushers' shared counters, the collector, the HTTP server.
+
+Each flusher slot owns one :data:`FLUSHER_COUNTERS` slot (shared memory,
+``collector/common/counters.py``), written by that flusher only and read
+here for ``/metrics`` and by the supervisor for ``/readyz``. A restarted
+flusher keeps its slot, so counters never go back.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from collector.common.counters import Layout
 from collector.common.health import HealthServer
 from collector.common.log import get_logger
-
-from . import _counters as C
 
 log = get_logger(__name__)
 
@@ -24,6 +25,28 @@ if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
 P = "collector_daemon_"
+
+FLUSHER_COUNTERS = Layout(
+    counters={
+        "records_read": "Records read from rings.",
+        "records_written": "Records Redis accepted (then committed in the ring).",
+        "batches_written": "Stream entries (batches) Redis accepted.",
+        "bytes_written": "Record payload bytes Redis accepted.",
+        "redis_errors": "Failed Redis round trips (retried later).",
+        "backpressure": "Times a batch was held back because its stream shard was over "
+                        "max_backlog_entries.",
+    },
+    gauges=(
+        "redis_ok",   # 1.0 after a successful round trip, 0.0 after a failure
+        "heartbeat",  # time.monotonic() of the flusher's last loop
+        "rings",      # rings the flusher serves now
+    ),
+    histograms={
+        "flush_seconds": ("Duration of one batch round trip to Redis (XADD).",
+                          (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                           1.0, 2.5, 5.0, 10.0)),
+    },
+)
 
 
 class DaemonCollector(Collector):
@@ -34,34 +57,7 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         sup = self.sup
-        arrs = [s.counters for s in sup.slots]
-
-        def total(i: int) -> float:
-            return float(sum(a[i] for a in arrs))
-
-        def counter(name: str, doc: str, i: int) -> CounterMetricFamily:
-            return CounterMetricFamily(P + name, doc, value=total(i))
-
-        yield counter("records_read", "Records read from rings.", C.RECORDS_READ)
-        yield counter("records_written", "Records Redis accepted (then committed in the ring).",
-                      C.RECORDS_WRITTEN)
-        yield counter("batches_written", "Stream entries (batches) Redis accepted.",
-                      C.BATCHES_WRITTEN)
-        yield counter("bytes_written", "Record payload bytes Redis accepted.", C.BYTES_WRITTEN)
-        yield counter("redis_errors", "Failed Redis round trips (retried later).", C.REDIS_ERRORS)
-        yield counter("backpressure", "Times a batch was held back because its stream shard "
-                      "was over max_backlog_entries.", C.PUSHBACKS)
-
-        buckets: list[tuple[str, float]] = []
-        cum = 0.0
-        for j, bound in enumerate(C.LATENCY_BUCKETS):
-            cum += total(C.LATENCY_BASE + j)
-            buckets.append((repr(bound), cum))
-        cum += total(C.LATENCY_BASE + len(C.LATENCY_BUCKETS))
-        buckets.append(("+Inf", cum))
-        yield HistogramMetricFamily(P + "flush_seconds",
-                                    "Duration of one batch round trip to Redis (XADD).",
-                                    buckets=buckets, sum_value=total(C.LATENCY_SUM))
+        yield from FLUSHER_COUNTERS.families(P, {(): [s.counters for s in sup.slots]})
 
         snap = sup.ring_snapshot
         drops = CounterMetricFamily(P + "dropped_records",
