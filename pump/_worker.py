@@ -337,7 +337,8 @@ class Worker:
                 if not groups:
                     return
         records = groups[0][1] if len(groups) == 1 else [r for g in groups for r in g[1]]
-        batch = Batch(records, stream=key, entry_ids=[g[0] for g in groups])
+        batch = Batch(records, stream=key, entry_ids=[g[0] for g in groups],
+                      entry_sizes=[len(g[1]) for g in groups])
         try:
             self._write(batch)
         except PermanentError as exc:

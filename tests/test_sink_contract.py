@@ -142,6 +142,28 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def _aggregate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    table = f"contract_agg_{uuid.uuid4().hex[:12]}"
+
+    def observe(sink: Sink) -> int:
+        with psycopg.connect(pg_dsn()) as conn:
+            row = conn.execute(f"SELECT coalesce(sum(count), 0) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+
+    @contextmanager
+    def stall(sink: Sink) -> Iterator[Sink]:
+        with psycopg.connect(pg_dsn()) as locker:
+            locker.execute(f"LOCK TABLE {table}_applied IN ACCESS EXCLUSIVE MODE")
+            yield sink
+            locker.rollback()
+
+    try:
+        yield Target({"dsn": pg_dsn(), "table": table}, observe, stall)
+    finally:
+        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_applied")
+
+
 def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     server = request.getfixturevalue("redis_server")
 
@@ -179,7 +201,7 @@ def _prometheus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Targ
 TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[Target]]] = {
     "memory": _memory, "null": _null, "file": _file, "stdout": _stdout, "syslog": _syslog,
     "http": _http, "mongo": _mongo, "postgres": _postgres, "redis": _redis,
-    "prometheus": _prometheus,
+    "prometheus": _prometheus, "aggregate": _aggregate,
 }
 # Every built-in sink (a new one without a target above fails loudly). Sinks that
 # tests register for themselves (tests/pump_plugins.py) bring their own tests.

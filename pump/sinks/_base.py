@@ -20,7 +20,7 @@ statement timeouts so a timeout stops the write, not only the wait.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -37,7 +37,20 @@ class RetryableError(SinkError):
 
 
 class PermanentError(SinkError):
-    """The write will never succeed for this batch."""
+    """The write will never succeed for this batch.
+
+    ``rejected`` maps the ids of the records the target refused to the reason
+    it gave (a mapping error, a field type conflict, a message too large).
+    When it is not empty the sink has written every *other* record of the
+    batch, idempotently where it can, so the batch without those records
+    succeeds; an empty ``rejected`` means the sink cannot tell which records
+    are at fault. Today's worker still dead-letters the whole entry that holds
+    a rejected record (issue 9 makes that per record).
+    """
+
+    def __init__(self, message: str, *, rejected: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.rejected: dict[str, str] = dict(rejected or {})
 
 
 class Verdict(Enum):
@@ -61,12 +74,42 @@ class Record:
 
 @dataclass(slots=True)
 class Batch:
+    """The records of one or more stream entries of one shard.
+
+    ``entry_ids`` are the stream entries the records came from, in order;
+    ``entry_sizes`` how many of ``records`` each contributed (records of
+    entry ``i`` follow those of entry ``i - 1``). Sinks that must know which
+    entries they already applied (``aggregate``) use :meth:`entries`.
+    """
+
     records: list[Record]
     stream: str = ""
     entry_ids: list[str] = field(default_factory=list)
+    entry_sizes: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def entries(self) -> list[tuple[str, list[Record]]]:
+        """``(entry id, its records)`` per entry; ``[]`` for a batch without entry ids.
+
+        A batch of one entry needs no ``entry_sizes``; one of several entries
+        without matching sizes raises ``ValueError``.
+        """
+        ids = self.entry_ids
+        if not ids:
+            return []
+        if len(ids) == 1 and not self.entry_sizes:
+            return [(ids[0], self.records)]
+        sizes = self.entry_sizes
+        if len(sizes) != len(ids) or sum(sizes) != len(self.records):
+            raise ValueError(f"batch of {len(ids)} entries and {len(self.records)} records has "
+                             f"entry_sizes {sizes[:5]}... that do not add up")
+        out, start = [], 0
+        for eid, n in zip(ids, sizes, strict=True):
+            out.append((eid, self.records[start:start + n]))
+            start += n
+        return out
 
 
 class SinkConfig(BaseModel):

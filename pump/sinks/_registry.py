@@ -19,7 +19,7 @@ from ._base import _REGISTRY, Sink
 # built-in type is always known.
 BUILTIN_MODULES = (
     "memory", "null", "stdout", "file", "mongo", "postgres", "syslog", "http",
-    "prometheus", "redis",
+    "prometheus", "redis", "aggregate",
 )
 ENTRY_POINT_GROUP = "collector.sinks"
 

@@ -61,6 +61,7 @@ from collector.common.log import get_logger
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps
+from ._time import epoch_seconds
 
 log = get_logger(__name__)
 
@@ -68,21 +69,17 @@ PASSWORD_ENV = "COLLECTOR_POSTGRES_PASSWORD"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _STAGING = "collector_pump_staging"
 _NULL = "\\N"
-_MIN_EPOCH, _MAX_EPOCH = -62135596800.0, 253402300799.0  # years 1 to 9999
 # A JSON \u0000 escape not itself escaped: jsonb and text cannot hold NUL.
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-class PostgresConfig(SinkConfig):
-    """``meta`` of a ``postgres`` sink."""
+class PgConnectionConfig(SinkConfig):
+    """How a sink reaches PostgreSQL (``postgres`` and ``aggregate``)."""
 
     dsn: str = Field(default="dbname=collector", description="libpq conninfo string or URI")
     password: SecretStr | None = Field(default=None, description=f"or env {PASSWORD_ENV}")
     table: str = Field(default="analytics", description="table name, optionally schema.table")
     create_table: bool = True
-    timestamp_field: str = "timestamp"
-    username_field: str = "username"
-    effect_field: str = "effect"
     connect_timeout_s: float = Field(default=10.0, gt=0)
     tcp_user_timeout_ms: int = Field(default=30_000, ge=0)
     application_name: str = "collector-pump"
@@ -96,6 +93,45 @@ class PostgresConfig(SinkConfig):
                 f"table {value!r} must be name or schema.name, each a letter or _ followed by "
                 "letters, digits or _ (at most 63)")
         return value
+
+
+class PostgresConfig(PgConnectionConfig):
+    """``meta`` of a ``postgres`` sink."""
+
+    timestamp_field: str = "timestamp"
+    username_field: str = "username"
+    effect_field: str = "effect"
+
+
+def open_connection(cfg: PgConnectionConfig, deadline: float) -> Any:
+    """A new psycopg connection (autocommit off) within ``deadline``; errors classified."""
+    import psycopg
+
+    left = Sink.time_left(deadline)
+    password = cfg.password.get_secret_value() if cfg.password else None
+    password = password or os.environ.get(PASSWORD_ENV) or None
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(min(left, cfg.connect_timeout_s))),
+        "application_name": cfg.application_name,
+        "autocommit": False,
+    }
+    if cfg.tcp_user_timeout_ms:
+        kwargs["tcp_user_timeout"] = cfg.tcp_user_timeout_ms
+    if password is not None:
+        kwargs["password"] = password
+    try:
+        return psycopg.connect(cfg.dsn, **kwargs)
+    except psycopg.Error as exc:
+        raise _classify(exc, "connect") from exc
+
+
+def close_quietly(conn: Any) -> None:
+    """Close a connection that may be broken already."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception as exc:  # closing a broken connection must not raise
+            log.debug("Closing the connection failed.", error=exc)
 
 
 @register
@@ -121,20 +157,8 @@ class PostgresSink(Sink):
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._drop()
-        left = self.time_left(deadline)
-        password = self.cfg.password.get_secret_value() if self.cfg.password else None
-        password = password or os.environ.get(PASSWORD_ENV) or None
-        kwargs: dict[str, Any] = {
-            "connect_timeout": max(2, math.ceil(min(left, self.cfg.connect_timeout_s))),
-            "application_name": self.cfg.application_name,
-            "autocommit": False,
-        }
-        if self.cfg.tcp_user_timeout_ms:
-            kwargs["tcp_user_timeout"] = self.cfg.tcp_user_timeout_ms
-        if password is not None:
-            kwargs["password"] = password
+        conn = open_connection(self.cfg, deadline)
         try:
-            conn = psycopg.connect(self.cfg.dsn, **kwargs)
             with conn.cursor() as cur:
                 cur.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (id text, ts timestamptz, "
@@ -143,7 +167,7 @@ class PostgresSink(Sink):
                     self._create_table(cur)
             conn.commit()
         except psycopg.Error as exc:
-            self._conn = None
+            close_quietly(conn)
             raise _classify(exc, "connect") from exc
         self._conn = conn
         return conn
@@ -161,11 +185,7 @@ class PostgresSink(Sink):
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception as exc:  # closing a broken connection must not raise
-                log.debug("Closing the connection failed.", error=exc)
+        close_quietly(conn)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._drop()
@@ -251,25 +271,12 @@ def _set_timeout(deadline: float) -> str:
 
 def _ts_text(value: Any) -> str:
     """The ``ts`` column in COPY text format from a record's timestamp field, or NULL."""
-    try:
-        if isinstance(value, bool) or value is None:
-            return _NULL
-        if isinstance(value, int | float):
-            seconds = value / 1000 if value > 1e11 else value
-            if not _MIN_EPOCH <= seconds <= _MAX_EPOCH:  # also false for NaN
-                return _NULL
-            if isinstance(seconds, int):
-                return _whole_seconds(seconds)
-            return datetime.fromtimestamp(seconds, UTC).isoformat()
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if isinstance(value, datetime):
-            return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    except (ValueError, OverflowError, OSError, UnicodeDecodeError):
-        pass
-    return _NULL
+    seconds = epoch_seconds(value)
+    if seconds is None:
+        return _NULL
+    if isinstance(seconds, int):
+        return _whole_seconds(seconds)
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 @functools.lru_cache(maxsize=4096)

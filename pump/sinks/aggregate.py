@@ -1,0 +1,436 @@
+"""``aggregate`` sink: per-bucket roll-ups in PostgreSQL that count each record once.
+
+Rows
+----
+One row per time bucket (``bucket``: minute, hour or day, UTC) and value of
+every configured dimension (``dimensions``, e.g. ``username`` and
+``effect``; a missing dimension is ``''``)::
+
+    CREATE TABLE <table> (
+        bucket      timestamptz NOT NULL,
+        "<dim>"     text NOT NULL,                 -- one column per dimension
+        count       bigint NOT NULL,               -- records
+        "<f>_count" bigint NOT NULL,               -- per numeric field: records carrying it,
+        "<f>_sum"   double precision NOT NULL,     --   their sum, min and max,
+        "<f>_min"   double precision,
+        "<f>_max"   double precision,
+        "<f>_sketch" jsonb NOT NULL,               --   and a quantile sketch (below)
+        updated_at  timestamptz NOT NULL,
+        PRIMARY KEY (bucket, "<dim>", ...))
+
+A record's time is its ``time_field`` (Unix seconds, milliseconds or ISO
+8601, as the postgres sink reads it); a record without one is placed at the
+time Redis added its stream entry, which redelivery keeps. A record whose
+time field or numeric fields hold something else (a word, NaN, a list) is
+rejected alone (``PermanentError.rejected``); the rest are counted.
+
+Sketch: a DDSketch-style log histogram: value ``v > 0`` counts in bin
+``ceil(log_g v)`` with ``g = (1 + a) / (1 - a)`` (``a`` =
+``sketch_relative_accuracy``), stored as ``{"p<bin>": n, "n<bin>": n (v < 0),
+"z": n (v = 0)}``. Any quantile read from it is within ``a`` (relative) of
+the exact one: ``SELECT collector_sketch_quantile("<f>_sketch", 0.99, a)``.
+Sketches of several rows add up: ``collector_sketch_merge(a, b)``. Both SQL
+functions are created with the table.
+
+Exactly once
+------------
+Redelivery is the normal way the pump recovers (a worker killed after the
+commit, before its XACK), so adding a batch twice must be impossible. Every
+write is one transaction that first inserts the batch's stream entry ids
+into ``<table>_applied`` (``stream, entry_id`` primary key) with ``ON
+CONFLICT DO NOTHING RETURNING entry_id``, then upserts only the records of
+the entries that insert returned. A redelivered entry is already there and
+adds nothing; two workers holding the same entry (one claimed it from the
+other) serialise on that row's key, and the second adds nothing. Ledger
+rows older than ``applied_retention_s`` are deleted; it must exceed the
+longest time an entry can stay pending (the pump's longest outage). A batch
+without entry ids (not from the pump) is keyed by a digest of its record
+ids. tyk-pump's sql-aggregate, for comparison, adds ``counter + excluded``
+per org and per chunk of rows in separate statements with nothing recording
+what was applied: a batch written twice, or retried after a chunk failed,
+is counted twice.
+
+Deadline: ``statement_timeout`` = the time left, before each statement.
+Errors are classified as in the postgres sink (connection and cancelled
+statements, deadlocks retryable; bad SQL, a table of another shape permanent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from collector.common.log import get_logger
+
+from ._base import Batch, PermanentError, Record, RetryableError, Sink, Verdict, register
+from ._time import entry_seconds, epoch_seconds
+from .postgres import PgConnectionConfig, _classify, _set_timeout, close_quietly, open_connection
+
+log = get_logger(__name__)
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,48}$")
+_RESERVED = {"bucket", "count", "updated_at"}
+_BUCKET_S = {"minute": 60, "hour": 3600, "day": 86400}
+_TINY = 1e-9  # |v| below this counts as zero in the sketch
+
+_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION collector_sketch_merge(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT coalesce(jsonb_object_agg(k, n), '{}'::jsonb) FROM (
+    SELECT k, sum(v::bigint) AS n FROM (
+      SELECT key AS k, value AS v FROM jsonb_each_text(coalesce(a, '{}'::jsonb))
+      UNION ALL
+      SELECT key, value FROM jsonb_each_text(coalesce(b, '{}'::jsonb))) AS both_bins
+    GROUP BY k) AS merged
+$$;
+CREATE OR REPLACE FUNCTION collector_sketch_quantile(s jsonb, q double precision,
+                                                     relative_accuracy double precision)
+RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
+  WITH g AS (SELECT (1 + relative_accuracy) / (1 - relative_accuracy) AS g),
+  bins AS (
+    SELECT CASE left(key, 1)
+             WHEN 'z' THEN 0.0
+             WHEN 'p' THEN 2 * power(g.g, substr(key, 2)::int) / (g.g + 1)
+             ELSE -2 * power(g.g, substr(key, 2)::int) / (g.g + 1) END AS v,
+           value::bigint AS n
+    FROM jsonb_each_text(s), g),
+  c AS (SELECT v, sum(n) OVER (ORDER BY v) AS cum, sum(n) OVER () AS total FROM bins)
+  SELECT v FROM c WHERE cum > q * (total - 1) ORDER BY v LIMIT 1
+$$;
+"""
+
+
+class AggregateConfig(PgConnectionConfig):
+    """``meta`` of an ``aggregate`` sink (connection keys as for ``postgres``)."""
+
+    table: str = Field(default="analytics_aggregates", description="optionally schema.table")
+    bucket: Literal["minute", "hour", "day"] = "hour"
+    dimensions: list[str] = Field(default_factory=lambda: ["username", "effect"])
+    numeric_fields: list[str] = Field(default_factory=list)
+    time_field: str = "timestamp"
+    sketch_relative_accuracy: float = Field(default=0.01, gt=0, lt=0.5)
+    applied_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    prune_interval_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("dimensions", "numeric_fields")
+    @classmethod
+    def _columns(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _COLUMN.match(name) or name.lower() in _RESERVED:
+                raise ValueError(
+                    f"{name!r} cannot be a column: a letter or _ followed by letters, digits or "
+                    f"_ (at most 49), and not one of {sorted(_RESERVED)}")
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"{names} names a column twice")
+        return names
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AggregateConfig:
+        both = {d.lower() for d in self.dimensions} & {f.lower() for f in self.numeric_fields}
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be both a dimension and a numeric field")
+        return self
+
+
+class _Row:
+    """The sums of one (bucket, dimensions) row within one batch."""
+
+    __slots__ = ("count", "stats")
+
+    def __init__(self, n_fields: int) -> None:
+        self.count = 0
+        # per numeric field: [count, sum, min, max, {bin: n}]
+        self.stats: list[list[Any]] = [[0, 0.0, None, None, {}] for _ in range(n_fields)]
+
+
+@register
+class AggregateSink(Sink):
+    name = "aggregate"
+    Config = AggregateConfig
+    deduplicates = True
+
+    def __init__(self, config: AggregateConfig) -> None:  # type: ignore[override]
+        super().__init__(config)
+        self.cfg = config
+        self._conn: Any = None
+        self._ready = False
+        self._next_prune = 0.0
+        self._bucket_s = _BUCKET_S[config.bucket]
+        a = config.sketch_relative_accuracy
+        self._inv_log_gamma = 1.0 / math.log((1 + a) / (1 - a))
+        self._ledger = f"{config.table}_applied"
+        self._dims = [f'"{d}"' for d in config.dimensions]
+        self._upsert = self._upsert_sql()
+
+    # -- connection -----------------------------------------------------------
+    def open(self) -> None:
+        self._connection(time.monotonic() + self.cfg.connect_timeout_s)
+
+    def _connection(self, deadline: float) -> Any:
+        import psycopg
+
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop()
+        conn = open_connection(self.cfg, deadline)
+        try:
+            if self.cfg.create_table and not self._ready:
+                with conn.cursor() as cur:
+                    cur.execute(_set_timeout(deadline))
+                    self._create(cur)
+                conn.commit()
+                self._ready = True
+        except (psycopg.Error, RetryableError) as exc:
+            close_quietly(conn)
+            if isinstance(exc, RetryableError):
+                raise
+            raise _classify(exc, "create tables") from exc
+        self._conn = conn
+        return conn
+
+    def _create(self, cur: Any) -> None:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND "
+                    "to_regprocedure('collector_sketch_merge(jsonb,jsonb)') IS NOT NULL",
+                    (self.cfg.table, self._ledger))
+        if cur.fetchone()[0]:
+            return  # all there: no DDL, which would wait for locks others hold on the tables
+        # One worker at a time: concurrent CREATE ... IF NOT EXISTS / OR REPLACE can collide.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('collector_aggregate_ddl'))")
+        cur.execute(_FUNCTIONS)
+        cols = [f"{d} text NOT NULL" for d in self._dims]
+        for f in self.cfg.numeric_fields:
+            cols += [f'"{f}_count" bigint NOT NULL DEFAULT 0',
+                     f'"{f}_sum" double precision NOT NULL DEFAULT 0',
+                     f'"{f}_min" double precision', f'"{f}_max" double precision',
+                     f"\"{f}_sketch\" jsonb NOT NULL DEFAULT '{{}}'"]
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.cfg.table} (bucket timestamptz NOT NULL, "
+            + "".join(c + ", " for c in cols)
+            + "count bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+            f"PRIMARY KEY ({', '.join(['bucket', *self._dims])}))")
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._ledger} (stream text NOT NULL, "
+            "entry_id text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (stream, entry_id))")
+        index = self._ledger.replace(".", "_")[:50] + "_at"
+        cur.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self._ledger} (applied_at)")
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        close_quietly(conn)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._drop()
+
+    def health_check(self, *, deadline: float) -> None:
+        import psycopg
+
+        conn = self._connection(deadline)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_set_timeout(deadline))
+                cur.execute(f"SELECT 1 FROM {self.cfg.table}, {self._ledger} LIMIT 0")
+            conn.rollback()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._drop()
+            raise _classify(exc, "health check") from exc
+
+    # -- writing ----------------------------------------------------------------
+    def write(self, batch: Batch, *, deadline: float) -> Verdict:
+        import psycopg
+
+        self.time_left(deadline)
+        if not batch.records:
+            return Verdict.OK
+        entries = batch.entries() or [(_digest(batch.records), batch.records)]
+        rejected: dict[str, str] = {}
+        # Placed before anything is written, for every entry (applied or not), so
+        # that the same records are rejected however often the batch comes.
+        placed = [(eid, self._place(eid, recs, rejected)) for eid, recs in entries]
+        conn = self._connection(deadline)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_set_timeout(deadline))
+                cur.execute(
+                    f"INSERT INTO {self._ledger} (stream, entry_id) SELECT %s, e "
+                    "FROM unnest(%s::text[]) AS e ORDER BY e ON CONFLICT DO NOTHING "
+                    "RETURNING entry_id", (batch.stream, sorted(eid for eid, _ in placed)))
+                new = {row[0] for row in cur.fetchall()}
+                rows = self._fold(p for eid, p in placed if eid in new)
+                if rows:
+                    cur.execute(_set_timeout(deadline))
+                    cur.execute(self._upsert, self._columns(rows))
+            conn.commit()
+        except (psycopg.Error, RetryableError) as exc:
+            try:
+                if not conn.closed:
+                    conn.rollback()
+            except psycopg.Error:
+                self._drop()
+            if isinstance(exc, RetryableError):
+                raise
+            if conn.broken or conn.closed:
+                self._drop()
+            raise _classify(exc, "write") from exc
+        self._maybe_prune(deadline)
+        if rejected:
+            first = next(iter(rejected.items()))
+            raise PermanentError(
+                f"aggregate sink: {len(rejected)} record(s) rejected, the others counted; "
+                f"first {first[0]}: {first[1]}", rejected=rejected)
+        return Verdict.OK
+
+    def _place(self, entry_id: str, records: list[Record],
+               rejected: dict[str, str]) -> list[tuple[tuple[Any, ...], list[float | None]]]:
+        """Each good record of an entry as ((bucket, *dimensions), numeric values)."""
+        cfg = self.cfg
+        fallback = entry_seconds(entry_id)
+        if fallback is None:
+            fallback = time.time()
+        size = self._bucket_s
+        out = []
+        for r in records:
+            data = r.data
+            raw_t = data.get(cfg.time_field)
+            t = fallback if raw_t is None else epoch_seconds(raw_t)
+            if t is None:
+                rejected[r.id] = f"{cfg.time_field} {raw_t!r:.80} is not a time"
+                continue
+            values: list[float | None] = []
+            for f in cfg.numeric_fields:
+                v = data.get(f)
+                if v is not None:
+                    v = _number(v)
+                    if v is None:
+                        rejected[r.id] = f"{f} {data.get(f)!r:.80} is not a finite number"
+                        break
+                values.append(v)
+            else:
+                key = (int(t // size) * size, *(_dim(data.get(d)) for d in cfg.dimensions))
+                out.append((key, values))
+        return out
+
+    def _fold(self, placed: Iterable[list[tuple[tuple[Any, ...], list[float | None]]]]
+              ) -> dict[tuple[Any, ...], _Row]:
+        rows: dict[tuple[Any, ...], _Row] = {}
+        n_fields = len(self.cfg.numeric_fields)
+        inv = self._inv_log_gamma
+        for contributions in placed:
+            for key, values in contributions:
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = _Row(n_fields)
+                row.count += 1
+                for st, v in zip(row.stats, values, strict=True):
+                    if v is None:
+                        continue
+                    st[0] += 1
+                    st[1] += v
+                    st[2] = v if st[2] is None or v < st[2] else st[2]
+                    st[3] = v if st[3] is None or v > st[3] else st[3]
+                    if v > _TINY:
+                        b = f"p{math.ceil(math.log(v) * inv)}"
+                    elif v < -_TINY:
+                        b = f"n{math.ceil(math.log(-v) * inv)}"
+                    else:
+                        b = "z"
+                    st[4][b] = st[4].get(b, 0) + 1
+        return rows
+
+    def _columns(self, rows: dict[tuple[Any, ...], _Row]) -> list[list[Any]]:
+        """The upsert's arrays, rows sorted by key (one lock order for every worker)."""
+        from psycopg.types.json import Jsonb
+
+        keys = sorted(rows)
+        cols: list[list[Any]] = [[k[i] for k in keys] for i in range(1 + len(self._dims))]
+        cols.append([rows[k].count for k in keys])
+        for i in range(len(self.cfg.numeric_fields)):
+            stats = [rows[k].stats[i] for k in keys]
+            cols += [[s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats],
+                     [s[3] for s in stats], [Jsonb(s[4]) for s in stats]]
+        return cols
+
+    def _upsert_sql(self) -> str:
+        t = self.cfg.table
+        names = ["bucket", *self._dims, "count"]
+        types = ["float8", *["text"] * len(self._dims), "int8"]
+        sets = ["count = t.count + excluded.count"]
+        for f in self.cfg.numeric_fields:
+            c, s, lo, hi, sk = (f'"{f}_{x}"' for x in ("count", "sum", "min", "max", "sketch"))
+            names += [c, s, lo, hi, sk]
+            types += ["int8", "float8", "float8", "float8", "jsonb"]
+            sets += [f"{c} = t.{c} + excluded.{c}", f"{s} = t.{s} + excluded.{s}",
+                     f"{lo} = least(t.{lo}, excluded.{lo})",
+                     f"{hi} = greatest(t.{hi}, excluded.{hi})",
+                     f"{sk} = collector_sketch_merge(t.{sk}, excluded.{sk})"]
+        sets.append("updated_at = now()")
+        arrays = ", ".join(f"%s::{ty}[]" for ty in types)
+        alias = ", ".join(f"c{i}" for i in range(len(names)))
+        select = ", ".join(["to_timestamp(c0)", *(f"c{i}" for i in range(1, len(names)))])
+        return (f"INSERT INTO {t} AS t ({', '.join(names)}) SELECT {select} "
+                f"FROM unnest({arrays}) AS u({alias}) "
+                f"ON CONFLICT ({', '.join(['bucket', *self._dims])}) DO UPDATE SET "
+                + ", ".join(sets))
+
+    def _maybe_prune(self, deadline: float) -> None:
+        """Forget ledger rows past the retention, at most once per prune_interval_s."""
+        import psycopg
+
+        now = time.monotonic()
+        if now < self._next_prune or deadline - now < 0.05:
+            return
+        self._next_prune = now + self.cfg.prune_interval_s
+        conn = self._conn
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_set_timeout(deadline))
+                cur.execute(f"DELETE FROM {self._ledger} WHERE applied_at < now() - "
+                            "make_interval(secs => %s)", (self.cfg.applied_retention_s,))
+            conn.commit()
+        except (psycopg.Error, RetryableError) as exc:
+            log.warning("Could not prune the ledger of applied entries.", error=exc)
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                self._drop()
+
+
+def _dim(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    return str(value).replace("\x00", "\ufffd")
+
+
+def _number(value: Any) -> float | None:
+    """A finite int or float (or a numeric string); None for anything else (bools too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str | bytes):
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _digest(records: list[Record]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for r in records:
+        h.update(r.id.encode())
+        h.update(b"\n")
+    return "records:" + h.hexdigest()
