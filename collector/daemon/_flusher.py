@@ -36,20 +36,16 @@ jittered) and reports ``redis_ok = 0``. When a shard holds
 in the rings and checks the length again every ``BACKLOG_RECHECK_S``. It
 never trims a stream.
 
-Each ring is flock()ed (``LOCK_EX``) by the flusher that serves it, so two
-consumers can never serve one ring, even across two daemons or a flusher
-orphaned by a killed supervisor.
+Each ring is flock()ed by the flusher that serves it (:mod:`._served`), so
+two consumers can never serve one ring.
 
-Commands from the supervisor arrive on a pipe: ``("assign", path)``,
-``("release", path)``, ``("stop", monotonic_deadline)``. Reports go back on
-the same pipe: ``("bad", path, kind, message)`` with kind ``corrupted``,
-``notaring`` or ``permission``.
+The supervisor's commands (:class:`Assign`, :class:`Release`, :class:`Stop`)
+arrive on the pipe; a ring the flusher cannot serve goes back on it as a
+:class:`BadRing` report (:mod:`._messages`).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import random
 import select
@@ -64,86 +60,33 @@ import ringbuf
 from collector.common import redisconn
 from collector.common.log import RateLimited, get_logger
 from collector.common.log import setup as setup_logging
-from collector.common.stream import encode_entry, shard_for, shard_keys
+from collector.common.stream import encode_entry, shard_keys
 from collector.config import CollectorConfig
+
+from ._messages import Assign, BadKind, BadRing, Release, Stop
+from ._served import MIN_SLEEP_S, RingGone, ServedRing, Unservable
+from ._xadd import xadd_xlen
 
 _log = get_logger(__name__)
 
 BACKLOG_RECHECK_S = 0.1
-LOCK_RETRY_S = 0.1
-MIN_SLEEP_S = 0.001
 IDLE_S = 0.02  # an empty ring is looked at this often (at most every flush_interval / 2)
-BURST_BYTES_PER_S = 64 * 1024 * 1024  # the burst an idle ring must absorb between two looks
-RATE_WINDOW_S = 0.01  # arrival rates are measured over windows at least this long
 INF = float("inf")
 
 
-class _Ring:
-    __slots__ = ("acc", "acc_bytes", "burst_s", "byte_rate", "checked_at", "corrupt",
-                 "first_at", "first_seq", "key", "key_bytes", "lock_fd", "next_try",
-                 "path", "reader", "rec_rate", "warned_busy", "win_bytes", "win_recs",
-                 "win_start")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.reader: ringbuf.RingReader | None = None
-        self.lock_fd = -1
-        self.key = ""
-        self.key_bytes = b""
-        self.acc: list[bytes] = []
-        self.acc_bytes = 0
-        self.first_seq = 0
-        self.first_at = 0.0
-        self.corrupt: str | None = None
-        self.next_try = 0.0
-        self.warned_busy = False
-        self.checked_at = 0.0  # when this ring was last read (0.0: never)
-        self.burst_s = MIN_SLEEP_S  # see the module doc; set when the ring is opened
-        # arrival rate (EWMA over windows of RATE_WINDOW_S or more): bytes/s, records/s
-        self.byte_rate = 0.0
-        self.rec_rate = 0.0
-        self.win_start = 0.0
-        self.win_bytes = 0
-        self.win_recs = 0
-
-    def observe(self, now: float, nrecs: int, nbytes: int) -> None:
-        """Account one read (possibly empty) at ``now`` to the arrival rate."""
-        if self.win_start == 0.0:
-            self.win_start = now
-            return
-        self.win_bytes += nbytes
-        self.win_recs += nrecs
-        span = now - self.win_start
-        if span >= RATE_WINDOW_S:
-            self.byte_rate = 0.5 * self.byte_rate + 0.5 * self.win_bytes / span
-            self.rec_rate = 0.5 * self.rec_rate + 0.5 * self.win_recs / span
-            self.win_start = now
-            self.win_bytes = self.win_recs = 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()  # uncommitted records stay for the next reader
-            self.reader = None
-        if self.lock_fd >= 0:
-            os.close(self.lock_fd)  # releases the flock
-            self.lock_fd = -1
-        self.acc = []
-        self.acc_bytes = 0
-
-
 class Flusher:
-    def __init__(self, slot: int, cfg: CollectorConfig, conn: Connection, counters: Any,
+    def __init__(self, slot: int, cfg: CollectorConfig, pipe: Connection, counters: Any,
                  parent_pid: int) -> None:
         self.slot = slot
         self.cfg = cfg
-        self.conn = conn
+        self.pipe = pipe  # to and from the supervisor
         self.counters = counters
         self.parent_pid = parent_pid
-        self.rings: dict[str, _Ring] = {}
+        self.rings: dict[str, ServedRing] = {}
         self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
         # No CLIENT SETNAME: an ACL user limited to streams (+@stream +ping) must work.
         self.client = redisconn.connect_from_config(cfg)
-        self.conn_redis: Any = None  # the one connection this flusher writes on
+        self.redis_conn: Any = None  # the one connection this flusher writes on
         self.batch_size = cfg.batch_size
         self.batch_bytes = cfg.batch_bytes
         self.flush_s = cfg.flush_interval_ms / 1000.0
@@ -165,92 +108,49 @@ class Flusher:
         # One poll object for the command pipe: Connection.poll(timeout) builds a
         # selector per call, which costs more than the rest of an idle loop.
         self.poller = select.poll()
-        self.poller.register(conn.fileno(), select.POLLIN)
+        self.poller.register(pipe.fileno(), select.POLLIN)
 
     # -- commands -------------------------------------------------------------
     def _poll_commands(self, timeout: float) -> None:
-        conn = self.conn
+        pipe = self.pipe
         try:
             if not self.poller.poll(max(0, int(timeout * 1000 + 0.999))):  # ms, rounded up
                 return
             while True:
-                msg = conn.recv()
-                op = msg[0]
-                if op == "assign":
-                    if msg[1] not in self.rings:
-                        self.rings[msg[1]] = _Ring(msg[1])
-                elif op == "release":
-                    ring = self.rings.pop(msg[1], None)
-                    if ring is not None:
-                        ring.close()
-                elif op == "stop":
-                    self.stop_deadline = msg[1]
-                if not conn.poll(0):
+                match pipe.recv():
+                    case Assign(path):
+                        if path not in self.rings:
+                            self.rings[path] = ServedRing(path)
+                    case Release(path):
+                        ring = self.rings.pop(path, None)
+                        if ring is not None:
+                            ring.close()
+                    case Stop(deadline):
+                        self.stop_deadline = deadline
+                if not pipe.poll(0):
                     return
         except (EOFError, OSError):
             # The supervisor is gone: stop at once; uncommitted data stays in the rings.
             self.stop_deadline = 0.0
 
-    def _report(self, path: str, kind: str, message: str) -> None:
+    # -- rings ----------------------------------------------------------------------
+    def _open(self, ring: ServedRing, now: float) -> bool:
         try:
-            self.conn.send(("bad", path, kind, message))
-        except (OSError, ValueError):
-            pass
-
-    # -- opening rings ------------------------------------------------------------
-    def _open(self, ring: _Ring, now: float) -> bool:
-        if now < ring.next_try:
-            return False
-        ring.next_try = now + LOCK_RETRY_S
-        try:
-            fd = os.open(ring.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+            return ring.open(now, self.keys)
+        except RingGone:
             self.rings.pop(ring.path, None)
-            return False
-        except OSError as exc:
-            self._drop(ring, "permission", f"cannot open ring {ring.path}: {exc}")
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                if not ring.warned_busy:
-                    ring.warned_busy = True
-                    _log.warning("Ring is locked by another consumer; waiting for it.",
-                                 ring=ring.path)
-                return False
-            raise
-        try:
-            reader = ringbuf.RingReader.open(ring.path)
-        except ringbuf.RingPermissionError as exc:
-            os.close(fd)
-            self._drop(ring, "permission", str(exc))
-            return False
-        except ringbuf.NotARing as exc:
-            os.close(fd)
-            self._drop(ring, "notaring", str(exc))
-            return False
-        except ringbuf.RingCorrupted as exc:
-            os.close(fd)
-            self._drop(ring, "corrupted", str(exc))
-            return False
-        except FileNotFoundError:
-            os.close(fd)
-            self.rings.pop(ring.path, None)
-            return False
-        ring.lock_fd = fd
-        ring.reader = reader
-        ring.burst_s = max(MIN_SLEEP_S, reader.capacity / 2 / BURST_BYTES_PER_S)
-        ring.key = self.keys[shard_for(reader.ring_id, len(self.keys))]
-        ring.key_bytes = ring.key.encode()
-        _log.debug("Serving ring.", ring=ring.path, ring_id=reader.ring_id, shard=ring.key)
-        return True
+        except Unservable as exc:
+            self._drop(ring, exc.report)
+        return False
 
-    def _drop(self, ring: _Ring, kind: str, message: str) -> None:
+    def _drop(self, ring: ServedRing, report: BadRing) -> None:
+        """Let go of a ring this flusher cannot serve and tell the supervisor why."""
         ring.close()
         self.rings.pop(ring.path, None)
-        self._report(ring.path, kind, message)
+        try:
+            self.pipe.send(report)
+        except (OSError, ValueError):
+            pass
 
     # -- Redis --------------------------------------------------------------------
     def _failed(self, exc: BaseException, what: str) -> None:
@@ -305,44 +205,15 @@ class Flusher:
         return False
 
     def _round_trip(self, key: bytes, fields: dict[str, bytes]) -> int:
-        """XADD ``fields`` to ``key`` and XLEN it, pipelined in one round trip.
-
-        The command is packed here rather than by redis-py: its packer copies
-        a large value slowly (about 1.5 ms per 500 KB with hiredis), which
-        would cost more than everything else the flusher does. The blob is
-        handed to the socket as is.
-        """
-        conn = self.conn_redis
+        conn = self.redis_conn
         if conn is None:
-            conn = self.conn_redis = self.client.connection_pool.get_connection()
-        items = [b"XADD", key, b"*"]
-        for k, v in fields.items():
-            items.append(k.encode())
-            items.append(v)
-        head = [b"*%d\r\n" % len(items)]
-        chunks: list[bytes] = []
-        for item in items:
-            if len(item) > 16384:
-                head.append(b"$%d\r\n" % len(item))
-                chunks.append(b"".join(head))
-                chunks.append(item)
-                head = [b"\r\n"]
-            else:
-                head.append(b"$%d\r\n%s\r\n" % (len(item), item))
-        head.append(b"*2\r\n$4\r\nXLEN\r\n$%d\r\n%s\r\n" % (len(key), key))
-        chunks.append(b"".join(head))
-        try:
-            conn.send_packed_command(chunks, check_health=False)
-            conn.read_response()  # the entry id
-            return int(conn.read_response())
-        except BaseException:
-            conn.disconnect()  # unknown state: the next round trip reconnects
-            raise
+            conn = self.redis_conn = self.client.connection_pool.get_connection()
+        return xadd_xlen(conn, key, fields)
 
-    def _send(self, ring: _Ring) -> bool:
+    def _send(self, ring: ServedRing) -> bool:
         reader = ring.reader
         assert reader is not None
-        fields = encode_entry(reader.ring_id, ring.first_seq, ring.acc)
+        fields = encode_entry(reader.ring_id, ring.first_seq, ring.pending)
         t0 = time.monotonic()
         try:
             length = self._round_trip(ring.key_bytes, fields)
@@ -353,55 +224,56 @@ class Flusher:
         reader.commit()
         now = time.monotonic()
         counters = self.counters
-        n = len(ring.acc)
+        n = len(ring.pending)
         counters.add("records_written", n)
         counters.add("batches_written")
-        counters.add("bytes_written", ring.acc_bytes)
+        counters.add("bytes_written", ring.pending_bytes)
         counters.observe("flush_seconds", now - t0)
         self.backlog[ring.key] = (length, now)
-        ring.acc = []
-        ring.acc_bytes = 0
+        ring.pending = []
+        ring.pending_bytes = 0
         self._succeeded()
         return True
 
     # -- the loop ---------------------------------------------------------------------
-    def _service(self, ring: _Ring, now: float, stopping: bool) -> tuple[int, float]:
+    def _service(self, ring: ServedRing, now: float, stopping: bool) -> tuple[int, float]:
         """Read and maybe send one ring: (0 idle | 1 read | 2 sent, next wake-up time)."""
         reader = ring.reader
         assert reader is not None
         state = 0
-        acc = ring.acc
-        if (ring.corrupt is None and len(acc) < self.batch_size
-                and ring.acc_bytes < self.batch_bytes):
+        pending = ring.pending
+        if (ring.corrupt is None and len(pending) < self.batch_size
+                and ring.pending_bytes < self.batch_bytes):
             try:
-                batch = reader.read_batch(self.batch_size - len(acc),
-                                          self.batch_bytes - ring.acc_bytes)
+                batch = reader.read_batch(self.batch_size - len(pending),
+                                          self.batch_bytes - ring.pending_bytes)
             except ringbuf.RingCorrupted as exc:
                 ring.corrupt = str(exc)
                 batch = None
             if batch:
-                if not acc:
+                if not pending:
                     ring.first_seq = batch.first_seq
                     # These records arrived after the ring was last read empty
                     # (or after the last full read): count their age from then.
                     ring.first_at = ring.checked_at or now
-                acc.extend(batch)
-                ring.acc_bytes += batch.nbytes
+                pending.extend(batch)
+                ring.pending_bytes += batch.nbytes
                 self.counters.add("records_read", len(batch))
                 ring.observe(now, len(batch), batch.nbytes)
                 state = 1
             else:
                 ring.observe(now, 0, 0)
             ring.checked_at = now
-        if not acc:
+        if not pending:
             if ring.corrupt is not None:
-                self._drop(ring, "corrupted", ring.corrupt)
+                self._drop(ring, BadRing(ring.path, BadKind.CORRUPTED, ring.corrupt))
                 return state, INF
             return state, self._next_look(ring, reader, now, now + self.idle_s)
         # A ring half full goes now, whatever the batch limits: a small ring must
         # never make its producer wait (or drop) for a batch that cannot fill.
         # A closed ring's batch cannot grow any more: it goes now too.
-        due = (len(acc) >= self.batch_size or ring.acc_bytes >= self.batch_bytes or stopping
+        due = (len(pending) >= self.batch_size or ring.pending_bytes >= self.batch_bytes
+               or stopping
                or ring.corrupt is not None or 2 * reader.used_bytes() >= reader.capacity
                or reader.producer_closed())
         if not due:
@@ -417,13 +289,13 @@ class Flusher:
             return 2, now
         return state, self.retry_at
 
-    def _next_look(self, ring: _Ring, reader: ringbuf.RingReader, now: float,
+    def _next_look(self, ring: ServedRing, reader: ringbuf.RingReader, now: float,
                    due: float) -> float:
         """When to read ``ring`` again, its batch being due at ``due`` (module doc)."""
         wake = min(due, now + ring.burst_s)
         if ring.byte_rate > 0.0 and ring.rec_rate > 0.0:
-            left = min((self.batch_size - len(ring.acc)) / ring.rec_rate,
-                       (self.batch_bytes - ring.acc_bytes) / ring.byte_rate,
+            left = min((self.batch_size - len(ring.pending)) / ring.rec_rate,
+                       (self.batch_bytes - ring.pending_bytes) / ring.byte_rate,
                        (reader.capacity / 2 - reader.used_bytes()) / ring.byte_rate)
             wake = min(wake, now + left)
         return max(wake, now + MIN_SLEEP_S)
@@ -432,7 +304,7 @@ class Flusher:
         for ring in self.rings.values():
             if ring.reader is None:
                 continue
-            if ring.acc or ring.reader.available_bytes() > 0:
+            if ring.pending or ring.reader.available_bytes() > 0:
                 return False
         return True
 
@@ -473,7 +345,7 @@ class Flusher:
         left = 0
         for ring in self.rings.values():
             if ring.reader is not None:
-                left += ring.reader.available_bytes() + ring.acc_bytes
+                left += ring.reader.available_bytes() + ring.pending_bytes
             ring.close()
         if left:
             _log.warning("Stopping with records left in the rings; the next start sends them.",
@@ -484,7 +356,7 @@ class Flusher:
         return 0
 
 
-def flusher_main(slot: int, cfg: CollectorConfig, conn: Connection, counters: Any,
+def flusher_main(slot: int, cfg: CollectorConfig, pipe: Connection, counters: Any,
                  parent_pid: int, paths: list[str]) -> None:
     """Entry point of a flusher process (spawned by the supervisor)."""
     # The supervisor owns shutdown: a Ctrl-C or a SIGTERM to the whole process
@@ -492,12 +364,12 @@ def flusher_main(slot: int, cfg: CollectorConfig, conn: Connection, counters: An
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(cfg.log_format, cfg.log_level, proc=f"flusher-{slot}")
-    flusher = Flusher(slot, cfg, conn, counters, parent_pid)
+    flusher = Flusher(slot, cfg, pipe, counters, parent_pid)
     for p in paths:
-        flusher.rings[p] = _Ring(p)
+        flusher.rings[p] = ServedRing(p)
     code = flusher.run()
     try:
-        conn.close()
+        pipe.close()
     except OSError:
         pass
     raise SystemExit(code)

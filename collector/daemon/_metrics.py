@@ -50,22 +50,24 @@ FLUSHER_COUNTERS = Layout(
 
 
 class DaemonCollector(Collector):
-    """Reads the flushers' shared counters and the supervisor's ring snapshot."""
+    """Reads the flushers' shared counters (the pool) and the ring triage's snapshot."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
 
     def collect(self) -> Iterator[Any]:
         sup = self.sup
-        yield from FLUSHER_COUNTERS.families(P, {(): [s.counters for s in sup.slots]})
+        slots = sup.pool.slots
+        triage = sup.triage
+        yield from FLUSHER_COUNTERS.families(P, {(): [s.counters for s in slots]})
 
-        snap = sup.ring_snapshot
+        snap = triage.snapshot
         drops = CounterMetricFamily(P + "dropped_records",
                                     "Records producers dropped, by cause, from ring headers "
                                     "(full: no room; oversize: over max_record_bytes).",
                                     labels=["cause"])
-        full = sup.removed_drops[0] + sum(s.dropped_full for s in snap)
-        oversize = sup.removed_drops[1] + sum(s.dropped_oversize for s in snap)
+        full = triage.removed_drops[0] + sum(s.dropped_full for s in snap)
+        oversize = triage.removed_drops[1] + sum(s.dropped_oversize for s in snap)
         drops.add_metric(["full"], full)
         drops.add_metric(["oversize"], oversize)
         yield drops
@@ -83,14 +85,14 @@ class DaemonCollector(Collector):
 
         rings = GaugeMetricFamily(P + "rings", "Ring files by state.", labels=["state"])
         rings.add_metric(["served"], float(len(snap)))
-        rings.add_metric(["refused"], float(len(sup.refused)))
+        rings.add_metric(["refused"], float(len(triage.refused)))
         yield rings
         yield CounterMetricFamily(P + "rings_quarantined",
                                   "Ring files moved to quarantine/ (junk or corrupted).",
-                                  value=float(sup.quarantined_total))
+                                  value=float(triage.quarantined_total))
         yield CounterMetricFamily(P + "rings_removed",
                                   "Rings of dead producers removed after draining.",
-                                  value=float(sup.removed_total))
+                                  value=float(triage.removed_total))
 
         backlog = GaugeMetricFamily(P + "stream_backlog_entries",
                                     "Entries in each stream shard (XLEN).", labels=["shard"])
@@ -99,11 +101,11 @@ class DaemonCollector(Collector):
         yield backlog
 
         yield GaugeMetricFamily(P + "flushers_alive", "Flusher processes alive.",
-                                value=float(sum(1 for s in sup.slots if s.alive())))
+                                value=float(sum(1 for s in slots if s.alive())))
         yield GaugeMetricFamily(P + "flushers", "Configured flusher processes (pool_size).",
-                                value=float(len(sup.slots)))
+                                value=float(len(slots)))
         yield CounterMetricFamily(P + "flusher_restarts", "Dead flushers restarted.",
-                                  value=float(sum(s.restarts for s in sup.slots)))
+                                  value=float(sum(s.restarts for s in slots)))
 
 
 def health_server(host: str, port: int, sup: Supervisor) -> HealthServer:

@@ -1,0 +1,144 @@
+"""A ring as one flusher serves it: its reader and lock, the pending batch, its arrival rate.
+
+A flusher opens a ring only under an exclusive ``flock`` on the ring file
+(``LOCK_EX``), so two consumers can never serve one ring, even across two
+daemons or a flusher orphaned by a killed supervisor. A ring locked by
+another consumer is tried again every ``LOCK_RETRY_S``. A ring that cannot
+be served raises :class:`Unservable` with the report for the supervisor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import ringbuf
+from collector.common.log import get_logger
+from collector.common.stream import shard_for
+
+from ._messages import BadKind, BadRing
+
+_log = get_logger(__name__)
+
+LOCK_RETRY_S = 0.1
+MIN_SLEEP_S = 0.001
+BURST_BYTES_PER_S = 64 * 1024 * 1024  # the burst an idle ring must absorb between two looks
+RATE_WINDOW_S = 0.01  # arrival rates are measured over windows at least this long
+
+
+def _bad_kind(exc: ringbuf.RingError) -> BadKind:
+    if isinstance(exc, ringbuf.RingPermissionError):
+        return BadKind.PERMISSION
+    if isinstance(exc, ringbuf.NotARing):
+        return BadKind.NOT_A_RING
+    return BadKind.CORRUPTED
+
+
+class Unservable(Exception):
+    """The ring cannot be served; ``report`` says why, for the supervisor."""
+
+    def __init__(self, report: BadRing) -> None:
+        super().__init__(report.message)
+        self.report = report
+
+
+class RingGone(Exception):
+    """The ring file no longer exists."""
+
+
+class ServedRing:
+    __slots__ = ("burst_s", "byte_rate", "checked_at", "corrupt", "first_at", "first_seq",
+                 "key", "key_bytes", "lock_fd", "next_try", "path", "pending",
+                 "pending_bytes", "reader", "rec_rate", "warned_busy", "win_bytes",
+                 "win_recs", "win_start")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.reader: ringbuf.RingReader | None = None
+        self.lock_fd = -1
+        self.key = ""
+        self.key_bytes = b""
+        self.pending: list[bytes] = []  # records read and not yet accepted by Redis
+        self.pending_bytes = 0
+        self.first_seq = 0
+        self.first_at = 0.0
+        self.corrupt: str | None = None
+        self.next_try = 0.0
+        self.warned_busy = False
+        self.checked_at = 0.0  # when this ring was last read (0.0: never)
+        self.burst_s = MIN_SLEEP_S  # see the flusher's module doc; set when the ring is opened
+        # arrival rate (EWMA over windows of RATE_WINDOW_S or more): bytes/s, records/s
+        self.byte_rate = 0.0
+        self.rec_rate = 0.0
+        self.win_start = 0.0
+        self.win_bytes = 0
+        self.win_recs = 0
+
+    def open(self, now: float, keys: list[str]) -> bool:
+        """Lock and open the ring, to be sent to its shard of ``keys``; False: not yet.
+
+        Raises :class:`RingGone` if the file is gone, :class:`Unservable`
+        for a ring to refuse or quarantine.
+        """
+        if now < self.next_try:
+            return False
+        self.next_try = now + LOCK_RETRY_S
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise RingGone(path) from None
+        except OSError as exc:
+            raise Unservable(BadRing(path, BadKind.PERMISSION,
+                                     f"cannot open ring {path}: {exc}")) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if not self.warned_busy:
+                    self.warned_busy = True
+                    _log.warning("Ring is locked by another consumer; waiting for it.",
+                                 ring=path)
+                return False
+            raise
+        try:
+            reader = ringbuf.RingReader.open(path)
+        except FileNotFoundError:
+            os.close(fd)
+            raise RingGone(path) from None
+        except (ringbuf.RingPermissionError, ringbuf.NotARing, ringbuf.RingCorrupted) as exc:
+            os.close(fd)
+            raise Unservable(BadRing(path, _bad_kind(exc), str(exc))) from None
+        self.lock_fd = fd
+        self.reader = reader
+        self.burst_s = max(MIN_SLEEP_S, reader.capacity / 2 / BURST_BYTES_PER_S)
+        self.key = keys[shard_for(reader.ring_id, len(keys))]
+        self.key_bytes = self.key.encode()
+        _log.debug("Serving ring.", ring=path, ring_id=reader.ring_id, shard=self.key)
+        return True
+
+    def observe(self, now: float, nrecs: int, nbytes: int) -> None:
+        """Account one read (possibly empty) at ``now`` to the arrival rate."""
+        if self.win_start == 0.0:
+            self.win_start = now
+            return
+        self.win_bytes += nbytes
+        self.win_recs += nrecs
+        span = now - self.win_start
+        if span >= RATE_WINDOW_S:
+            self.byte_rate = 0.5 * self.byte_rate + 0.5 * self.win_bytes / span
+            self.rec_rate = 0.5 * self.rec_rate + 0.5 * self.win_recs / span
+            self.win_start = now
+            self.win_bytes = self.win_recs = 0
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()  # uncommitted records stay for the next reader
+            self.reader = None
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # releases the flock
+            self.lock_fd = -1
+        self.pending = []
+        self.pending_bytes = 0
