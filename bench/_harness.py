@@ -303,7 +303,7 @@ def pump_config(workdir: Path, redis_url: str, pumps: Mapping[str, Any],
     port = free_port()
     cfg: dict[str, Any] = {
         "redis_url": redis_url,
-        "health_check_address": f"127.0.0.1:{port}",
+        "health_address": f"127.0.0.1:{port}",
         "pumps": dict(pumps),
     }
     cfg.update(overrides)

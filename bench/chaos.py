@@ -286,20 +286,20 @@ class Chaos:
             shutdown_timeout_s=10)
         pumps: dict[str, Any] = {}
         if "file" in self.sinks:
-            pumps["file"] = {"type": "file", "workers": 2, "timeout": 3,
+            pumps["file"] = {"type": "file", "workers": 2, "timeout_s": 3,
                              "meta": {"path": str(self.workdir / "out" / "file.jsonl"),
                                       "format": "jsonl", "fsync": "batch"}}
         if "http" in self.sinks:
-            pumps["http"] = {"type": "http", "workers": 1, "timeout": 3,
+            pumps["http"] = {"type": "http", "workers": 1, "timeout_s": 3,
                              "meta": {"url": self.http.url}}
         if "postgres" in self.sinks:
-            pumps["postgres"] = {"type": "postgres", "workers": 1, "timeout": 3,
+            pumps["postgres"] = {"type": "postgres", "workers": 1, "timeout_s": 3,
                                  "meta": {"dsn": a.pg_dsn, "table": self.pg_table}}
         (self.workdir / "out").mkdir(exist_ok=True)
         self.pump_yaml, pport = h.pump_config(
-            self.workdir, self.redis.url, pumps, purge_delay=0.2, claim_idle_ms=5000,
+            self.workdir, self.redis.url, pumps, read_block_s=0.2, claim_idle_ms=5000,
             max_deliveries=1000, batch_deadline_s=4, stuck_write_grace_s=2,
-            max_backoff_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0)
+            retry_max_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0)
         self.daemon = h.daemon(self.workdir, self.collector_yaml, dport).start()
         self.pump = h.pump(self.workdir, self.pump_yaml, pport).start()
         for _ in range(a.producers):

@@ -317,7 +317,7 @@ def sink_latency(workdir: Path, redis_url: str, collector_yaml: Path, rate: floa
     cfg, port = h.pump_config(workdir, redis_url, {
         "file": {"type": "file", "workers": 1,
                  "meta": {"path": str(path), "format": "jsonl", "fsync": "never"}}},
-        purge_delay=0.05)
+        read_block_s=0.05)
     pump = h.pump(workdir, cfg, port).start()
     ctx = mp.get_context("spawn")
     rx, tx = ctx.Pipe(duplex=False)

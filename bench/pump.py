@@ -113,8 +113,8 @@ def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, worker
          meta: dict[str, Any], total_entries: int, total: int) -> float:
     port = _free_port()
     cfg = {
-        "redis_url": url, "health_check_address": f"127.0.0.1:{port}", "trim": False,
-        "read_count": 50, "purge_delay": 0.2, "log_level": "warning",
+        "redis_url": url, "health_address": f"127.0.0.1:{port}", "trim": False,
+        "read_count": 50, "read_block_s": 0.2, "log_level": "warning",
         "pumps": {name: {"type": sink_type, "workers": workers, "meta": meta}},
     }
     path = work / f"{name}.yaml"

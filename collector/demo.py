@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     pump_yaml = workdir / "pump.yaml"
     pump_yaml.write_text(yaml.safe_dump({
         "redis_url": f"unix://{workdir / 'run' / 'redis.sock'}",
-        "health_check_address": f"127.0.0.1:{pump_port}",
+        "health_address": f"127.0.0.1:{pump_port}",
         "pumps": {"file": {"workers": 1, "meta": {"path": str(sink_path), "format": "jsonl"}}},
     }))
     print(f"demo: working directory {workdir}")

@@ -24,7 +24,7 @@ WORKER_COUNTERS = Layout(
         "records_filtered": "Records dropped by the sink's filters.",
         "records_dead_lettered": "Records sent to the sink's dead-letter stream.",
         "decode_errors": "Stream entries or records that did not decode.",
-        "records_trimmed": "Records whose string fields were trimmed to max_record_size.",
+        "records_trimmed": "Records whose string fields were trimmed to max_record_bytes.",
         "write_retries": "Write attempts after the first.",
         "write_errors": "Failed write attempts.",
         "batches_written": "Batches the sink accepted.",

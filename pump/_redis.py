@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from collector.common.redisconn import connect as _connect
+from collector.common.redisconn import connect_from_config
 
 from .config import PumpConfig
 
@@ -20,16 +20,11 @@ def connect(config: PumpConfig, *, block_s: float = 0.0) -> redis.Redis:
     worker never blocks in ten hidden retries while Redis is down: it gets
     the error at once and backs off itself (``Worker._redis_trouble``).
     ``block_s`` is added to the socket timeout so that a blocking
-    ``XREADGROUP`` (``purge_delay``) does not time out.
+    ``XREADGROUP`` (``read_block_s``) does not time out.
     """
-    return _connect(
-        config.effective_redis_url(),
-        username=config.redis_username,
-        password=config.redis_password,
-        timeout_s=config.redis_timeout_s + block_s,
-        connect_timeout_s=config.redis_timeout_s,
-        health_check_interval=30,
-    )
+    return connect_from_config(config, timeout_s=config.redis_timeout_s + block_s,
+                               connect_timeout_s=config.redis_timeout_s,
+                               health_check_interval=30)
 
 
 def ensure_groups(r: redis.Redis, keys: list[str], group: str) -> None:

@@ -6,7 +6,7 @@ LRANGE+DEL, so a pump crash between taking and writing loses them (the
 at-most-once window of that format).
 
 We close that window on the pump side: one Lua script moves up to
-``list_batch`` records from the head of the list into one stream entry
+``list_batch_size`` records from the head of the list into one stream entry
 (the format of ``collector/common/stream.py``) *atomically* -- LRANGE, LTRIM and
 XADD run as one script, so a record is either still in the list or in the
 stream, never in neither. From there only the stream path writes sinks,
@@ -54,12 +54,12 @@ class ListMover:
     def __init__(self, config: PumpConfig, r: redis.Redis) -> None:
         src = config.source
         self.list_key = src.list_key
-        self.batch = src.list_batch
+        self.batch = src.list_batch_size
         self.ring = list_ring_id(src.list_key)
         keys = config.shard_keys()
         self.stream = keys[shard_for(self.ring, len(keys))]
         self.seq_key = f"{src.list_key}:collector-seq"
-        self.interval = config.purge_delay
+        self.interval = config.read_block_s
         self.r = r
         self.script = r.register_script(MOVE_SCRIPT)
         self.stop = threading.Event()

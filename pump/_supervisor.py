@@ -4,8 +4,8 @@ It spawns ``workers`` processes per sink (multiprocessing ``spawn`` context:
 no fork after threads), restarts a worker that died (with a backoff when it
 keeps dying) and SIGKILLs one whose write overran its deadline by
 ``stuck_write_grace_s`` (a Python thread cannot be interrupted; a process
-can). It serves ``/<health_check_path>``, ``/readyz`` and ``/metrics`` on
-``health_check_address``, trims every shard below what all groups have
+can). It serves ``/<health_path>``, ``/readyz`` and ``/metrics`` on
+``health_address``, trims every shard below what all groups have
 acknowledged, and for ``source.type: list`` moves the seed's list into the
 stream.
 
@@ -123,7 +123,7 @@ class Supervisor:
                     inst = build_sink(self.config.sink_type(sink), spec.meta)
                     inst.open()
                     self._health_sinks[sink] = inst
-                inst.health_check(deadline=time.monotonic() + min(spec.timeout, 5.0))
+                inst.health_check(deadline=time.monotonic() + min(spec.timeout_s, 5.0))
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             self._health_cache[sink] = (time.monotonic(), error)
@@ -175,7 +175,7 @@ class Supervisor:
 
     # -- http --------------------------------------------------------------------
     def _start_http(self) -> None:
-        health_path = "/" + self.config.health_check_path
+        health_path = "/" + self.config.health_path
 
         def on_error(path: str, exc: Exception) -> None:
             self.limited.error("http", "Health endpoint failed.",
@@ -260,7 +260,7 @@ class Supervisor:
             self._start_http()
         except OSError as exc:
             log.error("Cannot serve health and metrics; stopping.",
-                      address=cfg.health_check_address, error=exc)
+                      address=cfg.health_address, error=exc)
             return 1
         if cfg.source.type == "list":
             self.mover = ListMover(cfg, connect(cfg))

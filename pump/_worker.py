@@ -4,9 +4,9 @@ Loop (``Worker.step``)::
 
     own pending entries due?  -> re-read them one entry at a time (XREADGROUP id)
     time to reclaim?          -> XAUTOCLAIM JUSTID entries idle > claim_idle_ms
-    XREADGROUP >  (BLOCK purge_delay, COUNT read_count) over every shard
+    XREADGROUP >  (BLOCK read_block_s, COUNT read_count) over every shard
       -> decode (bad entry / record -> dead-letter stream, counted)
-      -> filters -> omit detail -> max_record_size trim
+      -> filters -> omit detail -> max_record_bytes trim
       -> sink.write(batch, deadline) through the retry wrapper
       -> XACK only after the sink accepted
 
@@ -150,13 +150,13 @@ class Worker:
         self.stopper = stopper or Stopper()
         self.sink = sink if sink is not None else build_sink(
             config.sink_type(sink_name), self.spec.meta)
-        self.r = r if r is not None else connect(config, block_s=config.purge_delay)
+        self.r = r if r is not None else connect(config, block_s=config.read_block_s)
         self.pipeline = RecordPipeline(
             self.spec.filters, omit=config.omit_for(sink_name),
-            detail_fields=config.detail_fields, max_record_size=self.spec.max_record_size)
-        self.policy = RetryPolicy(self.spec.timeout, config.initial_backoff_ms / 1000,
-                                  config.max_backoff_ms / 1000)
-        self.block_ms = max(1, int(config.purge_delay * 1000))
+            detail_fields=config.detail_fields, max_record_size=self.spec.max_record_bytes)
+        self.policy = RetryPolicy(self.spec.timeout_s, config.retry_initial_ms / 1000,
+                                  config.retry_max_ms / 1000)
+        self.block_ms = max(1, int(config.read_block_s * 1000))
         self.pending_due = 0.0  # look at our own pending entries first (restart)
         self.claim_due = 0.0
         self.claim_every = min(config.claim_idle_ms / 2000, 30.0)
@@ -411,7 +411,7 @@ class Worker:
 
     def _sink_healthy(self) -> bool:
         try:
-            self.sink.health_check(deadline=time.monotonic() + min(self.spec.timeout, 10.0))
+            self.sink.health_check(deadline=time.monotonic() + min(self.spec.timeout_s, 10.0))
             return True
         except Exception as exc:
             self.limited.warning("health", "Sink health check failed.",

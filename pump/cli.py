@@ -6,7 +6,9 @@ import sys
 
 import click
 
+from collector.common.log import get_logger
 from collector.common.log import setup as setup_logging
+from collector.common.settings import deprecations, log_deprecations
 
 from .config import ConfigError, load_config
 
@@ -21,14 +23,18 @@ def main(config_path: str | None, check: bool) -> None:
     if config_path is None:
         raise click.UsageError("give --config FILE (or set COLLECTOR_PUMP_CONFIG)")
     try:
-        config = load_config(config_path)
+        with deprecations() as renamed:
+            config = load_config(config_path)
     except ConfigError as exc:
         click.echo(f"collector-pump: bad configuration:\n{exc}", err=True)
         sys.exit(2)
     if check:
+        for w in renamed:
+            click.echo(f"collector-pump: {w}", err=True)
         click.echo(f"{config_path}: ok ({len(config.pumps)} sink(s))")
         return
     setup_logging(config.log_format, config.log_level, proc="supervisor")
+    log_deprecations(renamed, get_logger("pump.cli"))
     from ._supervisor import Supervisor
 
     sys.exit(Supervisor(config, label=config_path).run())

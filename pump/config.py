@@ -1,26 +1,39 @@
 """Configuration of ``collector-pump`` (``configs/pump.yaml`` documents every key).
 
 Sources, later ones winning: the defaults below, a YAML file (or a mapping),
-then environment variables. Unknown keys and bad values raise
-:class:`ConfigError`, one line per problem, naming the source (file or
-environment variable), the key path and the rule.
+then environment variables. Unknown keys, unknown ``COLLECTOR_PUMP_*``
+variables and bad values raise :class:`ConfigError`, one line per problem,
+naming the source (file or environment variable), the key path and the
+rule. The base, the shared keys and the value parsing are
+:mod:`collector.common.settings` and :mod:`collector.common.service`, the
+same as the daemon's.
 
-Environment overrides (values are parsed as YAML scalars or flow lists, so
-``5``, ``true`` and ``[a, b]`` work):
+Environment overrides (each value parsed by its key's type: ``5``, ``true``,
+lists as ``a,b`` or JSON, mappings as JSON; never as YAML):
 
 - ``COLLECTOR_PUMP_<KEY>`` sets a top-level key, e.g.
-  ``COLLECTOR_PUMP_READ_COUNT=100`` or ``COLLECTOR_PUMP_REDIS_URL=redis://h:6379/0``.
+  ``COLLECTOR_PUMP_READ_COUNT=100`` or ``COLLECTOR_PUMP_REDIS_URL=redis://h:6379/0``;
+  ``COLLECTOR_PUMP_SOURCE_TYPE=list`` a key of ``source``.
 - ``COLLECTOR_PUMP_REDIS_PASSWORD`` / ``COLLECTOR_PUMP_REDIS_USERNAME`` give
-  Redis credentials without putting them in the URL (never logged).
-- ``COLLECTOR_PUMP_<SINK>_<KEY>`` sets a common key of the sink named
-  ``<sink>`` in ``pumps:`` (``type``, ``timeout``, ``omit_detailed_recording``,
-  ``max_record_size``, ``workers``); ``<SINK>`` is the sink name upper-cased
-  with ``-`` and ``.`` as ``_``, e.g. ``COLLECTOR_PUMP_FILE_WORKERS=2``.
-- ``COLLECTOR_PUMP_<SINK>_META_<KEY>`` sets one key of that sink's ``meta``
-  (lower-cased), e.g. ``COLLECTOR_PUMP_POSTGRES_META_DSN=...``.
+  Redis credentials without putting them in the URL (never logged; never in
+  the file).
+- ``COLLECTOR_PUMP_<SINK>_<KEY>`` sets a key of the sink named ``<sink>`` in
+  ``pumps:`` (``type``, ``timeout_s``, ``omit_detailed_recording``,
+  ``max_record_bytes``, ``workers``, ``filters_*``); ``<SINK>`` is the sink
+  name upper-cased with ``-`` and ``.`` as ``_``, e.g. ``COLLECTOR_PUMP_FILE_WORKERS=2``.
+- ``COLLECTOR_PUMP_<SINK>_META_<KEY>`` sets one key of that sink's ``meta``,
+  parsed by the sink's own config type, e.g. ``COLLECTOR_PUMP_POSTGRES_META_DSN=...``.
 - Top-level keys are matched first. ``COLLECTOR_PUMP_CONFIG`` is the CLI's
   config path. Any other ``COLLECTOR_PUMP_*`` variable is an error, so a typo
   does not go unnoticed.
+
+Renamed keys (the old names still work, with a deprecation warning):
+``purge_delay`` -> ``read_block_s``, ``health_check_address`` ->
+``health_address``, ``health_check_path`` -> ``health_path``,
+``initial_backoff_ms`` -> ``retry_initial_ms``, ``max_backoff_ms`` ->
+``retry_max_ms``, ``source.list_batch`` -> ``source.list_batch_size``,
+``pumps.<name>.timeout`` -> ``timeout_s``, ``pumps.<name>.max_record_size``
+-> ``max_record_bytes``.
 """
 
 from __future__ import annotations
@@ -28,28 +41,32 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from collector.common.redact import redact_url
-from collector.common.settings import ConfigError, read_yaml_mapping
-from collector.common.stream import DEFAULT_STREAM_KEY, default_redis_url, shard_keys
+from collector.common.service import ServiceSettings
+from collector.common.settings import (
+    ConfigError,
+    EnvKey,
+    HostPort,
+    Settings,
+    apply_env,
+    env_name,
+    env_table,
+    read_yaml_mapping,
+    rename_keys,
+    validate,
+)
+from collector.common.stream import default_redis_url
 
 ENV_PREFIX = "COLLECTOR_PUMP_"
-SINK_COMMON_KEYS = ("type", "timeout", "omit_detailed_recording", "max_record_size", "workers")
-_ENV_IGNORED = {"CONFIG"}
-_ENV_CREDENTIALS = {"REDIS_PASSWORD": "password", "REDIS_USERNAME": "username"}
+_ENV_IGNORED = {"COLLECTOR_PUMP_CONFIG"}
 
 Scalar = str | int | float | bool | None
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Filters(_Model):
+class Filters(Settings):
     """Which records a sink gets. All given conditions must hold.
 
     ``include``: every listed field must have one of the listed values.
@@ -78,42 +95,54 @@ class Filters(_Model):
         return bool(self.include or self.exclude or self.usernames or self.skip_usernames)
 
 
-class PumpSpec(_Model):
+class PumpSpec(Settings):
     """One sink under ``pumps:``."""
+
+    renamed: ClassVar[Mapping[str, str]] = {"timeout": "timeout_s",
+                                            "max_record_size": "max_record_bytes"}
 
     type: str | None = None
     filters: Filters = Field(default_factory=Filters)
-    timeout: float = Field(default=30.0, gt=0, le=3600)  # seconds per write attempt
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)  # per write attempt
     omit_detailed_recording: bool | None = None
-    max_record_size: int | None = Field(default=None, ge=64)  # bytes of msgpack
+    max_record_bytes: int | None = Field(default=None, ge=64)  # of msgpack
     workers: int = Field(default=1, ge=1, le=64)
-    meta: dict[str, Any] = Field(default_factory=dict)
+    # validated by the sink's own Config; not in repr (it may hold a password)
+    meta: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 
-class SourceConfig(_Model):
+class SourceConfig(Settings):
+    renamed: ClassVar[Mapping[str, str]] = {"list_batch": "list_batch_size"}
+
     type: Literal["stream", "list"] = "stream"
     list_key: str = Field(default="analytics-iam-system-analytics", min_length=1)
-    list_batch: int = Field(default=1000, ge=1, le=100_000)  # records moved per script call
+    list_batch_size: int = Field(default=1000, ge=1, le=100_000)  # records per script call
 
 
-class PumpConfig(_Model):
-    """Every key of ``configs/pump.yaml`` with its default."""
+class PumpConfig(ServiceSettings):
+    """Every key of ``configs/pump.yaml`` with its default.
 
-    redis_url: str | None = None
-    redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
-    stream_key: str = Field(default=DEFAULT_STREAM_KEY, min_length=1)
-    stream_shards: int = Field(default=1, ge=1, le=1024)
-    purge_delay: float = Field(default=1.0, gt=0, le=60)  # seconds a read blocks
+    The Redis, retry, shutdown, health and log keys come from
+    :class:`~collector.common.service.ServiceSettings` (shared with the daemon).
+    """
+
+    renamed: ClassVar[Mapping[str, str]] = {
+        "purge_delay": "read_block_s", "health_check_address": "health_address",
+        "health_check_path": "health_path", "initial_backoff_ms": "retry_initial_ms",
+        "max_backoff_ms": "retry_max_ms",
+    }
+    # Credentials from the environment only (never in the file, never logged).
+    env_only: ClassVar[frozenset[str]] = frozenset({"redis_username", "redis_password"})
+
+    read_block_s: float = Field(default=1.0, gt=0, le=60)  # a read blocks this long
     read_count: int = Field(default=50, ge=1, le=10_000)  # entries per XREADGROUP
-    health_check_address: str = "127.0.0.1:7070"
-    health_check_path: str = "healthz"
+    health_address: HostPort = "127.0.0.1:7070"
+    health_path: str = "healthz"
     omit_detailed_recording: bool = False
     detail_fields: list[str] = Field(default_factory=lambda: ["policies", "deciders"])
-    shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     max_deliveries: int = Field(default=5, ge=1, le=1000)
     claim_idle_ms: int = Field(default=120_000, ge=100)
-    initial_backoff_ms: float = Field(default=100.0, gt=0)
-    max_backoff_ms: float = Field(default=5000.0, gt=0)
+    retry_initial_ms: float = Field(default=100.0, gt=0)
     batch_deadline_s: float = Field(default=60.0, gt=0, le=3600)
     stuck_write_grace_s: float = Field(default=30.0, ge=1)
     max_lag_entries: int = Field(default=10_000, ge=1)
@@ -121,34 +150,9 @@ class PumpConfig(_Model):
     trim_interval_s: float = Field(default=10.0, gt=0)
     source: SourceConfig = Field(default_factory=SourceConfig)
     plugins: list[str] = Field(default_factory=list)
-    log_format: Literal["kv", "json"] = "kv"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
     pumps: dict[str, PumpSpec] = Field(min_length=1)
 
-    # Credentials from the environment only (never in the file, never logged).
-    redis_username: str | None = Field(default=None, exclude=False, repr=False)
-    redis_password: str | None = Field(default=None, repr=False)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _url_scheme(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        scheme = v.split("://", 1)[0] if "://" in v else ""
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(
-                f"must be a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
-        return v
-
-    @field_validator("health_check_address")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"must be HOST:PORT (e.g. 127.0.0.1:7070), got {v!r}")
-        return v
-
-    @field_validator("health_check_path")
+    @field_validator("health_path")
     @classmethod
     def _path(cls, v: str) -> str:
         v = v.strip("/")
@@ -167,10 +171,6 @@ class PumpConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> PumpConfig:
-        if self.max_backoff_ms < self.initial_backoff_ms:
-            raise ValueError(
-                f"max_backoff_ms ({self.max_backoff_ms}) must be >= initial_backoff_ms "
-                f"({self.initial_backoff_ms})")
         if self.claim_idle_ms <= self.batch_deadline_s * 1000:
             raise ValueError(
                 f"claim_idle_ms ({self.claim_idle_ms}) must be greater than batch_deadline_s "
@@ -180,18 +180,9 @@ class PumpConfig(_Model):
 
     # -- derived --------------------------------------------------------------
     def effective_redis_url(self) -> str:
-        return self.redis_url if self.redis_url is not None else default_redis_url()
-
-    def redacted_redis_url(self) -> str:
-        return redact_url(self.effective_redis_url())
-
-    def shard_keys(self) -> list[str]:
-        return shard_keys(self.stream_key, self.stream_shards)
-
-    @property
-    def health_host_port(self) -> tuple[str, int]:
-        host, _, port = self.health_check_address.rpartition(":")
-        return host.strip("[]"), int(port)
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return default_redis_url()
 
     def sink_type(self, name: str) -> str:
         return self.pumps[name].type or name
@@ -214,130 +205,14 @@ def import_plugins(modules: list[str]) -> None:
         importlib.import_module(mod)
 
 
-def _env_name(sink: str) -> str:
-    return sink.upper().replace("-", "_").replace(".", "_")
-
-
-def _parse_env(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        return raw
-
-
-_STRING_KEYS = {"redis_url", "stream_key", "health_check_address", "health_check_path"}
-
-
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
-    """Merge env overrides into ``data``; return key path -> variable name."""
-    sources: dict[tuple[str, ...], str] = {}
-    top = set(PumpConfig.model_fields) - {"redis_username", "redis_password", "pumps"}
-    pumps = data.get("pumps")
-    sink_names = {_env_name(n): n for n in pumps} if isinstance(pumps, Mapping) else {}
-    problems: list[str] = []
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):]
-        raw = environ[var]
-        if rest in _ENV_IGNORED:
-            continue
-        if rest in _ENV_CREDENTIALS:
-            key = f"redis_{_ENV_CREDENTIALS[rest]}"
-            data[key] = raw
-            sources[(key,)] = var
-            continue
-        if rest.lower() in top:
-            key = rest.lower()
-            data[key] = raw if key in _STRING_KEYS else _parse_env(raw)
-            sources[(key,)] = var
-            continue
-        matched = False
-        for env_sink, sink in sorted(sink_names.items(), key=lambda kv: -len(kv[0])):
-            if not rest.startswith(env_sink + "_"):
-                continue
-            sub = rest[len(env_sink) + 1:]
-            spec = dict(data["pumps"].get(sink) or {})
-            if sub.startswith("META_") and len(sub) > 5:
-                mkey = sub[5:].lower()
-                meta = dict(spec.get("meta") or {})
-                meta[mkey] = _parse_env(raw)
-                spec["meta"] = meta
-                sources[("pumps", sink, "meta", mkey)] = var
-            elif sub.lower() in SINK_COMMON_KEYS:
-                key = sub.lower()
-                spec[key] = raw if key == "type" else _parse_env(raw)
-                sources[("pumps", sink, key)] = var
-            else:
-                break
-            pumps_copy = dict(data["pumps"])
-            pumps_copy[sink] = spec
-            data["pumps"] = pumps_copy
-            matched = True
-            break
-        if not matched:
-            problems.append(
-                f"environment {var}: unknown variable; the rule: COLLECTOR_PUMP_<KEY> for a "
-                f"top-level key ({', '.join(sorted(top))}), COLLECTOR_PUMP_<SINK>_<KEY> for "
-                f"{', '.join(SINK_COMMON_KEYS)} of a configured sink "
-                f"({', '.join(sorted(sink_names)) or 'none configured'}), "
-                "COLLECTOR_PUMP_<SINK>_META_<KEY>, COLLECTOR_PUMP_REDIS_PASSWORD/_USERNAME")
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return sources
-
-
-def _loc_str(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] | None = PumpConfig
-    for i, part in enumerate(loc[:-1]):
-        if model is None:
-            return []
-        if model is PumpConfig and part == "pumps":
-            model = PumpSpec if i + 2 < len(loc) else None
-            continue
-        if model is PumpSpec and part in ("filters",):
-            model = Filters
-            continue
-        if model is PumpConfig and part == "source":
-            model = SourceConfig
-            continue
-        if model is PumpSpec and isinstance(part, str) and part not in PumpSpec.model_fields:
-            continue  # the sink name level
-    if model is None:
-        return []
-    return sorted(k for k in model.model_fields if k not in ("redis_username", "redis_password"))
-
-
-def _format(exc: ValidationError, label: str, sources: Mapping[tuple[str, ...], str],
-            prefix: tuple[Any, ...] = ()) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
-        src = sources.get(tuple(str(p) for p in loc))
-        where = f"environment {src} ({_loc_str(loc)})" if src else f"{label}: {_loc_str(loc)}"
-        if err["type"] == "value_error" and not err["loc"]:
-            rule = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{label}: {_loc_str(loc)}: {rule}" if loc else f"{label}: {rule}")
-            continue
-        if err["type"] == "extra_forbidden":
-            known = _known_keys(loc)
-            rule = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
-        else:
-            rule = err["msg"]
-            if err["type"] != "missing" and "input" in err and loc and not isinstance(
-                    err["input"], Mapping):
-                shown = err["input"]
-                if isinstance(shown, str) and "redis_password" in loc:
-                    shown = "***"
-                elif isinstance(shown, str) and "redis_url" in loc:
-                    shown = redact_url(shown)
-                rule += f" (got {shown!r})"
-        lines.append(f"{where}: {rule}")
-    return lines
+def _unknown(var: str, top: Mapping[str, EnvKey], sinks: Mapping[str, str]) -> str:
+    names = sorted({key.path[0] for key in top.values() if key.old is None})
+    return (f"environment {var}: unknown variable; the rule: COLLECTOR_PUMP_<KEY> for a "
+            f"top-level key ({', '.join(names)}), COLLECTOR_PUMP_<SINK>_<KEY> for "
+            f"{', '.join(k for k in PumpSpec.model_fields if k != 'meta')} of a configured "
+            f"sink ({', '.join(sorted(sinks)) or 'none configured'}), "
+            "COLLECTOR_PUMP_<SINK>_META_<KEY> for a key of its meta, "
+            "COLLECTOR_PUMP_REDIS_PASSWORD/_USERNAME")
 
 
 def load_config(
@@ -361,29 +236,58 @@ def load_config(
     if isinstance(pumps, Mapping):
         data["pumps"] = {k: (dict(v) if isinstance(v, Mapping) else v) if v is not None else {}
                          for k, v in pumps.items()}
-    sources = _apply_env(data, os.environ if environ is None else environ)
-    for key in ("redis_username", "redis_password"):
-        if key in data and (key,) not in sources:
-            raise ConfigError(
-                f"{label}: {key}: unknown key; credentials come only from the environment "
-                f"(COLLECTOR_PUMP_{key.upper()}) or the redis_url")
-    try:
-        config = PumpConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_format(exc, label, sources))) from None
+    for key in sorted(PumpConfig.env_only & set(data)):
+        raise ConfigError(
+            f"{label}: {key}: unknown key; credentials come only from the environment "
+            f"(COLLECTOR_PUMP_{key.upper()}) or the redis_url")
+    rename_keys(PumpConfig, data, label)
+    env = os.environ if environ is None else environ
+    sources: dict[tuple[str, ...], str] = {}
 
-    # Sink types and their own typed meta.
-    try:
-        import_plugins(config.plugins)
-    except ImportError as exc:
-        raise ConfigError(f"{label}: plugins: cannot import {exc.name!r}: {exc}") from None
+    # Top-level keys win over a sink's: COLLECTOR_PUMP_<SINK>_<KEY> entries first.
+    top = env_table(PumpConfig, ENV_PREFIX, exclude=frozenset({"pumps"}))
+    sink_names = {env_name(n): n for n in data["pumps"]} if isinstance(
+        data.get("pumps"), Mapping) else {}
+    table: dict[str, EnvKey] = {}
+    for env_sink, sink in sink_names.items():
+        table.update(env_table(PumpSpec, f"{ENV_PREFIX}{env_sink}_", ("pumps", sink),
+                               exclude=frozenset({"meta"})))
+    table.update(top)
+    problems = apply_env(data, table, env, sources)
+
+    # Each sink's meta, by its type's own config (its keys and its value types).
+    import_error = _import_plugins(data.get("plugins"), label)
     from .sinks import registry
 
     known = registry()
+    classes: dict[str, Any] = {}
+    for env_sink, sink in sink_names.items():
+        spec = data["pumps"][sink]
+        type_name = spec.get("type") or sink if isinstance(spec, dict) else None
+        cls = known.get(type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            continue  # reported below (unknown type) or by validation (not a mapping)
+        classes[sink] = cls
+        meta = spec.get("meta")
+        if meta is None or isinstance(meta, Mapping):
+            spec["meta"] = meta = dict(meta or {})
+            rename_keys(cls.Config, meta, label, ("pumps", sink, "meta"))
+        meta_table = env_table(cls.Config, f"{ENV_PREFIX}{env_sink}_META_",
+                               ("pumps", sink, "meta"))
+        problems += apply_env(data, meta_table, env, sources)
+        table.update(meta_table)
+    problems += [_unknown(var, top, sink_names) for var in sorted(env)
+                 if var.startswith(ENV_PREFIX) and var not in table and var not in _ENV_IGNORED]
+    if import_error:
+        problems.append(import_error)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+    config = validate(PumpConfig, data, label, sources)
     lines: list[str] = []
     for name, spec in config.pumps.items():
         type_name = spec.type or name
-        cls = known.get(type_name)
+        cls = classes.get(name)
         if cls is None:
             where = sources.get(("pumps", name, "type"))
             where_s = f"environment {where}" if where else f"{label}: pumps.{name}.type"
@@ -391,12 +295,22 @@ def load_config(
                          f"{', '.join(sorted(known))}")
             continue
         try:
-            cls.Config.model_validate(dict(spec.meta))
-        except ValidationError as exc:
-            lines.extend(_format(exc, label, sources, ("pumps", name, "meta")))
+            validate(cls.Config, spec.meta, label, sources, ("pumps", name, "meta"))
+        except ConfigError as exc:
+            lines.extend(str(exc).splitlines())
     if lines:
         raise ConfigError("\n".join(lines))
     return config
+
+
+def _import_plugins(plugins: Any, label: str) -> str | None:
+    if not isinstance(plugins, list):
+        return None  # validation reports it
+    try:
+        import_plugins([p for p in plugins if isinstance(p, str)])
+    except ImportError as exc:
+        return f"{label}: plugins: cannot import {exc.name!r}: {exc}"
+    return None
 
 
 __all__ = [

@@ -546,7 +546,8 @@ def test_bad_config_errors_name_the_key(tmp_path: Path) -> None:
     assert str(cfg) in text
     assert "full_policy" in text and "ring_capacity_bytes" in text and "power of two" in text
     assert "bogus: unknown key" in text
-    with pytest.raises(ConfigError, match=r"environment: block_timeout_ms"):
+    with pytest.raises(ConfigError,
+                       match=r"environment COLLECTOR_BLOCK_TIMEOUT_MS \(block_timeout_ms\)"):
         Analytics.from_config({}, environ={"COLLECTOR_BLOCK_TIMEOUT_MS": "-1"})
     with pytest.raises(ConfigError, match="too small for max_record_bytes"):
         Analytics({"ring_capacity_bytes": 4096, "max_record_bytes": 4096})

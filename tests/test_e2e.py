@@ -51,7 +51,7 @@ class PumpProc:
 
     def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
         self.port = free_port()
-        config = {**config, "health_check_address": f"127.0.0.1:{self.port}"}
+        config = {**config, "health_address": f"127.0.0.1:{self.port}"}
         self.config = write_config(tmp / "pump.yaml", **config)
         self.log = tmp / "pump.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -259,8 +259,8 @@ class Stack:
 
     def pump_config(self, sinks: dict[str, Any], **extra: Any) -> dict[str, Any]:
         cfg: dict[str, Any] = {
-            "redis_url": self.redis.url, "purge_delay": 0.1, "read_count": 10,
-            "initial_backoff_ms": 20, "max_backoff_ms": 300, "batch_deadline_s": 20,
+            "redis_url": self.redis.url, "read_block_s": 0.1, "read_count": 10,
+            "retry_initial_ms": 20, "retry_max_ms": 300, "batch_deadline_s": 20,
             "claim_idle_ms": 30_000, "shutdown_timeout_s": 10, "trim_interval_s": 1,
             "pumps": sinks,
         }
@@ -439,7 +439,7 @@ def test_sink_down_does_not_hold_back_the_other_and_drains_after(stack: Stack) -
     http = stack.http = HttpTarget()
     stack.daemon.start()
     sinks = {"file": stack.file_sink(),
-             "http": {"type": "http", "workers": 1, "timeout": 2,
+             "http": {"type": "http", "workers": 1, "timeout_s": 2,
                       "meta": {"url": f"{http.base}/ingest", "health_url": f"{http.base}/health",
                                "max_request_s": 2}}}
     # max_deliveries high: the outage must hold batches, never dead-letter them

@@ -196,7 +196,7 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
     table = f"e2e_agg_{os.getpid()}"
     with psycopg.connect(pg_dsn(), autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_applied")
-    sink = {"type": "aggregate", "workers": 2, "timeout": 2,
+    sink = {"type": "aggregate", "workers": 2, "timeout_s": 2,
             "meta": {"dsn": pg_dsn(), "table": table, "bucket": "minute",
                      "dimensions": ["username", "effect"], "numeric_fields": ["latency_ms"]}}
     try:

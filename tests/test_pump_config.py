@@ -22,8 +22,8 @@ def test_defaults() -> None:
     cfg = load_config(MINIMAL, environ={})
     assert cfg.redis_url is None and cfg.effective_redis_url().startswith("unix://")
     assert cfg.stream_key == "collector:analytics" and cfg.shard_keys() == ["collector:analytics"]
-    assert cfg.purge_delay == 1 and cfg.read_count == 50 and cfg.max_deliveries == 5
-    assert cfg.health_check_address == "127.0.0.1:7070" and cfg.health_check_path == "healthz"
+    assert cfg.read_block_s == 1 and cfg.read_count == 50 and cfg.max_deliveries == 5
+    assert cfg.health_address == "127.0.0.1:7070" and cfg.health_path == "healthz"
     assert cfg.detail_fields == ["policies", "deciders"] and cfg.trim is True
     assert cfg.source.type == "stream"
     assert cfg.source.list_key == "analytics-iam-system-analytics"
@@ -40,7 +40,7 @@ def test_env_overrides_top_level_and_per_sink() -> None:
     env = {
         "COLLECTOR_PUMP_READ_COUNT": "7",
         "COLLECTOR_PUMP_REDIS_URL": "redis://h:1/0",
-        "COLLECTOR_PUMP_DETAIL_FIELDS": "[a, b]",
+        "COLLECTOR_PUMP_DETAIL_FIELDS": "a,b",
         "COLLECTOR_PUMP_MY_SINK_WORKERS": "3",
         "COLLECTOR_PUMP_MY_SINK_OMIT_DETAILED_RECORDING": "true",
         "COLLECTOR_PUMP_MY_SINK_META_KEY": "k1",
@@ -49,12 +49,12 @@ def test_env_overrides_top_level_and_per_sink() -> None:
         "OTHER": "x",
     }
     cfg = load_config({"pumps": {"my-sink": {"type": "memory"}}}, environ=env)
-    assert cfg.read_count == 7 and cfg.redis_url == "redis://h:1/0"
+    assert cfg.read_count == 7 and cfg.redis_url.get_secret_value() == "redis://h:1/0"
     assert cfg.detail_fields == ["a", "b"]
     spec = cfg.pumps["my-sink"]
     assert spec.workers == 3 and spec.omit_detailed_recording is True
     assert spec.meta == {"key": "k1"} and cfg.omit_for("my-sink") is True
-    assert cfg.redis_password == "s3cret" and "s3cret" not in repr(cfg)
+    assert cfg.redis_password.get_secret_value() == "s3cret" and "s3cret" not in repr(cfg)
 
 
 def test_password_is_masked_in_the_logged_url() -> None:
@@ -78,7 +78,7 @@ def test_bad_env_value_names_the_variable() -> None:
 def test_unknown_keys_and_bad_values_name_file_key_and_rule(tmp_path: Path) -> None:
     path = tmp_path / "pump.yaml"
     path.write_text(
-        "read_count: 0\nfoo: 1\nhealth_check_address: nowhere\n"
+        "read_count: 0\nfoo: 1\nhealth_address: nowhere\n"
         "pumps:\n  n:\n    type: null\n    filters: {inc: {a: [1]}}\n    workers: 0\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
@@ -87,8 +87,8 @@ def test_unknown_keys_and_bad_values_name_file_key_and_rule(tmp_path: Path) -> N
     assert all(line.startswith(f"{path}: ") for line in lines)
     text = str(err.value)
     assert "read_count: Input should be greater than or equal to 1 (got 0)" in text
-    assert "foo: unknown key; known keys:" in text and "purge_delay" in text
-    assert "health_check_address: Value error, must be HOST:PORT" in text
+    assert "foo: unknown key; known keys:" in text and "read_block_s" in text
+    assert "health_address: Value error, must be HOST:PORT" in text
     assert "pumps.n.filters.inc: unknown key; known keys: exclude, include" in text
     assert "pumps.n.workers: Input should be greater than or equal to 1" in text
 
@@ -144,8 +144,8 @@ def test_redis_client_credentials_from_environment_win_and_no_hidden_retries(
     """pump._redis.connect goes through collector.common.redisconn.connect (the daemon's rules)."""
     url = redis_server.url.replace("redis://", "redis://urluser:urlpw@")
     env = {"COLLECTOR_PUMP_REDIS_USERNAME": "default", "COLLECTOR_PUMP_REDIS_PASSWORD": "envpw"}
-    cfg = load_config({**MINIMAL, "redis_url": url, "purge_delay": 2}, environ=env)
-    r = connect(cfg, block_s=cfg.purge_delay)
+    cfg = load_config({**MINIMAL, "redis_url": url, "read_block_s": 2}, environ=env)
+    r = connect(cfg, block_s=cfg.read_block_s)
     kw = r.connection_pool.connection_kwargs
     assert (kw["username"], kw["password"]) == ("default", "envpw")
     assert kw["socket_timeout"] == cfg.redis_timeout_s + 2  # a blocking read fits

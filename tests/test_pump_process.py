@@ -39,9 +39,9 @@ class Pump:
                  **extra: Any) -> None:
         self.port = free_port()
         cfg: dict[str, Any] = {
-            "redis_url": redis_server.url, "purge_delay": 0.1, "read_count": 20,
-            "health_check_address": f"127.0.0.1:{self.port}", "plugins": ["tests.pump_plugins"],
-            "initial_backoff_ms": 20, "max_backoff_ms": 200, "batch_deadline_s": 20,
+            "redis_url": redis_server.url, "read_block_s": 0.1, "read_count": 20,
+            "health_address": f"127.0.0.1:{self.port}", "plugins": ["tests.pump_plugins"],
+            "retry_initial_ms": 20, "retry_max_ms": 200, "batch_deadline_s": 20,
             "claim_idle_ms": 30000, "shutdown_timeout_s": 10, "trim_interval_s": 0.5,
             "pumps": pumps,
         }
@@ -106,7 +106,7 @@ def pumps() -> Any:
 def jsonl(tmp: Path, name: str, **control: Any) -> dict[str, Any]:
     ctl = tmp / f"{name}.ctl"
     set_control(ctl, **({"mode": "ok", "healthy": True} | control))
-    return {"type": "testjsonl", "timeout": 30,
+    return {"type": "testjsonl", "timeout_s": 30,
             "meta": {"path": str(tmp / f"{name}.jsonl"), "control": str(ctl)}}
 
 
@@ -249,7 +249,7 @@ def test_a_write_that_ignores_its_deadline_gets_its_worker_killed(
         tmp_path: Path, redis_server: RedisServer, pumps: Any) -> None:
     r = redis_server.client()
     spec = {"t": {**jsonl(tmp_path, "t", mode="block_before_write", ignore_deadline=True),
-                  "timeout": 0.5}}
+                  "timeout_s": 0.5}}
     out = tmp_path / "t.jsonl"
     pump = pumps(tmp_path, redis_server, spec, stuck_write_grace_s=1).start()
     expected = produce(r, 200, per_entry=50)
@@ -315,7 +315,7 @@ def test_list_source_drains_the_seeds_list(tmp_path: Path, redis_server: RedisSe
     r = redis_server.client()
     r.rpush("analytics-iam-system-analytics", *[make_record(s) for s in range(3000)])
     pump = pumps(tmp_path, redis_server, {"t": jsonl(tmp_path, "t")},
-                 source={"type": "list", "list_batch": 500}).start()
+                 source={"type": "list", "list_batch_size": 500}).start()
     out = tmp_path / "t.jsonl"
     wait_until(lambda: len(count_jsonl(out)) == 3000, 60, "records from the list")
     assert r.llen("analytics-iam-system-analytics") == 0

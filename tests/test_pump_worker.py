@@ -28,8 +28,8 @@ KEY = "collector:analytics"
 
 def config(redis_server: RedisServer, pumps: dict[str, Any], **extra: Any) -> Any:
     base: dict[str, Any] = {
-        "redis_url": redis_server.url, "purge_delay": 0.05, "read_count": 10,
-        "initial_backoff_ms": 5, "max_backoff_ms": 20, "batch_deadline_s": 0.2,
+        "redis_url": redis_server.url, "read_block_s": 0.05, "read_count": 10,
+        "retry_initial_ms": 5, "retry_max_ms": 20, "batch_deadline_s": 0.2,
         "claim_idle_ms": 500, "pumps": pumps,
     }
     base.update(extra)
@@ -37,7 +37,7 @@ def config(redis_server: RedisServer, pumps: dict[str, Any], **extra: Any) -> An
 
 
 def memory(key: str, **meta: Any) -> dict[str, Any]:
-    return {"type": "memory", "timeout": 0.1, "meta": {"key": key, **meta}}
+    return {"type": "memory", "timeout_s": 0.1, "meta": {"key": key, **meta}}
 
 
 def make_worker(cfg: Any, name: str, index: int = 0, **kw: Any) -> Worker:
@@ -154,7 +154,7 @@ def test_undecodable_entry_and_record_are_dead_lettered_not_passed_on(
 
 def test_oversized_record_trimmed_and_counted(redis_server: RedisServer) -> None:
     r = redis_server.client()
-    cfg = config(redis_server, {"m": {**memory("big"), "max_record_size": 300}})
+    cfg = config(redis_server, {"m": {**memory("big"), "max_record_bytes": 300}})
     w = make_worker(cfg, "m")
     sink = MemorySink.instances["big"]
     _ready(r, w)
@@ -265,7 +265,7 @@ def test_trim_never_removes_unacknowledged_entries(redis_server: RedisServer) ->
 def test_list_source_moves_atomically_with_stable_ids(redis_server: RedisServer) -> None:
     r = redis_server.client()
     cfg = config(redis_server, {"m": memory("list")},
-                 source={"type": "list", "list_batch": 40})
+                 source={"type": "list", "list_batch_size": 40})
     w = make_worker(cfg, "m")
     _ready(r, w)
     r.rpush("analytics-iam-system-analytics", *[make_record(s) for s in range(100)])

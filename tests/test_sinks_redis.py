@@ -72,7 +72,7 @@ def test_dedupe_off_duplicates_and_max_len_trims(redis_server: RedisServer) -> N
     _write_twice(build_sink("redis", {"url": redis_server.url, "key": "fwd",
                                       "dedupe_window_s": 0}))
     assert redis_server.client().xlen("fwd") == 250
-    sink = build_sink("redis", {"url": redis_server.url, "key": "capped", "max_len": 100})
+    sink = build_sink("redis", {"url": redis_server.url, "key": "capped", "max_entries": 100})
     sink.open()
     for lo in range(0, 1000, 100):
         sink.write(_batch(lo, lo + 100), deadline=time.monotonic() + 5)

@@ -90,7 +90,7 @@ def test_daemon_and_pump_over_tls_with_a_password(
     out = tmp_path / "out" / "analytics.jsonl"
     port = free_port()
     pump_yaml = write_config(tmp_path / "pump.yaml", **{
-        "redis_url": url, "purge_delay": 0.1, "health_check_address": f"127.0.0.1:{port}",
+        "redis_url": url, "read_block_s": 0.1, "health_address": f"127.0.0.1:{port}",
         "pumps": {"file": {"type": "file", "workers": 1,
                            "meta": {"path": str(out), "format": "jsonl", "fsync": "batch"}}},
     })

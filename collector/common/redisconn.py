@@ -22,7 +22,7 @@ from redis.retry import Retry
 from .redact import redact_url
 
 if TYPE_CHECKING:
-    from collector.config import CollectorConfig
+    from .service import ServiceSettings
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -73,14 +73,13 @@ def connect(
     return client
 
 
-def connect_from_config(cfg: CollectorConfig, *, timeout_s: float | None = None,
+def connect_from_config(cfg: ServiceSettings, *, timeout_s: float | None = None,
                         client_name: str | None = None, **kwargs: Any) -> redis.Redis:
-    """:func:`connect` with the URL, credentials and timeout of a ``CollectorConfig``."""
-    password = cfg.redis_password.get_secret_value() if cfg.redis_password else None
+    """:func:`connect` with the URL, credentials and timeout of either service's config."""
     return connect(
         cfg.effective_redis_url(),
         username=cfg.redis_username,
-        password=password,
+        password=cfg.redis_password_value(),
         timeout_s=timeout_s or cfg.redis_timeout_s,
         client_name=client_name,
         **kwargs,

@@ -1,17 +1,371 @@
-"""The config base shared by ``collector.config`` and ``pump.config``."""
+"""The config base of ``collector.config`` and ``pump.config``.
+
+Both services read their configuration the same way: defaults, then a YAML
+file (or a mapping), then environment variables, later ones winning.
+
+- :class:`Settings` is the base of every config model (sinks' ``meta``
+  included): unknown keys are errors, the model is frozen, defaults are
+  validated. ``renamed`` maps old key names to new ones: an old name still
+  works, with a :class:`ConfigDeprecationWarning` naming the source, the old
+  and the new key (the CLIs log it once logging is set up).
+- Environment variables are named after key paths (:func:`env_table`):
+  ``<PREFIX><KEY>``, ``<PREFIX><KEY>_<SUBKEY>`` for a nested model. Their
+  values are parsed by the type of the key they set, never as YAML
+  (:func:`parse_env`): numbers, booleans (``true``/``false``/``1``/``0``/
+  ``yes``/``no``) and strings as they are; lists as JSON (``["a", "b"]``) or
+  comma-separated (``a,b``); mappings and models as JSON; an empty value
+  unsets a key that may be null.
+- Every problem is one line naming the source (the file, or ``environment
+  VAR``), the key path and the rule (:func:`validate`); a secret's value is
+  never shown (``***``).
+- :data:`RESERVED_ENV` lists every ``COLLECTOR_*`` variable that is not a
+  ``COLLECTOR_<KEY>`` of ``collector.config``; any other ``COLLECTOR_*``
+  variable is an error in the daemon and the app, as any unknown
+  ``COLLECTOR_PUMP_*`` variable is in the pump.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import types
+import typing
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+__all__ = [
+    "RESERVED_ENV",
+    "RESERVED_ENV_PREFIXES",
+    "ConfigDeprecationWarning",
+    "ConfigError",
+    "EnvKey",
+    "HostPort",
+    "Settings",
+    "apply_env",
+    "deprecations",
+    "env_table",
+    "known_keys",
+    "log_deprecations",
+    "parse_env",
+    "read_yaml_mapping",
+    "rename_keys",
+    "validate",
+]
+
+# Every COLLECTOR_* variable that is not COLLECTOR_<KEY> of collector.config,
+# and who reads it. The daemon and the app refuse any other COLLECTOR_* name.
+RESERVED_ENV: Mapping[str, str] = {
+    "COLLECTOR_CONFIG": "the config file of collector-daemon and Analytics.from_config",
+    "COLLECTOR_PURE_PYTHON": "forces the ring's pure-Python path",
+    "COLLECTOR_MONGO_PASSWORD": "the mongo sink's password (pump/sinks/mongo.py)",
+    "COLLECTOR_POSTGRES_PASSWORD": "the postgres sink's password (pump/sinks/postgres.py)",
+    "COLLECTOR_CHAOS_SEED": "the seed of tests/test_chaos_short.py",
+}
+RESERVED_ENV_PREFIXES: Mapping[str, str] = {
+    "COLLECTOR_PUMP_": "collector-pump's own variables (pump/config.py)",
+    "COLLECTOR_TEST_": "the test suite's settings",
+}
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names source, key and rule."""
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config key (or variable) under its old name: it still works."""
+
+    def __init__(self, source: str, old: str, new: str) -> None:
+        super().__init__(f"{source}: {old!r} is deprecated; use {new!r} (same meaning)")
+        self.source, self.old, self.new = source, old, new
+
+
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT (e.g. 127.0.0.1:7070), got {v!r}")
+    return v
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+class Settings(BaseModel):
+    """Base of every config model: unknown keys fail, frozen, defaults validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    #: old key name -> new key name (the old one still works, with a warning)
+    renamed: ClassVar[Mapping[str, str]] = {}
+    #: keys taken only from the environment (refused in a file, not listed as known)
+    env_only: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if cls.renamed and isinstance(data, Mapping):
+            data = _renamed(cls, dict(data), cls.__name__)
+        return data
+
+
+def _renamed(model: type[BaseModel], data: dict[str, Any], where: str) -> dict[str, Any]:
+    renamed = getattr(model, "renamed", None) or {}
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{where}: both {old!r} (its old name) and {new!r} are given; "
+                              f"keep {new!r}")
+        data[new] = data.pop(old)
+        warnings.warn(ConfigDeprecationWarning(where, old, new), stacklevel=4)
+    return data
+
+
+@contextmanager
+def deprecations() -> Iterator[list[ConfigDeprecationWarning]]:
+    """Collect the renamed keys a load reports (to log them once logging is set up)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigDeprecationWarning)
+        found: list[ConfigDeprecationWarning] = []
+        yield found
+    for w in caught:
+        if isinstance(w.message, ConfigDeprecationWarning):
+            found.append(w.message)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def log_deprecations(found: Sequence[ConfigDeprecationWarning], log: Any) -> None:
+    """One warning line per renamed key (``log`` is a :class:`collector.common.log.Logger`)."""
+    for w in found:
+        log.warning("A config key was renamed; its old name still works.", source=w.source,
+                    old=w.old, new=w.new)
+
+
+# -- types ---------------------------------------------------------------------
+
+def _arms(annotation: Any) -> list[Any]:
+    """The alternatives of a type (``X | None`` -> [X, None]), Annotated unwrapped."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        out = []
+        for arm in typing.get_args(annotation):
+            out.extend(_arms(arm))
+        return out
+    return [annotation]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a key holding one nested model (``source:``), else None."""
+    arms = [a for a in _arms(annotation) if a is not type(None)]
+    return arms[0] if len(arms) == 1 and _is_model(arms[0]) else None
+
+
+def is_secret(annotation: Any) -> bool:
+    def secret(tp: Any) -> bool:
+        if isinstance(tp, type) and issubclass(tp, SecretStr):
+            return True
+        return any(secret(a) for a in typing.get_args(tp))
+    return any(secret(a) for a in _arms(annotation))
+
+
+def parse_env(raw: str, annotation: Any) -> Any:
+    """An environment value as the type of its key wants it (module doc); ValueError if not."""
+    arms = _arms(annotation)
+    if raw.strip() == "" and type(None) in arms:
+        return None
+    origins = {typing.get_origin(a) or a for a in arms}
+    if origins & {list, tuple, set, frozenset, Sequence}:
+        text = raw.strip()
+        if text.startswith("["):
+            return _json(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if origins & {dict, Mapping} or any(_is_model(a) for a in arms):
+        return _json(raw)
+    return raw  # scalars: pydantic parses "5", "true", "2.5" by the key's type
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+# -- environment ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EnvKey:
+    path: tuple[str, ...]
+    annotation: Any
+    old: str | None = None  # set when the variable is a deprecated name
+
+
+def env_table(model: type[BaseModel], prefix: str, path: tuple[str, ...] = (),
+              exclude: frozenset[str] = frozenset()) -> dict[str, EnvKey]:
+    """Variable name -> key path for every key of ``model`` (nested models flattened)."""
+    table: dict[str, EnvKey] = {}
+    for name, field in model.model_fields.items():
+        if name in exclude:
+            continue
+        table[prefix + name.upper()] = EnvKey((*path, name), field.annotation)
+        sub = nested_model(field.annotation)
+        if sub is not None:
+            table.update(env_table(sub, f"{prefix}{name.upper()}_", (*path, name)))
+    for old, new in (getattr(model, "renamed", None) or {}).items():
+        field = model.model_fields[new]
+        table.setdefault(prefix + old.upper(), EnvKey((*path, new), field.annotation, old))
+    return table
+
+
+def apply_env(data: dict[str, Any], table: Mapping[str, EnvKey], environ: Mapping[str, str],
+              sources: dict[tuple[str, ...], str]) -> list[str]:
+    """Set every variable of ``table`` found in ``environ`` into ``data``.
+
+    Records key path -> variable in ``sources``; returns problem lines.
+    """
+    problems = []
+    for var in sorted(set(table) & set(environ)):
+        key = table[var]
+        where = f"environment {var} ({'.'.join(key.path)})"
+        if key.old is not None:
+            new = var[: len(var) - len(key.old)] + key.path[-1].upper()
+            warnings.warn(ConfigDeprecationWarning(f"environment {var}", var, new),
+                          stacklevel=2)
+        try:
+            value = parse_env(environ[var], key.annotation)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        node = data
+        for part in key.path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = dict(child) if isinstance(child, Mapping) else {}
+                node[part] = child
+            node = child
+        node[key.path[-1]] = value
+        sources[key.path] = var
+    return problems
+
+
+def rename_keys(model: type[BaseModel], data: Any, label: str,
+                path: tuple[str, ...] = ()) -> None:
+    """Old key names in ``data`` (from a file) -> new ones, in place, with warnings."""
+    if not isinstance(data, dict):
+        return
+    where = f"{label}: {'.'.join(path)}" if path else label
+    _renamed(model, data, where)
+    for name, field in model.model_fields.items():
+        value = data.get(name)
+        sub = nested_model(field.annotation)
+        if sub is not None:
+            rename_keys(sub, value, label, (*path, name))
+            continue
+        arms = _arms(field.annotation)
+        if len(arms) == 1 and typing.get_origin(arms[0]) is dict and isinstance(value, dict):
+            inner = typing.get_args(arms[0])[1]
+            if _is_model(inner):
+                for k, v in value.items():
+                    rename_keys(inner, v, label, (*path, name, str(k)))
+
+
+# -- validation and its messages --------------------------------------------------
+
+def _walk(model: type[BaseModel], loc: Sequence[Any]) -> tuple[Any, FieldInfo | None]:
+    """What a validation error location points at: (the type there, the last field)."""
+    current: Any = model
+    field: FieldInfo | None = None
+    parts = [str(p) for p in loc]
+    while parts:
+        if not _is_model(current):
+            return None, None
+        field = current.model_fields.get(parts.pop(0))
+        if field is None:
+            return None, None
+        current = _single(field.annotation)
+        while typing.get_origin(current) in (dict, list, tuple) and parts:
+            args = typing.get_args(current)
+            parts.pop(0)  # a mapping key or a list index
+            inner = args[0] if len(args) == 2 and args[1] is Ellipsis else args[-1]
+            current = _single(inner)
+    return current, field
+
+
+def _single(annotation: Any) -> Any:
+    arms = [a for a in _arms(annotation) if a is not type(None)]
+    return arms[0] if len(arms) == 1 else None
+
+
+def known_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The keys allowed where the unknown key ``loc`` was found."""
+    owner, _ = _walk(model, loc[:-1])
+    if not _is_model(owner):
+        return []
+    hidden = getattr(owner, "env_only", frozenset())
+    return sorted(k for k in owner.model_fields if k not in hidden)
+
+
+def error_lines(exc: ValidationError, model: type[BaseModel], label: str,
+                sources: Mapping[tuple[str, ...], str],
+                prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per problem: source (file or variable), key path, rule; no secret shown."""
+    lines = []
+    for err in exc.errors():
+        rel = tuple(err["loc"])
+        loc = (*prefix, *(str(p) for p in rel))
+        path = ".".join(loc) or "(top level)"
+        src = sources.get(loc)
+        where = f"environment {src} ({path})" if src else f"{label}: {path}"
+        if err["type"] == "value_error" and not rel:
+            rule = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{label}: {path}: {rule}" if loc else f"{label}: {rule}")
+            continue
+        if err["type"] == "extra_forbidden":
+            known = known_keys(model, rel)
+            rule = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
+        else:
+            rule = err["msg"]
+            shown = err.get("input")
+            if err["type"] != "missing" and "input" in err and not isinstance(shown, Mapping):
+                _, field = _walk(model, rel)
+                if field is not None and is_secret(field.annotation):
+                    shown = "***"
+                rule += f" (got {shown!r})"
+        lines.append(f"{where}: {rule}")
+    return lines
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Mapping[str, Any], label: str,
+             sources: Mapping[tuple[str, ...], str],
+             prefix: tuple[str, ...] = ()) -> M:
+    """``model.model_validate(data)``, or :class:`ConfigError` with one line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(error_lines(exc, model, label, sources, prefix))) from None
 
 
 def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -32,3 +386,8 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{label}: the top level must be a mapping of keys, got {type(loaded).__name__}"
         )
     return dict(loaded)
+
+
+def env_name(name: str) -> str:
+    """A key or sink name as it appears in a variable name: upper case, '-' and '.' as '_'."""
+    return name.upper().replace("-", "_").replace(".", "_")

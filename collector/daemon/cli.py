@@ -14,6 +14,9 @@ from typing import Any
 
 import click
 
+from collector.common.log import get_logger
+from collector.common.log import setup as setup_logging
+from collector.common.settings import deprecations, log_deprecations
 from collector.config import ConfigError, load_config
 
 
@@ -37,11 +40,15 @@ from collector.config import ConfigError, load_config
 def main(config_path: str | None, **flags: Any) -> None:
     """Drain the app's analytics rings into a Redis stream, losing nothing."""
     try:
-        cfg = load_config(config_path, overrides=flags)
+        with deprecations() as renamed:
+            cfg = load_config(config_path, overrides=flags)
     except ConfigError as exc:
         click.echo(f"collector-daemon: invalid configuration:\n{exc}", err=True)
         sys.exit(2)
     from ._supervisor import run
+
+    setup_logging(cfg.log_format, cfg.log_level, proc="supervisor")
+    log_deprecations(renamed, get_logger("collector.daemon.cli"))
 
     sys.exit(run(cfg))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from collector.common.settings import Settings
 
 
 class SinkError(Exception):
@@ -112,10 +112,11 @@ class Batch:
         return out
 
 
-class SinkConfig(BaseModel):
-    """Base of every sink's ``meta`` config: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SinkConfig(Settings):
+    """Base of every sink's ``meta`` config (:class:`collector.common.settings.Settings`):
+    unknown keys are errors, ``renamed`` keeps old key names working, secrets
+    (passwords, tokens, URLs or DSNs that may hold a password) are ``SecretStr``
+    or ``SecretUrl`` and never appear in logs or errors."""
 
 
 class Sink:

@@ -21,7 +21,9 @@ request, bounded by ``max_request_s``.
 
 Headers: ``headers`` are sent as they are; the value of ``auth_header``
 (default ``Authorization``) is read from the environment variable named in
-``auth_env`` (e.g. ``Bearer ...``). Neither is ever logged.
+``auth_env`` (e.g. ``Bearer ...``; name the variable outside the ``COLLECTOR_``
+prefix, which the daemon and the pump check). Neither is ever logged; header
+values and URLs are secrets in the config (never shown).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import threading
 import time
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
+from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps
@@ -45,21 +48,23 @@ log = get_logger(__name__)
 class HttpConfig(SinkConfig):
     """``meta`` of an ``http`` sink."""
 
-    url: str = Field(description="http:// or https:// URL the batches are POSTed to")
-    headers: dict[str, str] = Field(default_factory=dict)
+    url: SecretUrl = Field(description="http:// or https:// URL the batches are POSTed to")
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # values never logged
     auth_header: str = "Authorization"
     auth_env: str | None = Field(default=None,
                                  description="environment variable holding the auth value")
     verify_tls: bool = True
     tls_ca_file: str | None = None
     max_request_s: float = Field(default=60.0, gt=0, description="cap on one request's time")
-    health_url: str | None = Field(default=None, description="GET this for health; else TCP")
+    health_url: SecretUrl | None = Field(default=None,
+                                         description="GET this for health; else TCP")
 
     @field_validator("url", "health_url")
     @classmethod
-    def _scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must start with http:// or https://")
+    def _scheme(cls, value: SecretUrl | None) -> SecretUrl | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("http://", "https://")):
+            raise ValueError(f"{str(value)!r} must start with http:// or https://")
         return value
 
 
@@ -80,7 +85,8 @@ class HttpSink(Sink):
 
         if self._client is not None:
             return
-        headers = {"Content-Type": "application/json", **self.cfg.headers}
+        headers = {"Content-Type": "application/json",
+                   **{k: v.get_secret_value() for k, v in self.cfg.headers.items()}}
         if self.cfg.auth_env:
             value = os.environ.get(self.cfg.auth_env)
             if value is None:
@@ -118,7 +124,8 @@ class HttpSink(Sink):
             self.open()
         left = min(self.time_left(deadline), self.cfg.max_request_s)
         try:
-            resp = self._client.post(self.cfg.url, content=body, timeout=httpx.Timeout(left))
+            resp = self._client.post(self.cfg.url.get_secret_value(), content=body,
+                                     timeout=httpx.Timeout(left))
         except httpx.TimeoutException as exc:
             raise RetryableError(f"http sink: no answer within the deadline: "
                                  f"{type(exc).__name__}") from exc
@@ -154,13 +161,14 @@ class HttpSink(Sink):
             if self._client is None:
                 self.open()
             try:
-                resp = self._client.get(self.cfg.health_url, timeout=httpx.Timeout(left))
+                resp = self._client.get(self.cfg.health_url.get_secret_value(),
+                                        timeout=httpx.Timeout(left))
             except httpx.HTTPError as exc:
                 raise RetryableError(f"http sink health check failed: {exc}") from exc
             if not 200 <= resp.status_code < 300:
                 raise RetryableError(f"http sink health URL answered {resp.status_code}")
             return
-        parts = urlsplit(self.cfg.url)
+        parts = urlsplit(self.cfg.url.get_secret_value())
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             socket.create_connection((parts.hostname or "localhost", port), timeout=left).close()

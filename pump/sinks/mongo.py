@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
+from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 
@@ -48,7 +49,7 @@ RETRYABLE_CODES = frozenset({
 class MongoConfig(SinkConfig):
     """``meta`` of a ``mongo`` sink."""
 
-    uri: str = "mongodb://127.0.0.1:27017"
+    uri: SecretUrl = SecretUrl("mongodb://127.0.0.1:27017")  # may hold a password
     database: str = Field(default="collector", min_length=1)
     collection: str = Field(default="analytics", min_length=1)
     username: str | None = None
@@ -66,8 +67,8 @@ class MongoConfig(SinkConfig):
 
     @field_validator("uri")
     @classmethod
-    def _scheme(cls, value: str) -> str:
-        if not value.startswith(("mongodb://", "mongodb+srv://")):
+    def _scheme(cls, value: SecretUrl) -> SecretUrl:
+        if not value.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("uri must start with mongodb:// or mongodb+srv://")
         return value
 
@@ -115,7 +116,7 @@ class MongoSink(Sink):
             if cfg.tls_allow_invalid_hostnames:
                 kwargs["tlsAllowInvalidHostnames"] = True
         try:
-            self._client = pymongo.MongoClient(cfg.uri, **kwargs)
+            self._client = pymongo.MongoClient(cfg.uri.get_secret_value(), **kwargs)
         except pymongo.errors.PyMongoError as exc:
             # e.g. ConfigurationError for a bad URI option; the URI itself is not echoed.
             raise PermanentError(f"mongo sink configuration rejected: {type(exc).__name__}: "
@@ -221,8 +222,8 @@ class MongoSink(Sink):
         return PermanentError(detail)
 
 
-def _redact(text: str, uri: str, password: str | None) -> str:
-    text = text.replace(uri, "<uri>")
+def _redact(text: str, uri: SecretUrl, password: str | None) -> str:
+    text = text.replace(uri.get_secret_value(), "<uri>")
     if password:
         text = text.replace(password, "***")
     return text

@@ -58,6 +58,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
+from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps
@@ -76,7 +77,8 @@ _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 class PgConnectionConfig(SinkConfig):
     """How a sink reaches PostgreSQL (``postgres`` and ``aggregate``)."""
 
-    dsn: str = Field(default="dbname=collector", description="libpq conninfo string or URI")
+    dsn: SecretUrl = Field(default=SecretUrl("dbname=collector"),
+                           description="libpq conninfo string or URI (may hold a password)")
     password: SecretStr | None = Field(default=None, description=f"or env {PASSWORD_ENV}")
     table: str = Field(default="analytics", description="table name, optionally schema.table")
     create_table: bool = True
@@ -120,7 +122,7 @@ def open_connection(cfg: PgConnectionConfig, deadline: float) -> Any:
     if password is not None:
         kwargs["password"] = password
     try:
-        return psycopg.connect(cfg.dsn, **kwargs)
+        return psycopg.connect(cfg.dsn.get_secret_value(), **kwargs)
     except psycopg.Error as exc:
         raise _classify(exc, "connect") from exc
 

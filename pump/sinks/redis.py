@@ -14,7 +14,7 @@ Modes
     iam-pump (or anything reading ``analytics-...`` lists) can consume it.
 
 Records are re-encoded from their (filtered) fields, so omissions applied by
-the pump are honoured. ``max_len > 0`` trims a stream approximately.
+the pump are honoured. ``max_entries > 0`` trims a stream approximately.
 
 Deduplication: the batch is written by one Lua script that first adds each
 id to a sorted set ``{<key>}:seen`` (scored by time, in the same cluster
@@ -32,13 +32,16 @@ retryable; other server errors (wrong type of key, ...) are permanent.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from collector.common.redact import SecretUrl
+
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 
-# KEYS: target, seen-set. ARGV: mode, now_s, window_s, max_len, then id, rec pairs.
+# KEYS: target, seen-set. ARGV: mode, now_s, window_s, max_entries, then id, rec pairs.
 _SCRIPT = """
 local key, seen = KEYS[1], KEYS[2]
 local mode = ARGV[1]
@@ -82,19 +85,22 @@ _RETRYABLE_PREFIXES = ("BUSY", "LOADING", "READONLY", "TRYAGAIN", "OOM", "MASTER
 class RedisConfig(SinkConfig):
     """``meta`` of a ``redis`` sink."""
 
-    url: str = Field(default="redis://127.0.0.1:6379/0",
-                     description="redis://, rediss:// or unix:// URL")
+    renamed: ClassVar[Mapping[str, str]] = {"max_len": "max_entries"}
+
+    url: SecretUrl = Field(default=SecretUrl("redis://127.0.0.1:6379/0"),
+                           description="redis://, rediss:// or unix:// URL (may hold a password)")
     key: str = Field(default="collector:forward", min_length=1)
     mode: Literal["stream", "stream_batch", "list"] = "stream"
-    max_len: int = Field(default=0, ge=0, description="approximate stream MAXLEN; 0 = none")
+    max_entries: int = Field(default=0, ge=0, description="approximate stream MAXLEN; 0 = none")
     dedupe_window_s: float = Field(default=3600.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("url")
     @classmethod
-    def _scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url {value!r} must start with redis://, rediss:// or unix://")
+    def _scheme(cls, value: SecretUrl) -> SecretUrl:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url {str(value)!r} must start with redis://, rediss:// or "
+                             "unix://")
         return value
 
     @property
@@ -126,7 +132,8 @@ class RedisSink(Sink):
 
             # single_connection_client connects here, already bounded by the deadline
             self._client = redis.Redis.from_url(
-                self.cfg.url, socket_connect_timeout=min(left, self.cfg.connect_timeout_s),
+                self.cfg.url.get_secret_value(),
+                socket_connect_timeout=min(left, self.cfg.connect_timeout_s),
                 socket_timeout=left, single_connection_client=True)
             self._script = self._client.register_script(_SCRIPT)
             return self._client
@@ -152,7 +159,8 @@ class RedisSink(Sink):
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        args: list[Any] = [self.cfg.mode, time.time(), self.cfg.dedupe_window_s, self.cfg.max_len]
+        args: list[Any] = [self.cfg.mode, time.time(), self.cfg.dedupe_window_s,
+                           self.cfg.max_entries]
         try:
             for r in batch.records:
                 args.append(r.id)

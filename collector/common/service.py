@@ -1,0 +1,82 @@
+"""The keys ``collector-daemon`` and ``collector-pump`` share, spelled and checked once.
+
+:class:`ServiceSettings` is the base of ``collector.config.CollectorConfig``
+and ``pump.config.PumpConfig``: Redis (URL, credentials, timeout, stream
+key and shards), retry backoff, shutdown, the health address and logging.
+A service overrides a default by redeclaring the key (the daemon serves
+health on 7071, the pump on 7070).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
+
+from .log import LogFormat, LogLevel
+from .redact import SecretUrl, redact_dsn
+from .settings import HostPort, Settings
+from .stream import DEFAULT_STREAM_KEY, shard_keys
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _empty_is_none(v: Any) -> Any:
+    if isinstance(v, str) and v == "":
+        return None
+    if isinstance(v, SecretStr) and v.get_secret_value() == "":
+        return None
+    return v
+
+
+def _redis_scheme(v: SecretUrl) -> SecretUrl:
+    scheme = urlsplit(v.get_secret_value()).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+    return v
+
+
+RedisUrl = Annotated[SecretUrl, AfterValidator(_redis_scheme)]
+
+
+class ServiceSettings(Settings):
+    """Keys of both services (``configs/collector.yaml`` and ``configs/pump.yaml``)."""
+
+    redis_url: Annotated[RedisUrl | None, BeforeValidator(_empty_is_none)] = None
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    stream_key: str = Field(default=DEFAULT_STREAM_KEY, min_length=1)
+    stream_shards: int = Field(default=1, ge=1, le=1024)
+    retry_initial_ms: float = Field(default=50.0, gt=0)
+    retry_max_ms: float = Field(default=5000.0, gt=0)
+    shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
+    health_address: HostPort = "127.0.0.1:7071"
+    log_format: LogFormat = "kv"
+    log_level: LogLevel = "info"
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> ServiceSettings:
+        if self.retry_max_ms < self.retry_initial_ms:
+            raise ValueError(f"retry_max_ms ({self.retry_max_ms:g}) must be >= "
+                             f"retry_initial_ms ({self.retry_initial_ms:g})")
+        return self
+
+    def effective_redis_url(self) -> str:
+        """The URL to connect to (with its password: never log it)."""
+        raise NotImplementedError
+
+    def redacted_redis_url(self) -> str:
+        return redact_dsn(self.effective_redis_url())
+
+    def redis_password_value(self) -> str | None:
+        return self.redis_password.get_secret_value() if self.redis_password else None
+
+    def shard_keys(self) -> list[str]:
+        return shard_keys(self.stream_key, self.stream_shards)
+
+    @property
+    def health_host_port(self) -> tuple[str, int]:
+        host, _, port = self.health_address.rpartition(":")
+        return host.strip("[]"), int(port)
