@@ -8,7 +8,8 @@ any sink driver, so both services can use it freely::
     redisconn   one way to open a Redis connection (redis/rediss/unix URLs)
     health      the /healthz, /readyz and /metrics server
     log         structured logs (key=value or JSON) and the rate limiter
-    settings    the config base: YAML + environment, aliases, errors
+    settings    the config base: YAML + environment, renamed keys, error lines
+    service     the keys both services share (Redis, retry, health, logs)
     counters    lock-free per-process counters in shared memory, by name
     redact      passwords out of URLs and text
 """
