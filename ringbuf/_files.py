@@ -142,6 +142,20 @@ def create_ring_file(directory: Path, name: str, header: Header) -> tuple[int, P
     return fd, path
 
 
+def unmap(mm: mmap.mmap, views: tuple[memoryview, ...], fd: int) -> None:
+    """Release ``views`` of ``mm``, unmap it and close ``fd`` (a writer's or reader's close)."""
+    try:
+        for view in views:
+            view.release()
+        mm.close()
+    except (BufferError, ValueError):
+        pass  # a view still exported elsewhere: the mapping goes with the last one
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 # -- opening ----------------------------------------------------------------------
 
 def open_ring_file(path: str, *, check_owner: bool = True) -> tuple[int, Header]:

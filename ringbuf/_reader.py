@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from ._errors import RingCorrupted
-from ._files import open_ring_file, producer_alive
+from ._files import open_ring_file, producer_alive, unmap
 from ._layout import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -385,13 +385,7 @@ class RingReader:
         """Unmap the ring. Uncommitted records stay for the next reader."""
         if self._fd < 0:
             return
-        try:
-            self._q.release()
-            self._mv.release()
-            self._mm.close()
-        except (BufferError, ValueError):
-            pass
-        os.close(self._fd)
+        unmap(self._mm, (self._q, self._mv), self._fd)
         self._fd = -1
 
     def __enter__(self) -> RingReader:

@@ -45,6 +45,7 @@ from ._files import (
     ensure_private_directory,
     prefault,
     process_start_time,
+    unmap,
 )
 from ._layout import (
     DEFAULT_CAPACITY,
@@ -358,16 +359,7 @@ class RingWriter:
         self._release()
 
     def _release(self) -> None:
-        try:
-            self._q.release()
-            self._mv.release()
-            self._mm.close()
-        except (BufferError, ValueError):
-            pass
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        unmap(self._mm, (self._q, self._mv), self._fd)
 
     def __enter__(self) -> RingWriter:
         return self

@@ -12,7 +12,6 @@ append-only file flushed) before a new one starts.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import shutil
 import signal
@@ -26,6 +25,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collector.common.log import get_logger
+
+from ._startup import LOCK_NAME, try_lock
 
 log = get_logger(__name__)
 
@@ -88,17 +89,13 @@ class EmbeddedRedis:
         if self._lock_fd < 0:
             # One daemon per runtime_dir: a second one would shut our server down
             # as a "left-over" and share its append-only file.
-            lock = self.dir / ".collector-daemon.lock"
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
+            fd = try_lock(self.dir / LOCK_NAME)
+            if fd is None:
                 raise EmbeddedRedisError(
                     f"runtime_dir {self.dir} is used by another collector-daemon's embedded "
-                    "redis-server (it holds .collector-daemon.lock there); give each daemon "
+                    f"redis-server (it holds {LOCK_NAME} there); give each daemon "
                     "its own runtime_dir"
-                ) from None
+                )
             self._lock_fd = fd
 
     def _shutdown_leftover(self) -> None:

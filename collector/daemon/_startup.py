@@ -29,6 +29,17 @@ class DaemonError(RuntimeError):
     """The daemon cannot start; the message says why and what to change."""
 
 
+def try_lock(path: Path) -> int | None:
+    """Hold an exclusive ``flock`` on ``path`` (created 0600): its fd, or None if held elsewhere."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def lock_rings_dir(rings_dir: Path) -> int:
     """Create ``rings_dir`` private if missing and lock it; return the lock file's fd."""
     try:
@@ -39,11 +50,8 @@ def lock_rings_dir(rings_dir: Path) -> int:
         raise DaemonError(f"rings_dir={str(rings_dir)!r}: cannot create it: "
                           f"{exc.strerror}") from None
     path = rings_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
+    fd = try_lock(path)
+    if fd is None:
         raise DaemonError(
             f"rings_dir {rings_dir} is served by another collector-daemon "
             f"(it holds {path}); one daemon per rings directory"
