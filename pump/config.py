@@ -258,6 +258,7 @@ def load_config(
     # Each sink's meta, by its type's own config (its keys and its value types).
     import_error = _import_plugins(data.get("plugins"), label)
     from .sinks import registry
+    from .sinks._registry import missing_driver
 
     known = registry()
     classes: dict[str, Any] = {}
@@ -294,6 +295,9 @@ def load_config(
             lines.append(f"{where_s}: unknown sink type {type_name!r}; known types: "
                          f"{', '.join(sorted(known))}")
             continue
+        missing = missing_driver(cls)
+        if missing is not None:  # an extra that is not installed: say how to install it
+            lines.append(f"{label}: pumps.{name}.type: {missing}")
         try:
             validate(cls.Config, spec.meta, label, sources, ("pumps", name, "meta"))
         except ConfigError as exc:

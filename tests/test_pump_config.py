@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,24 @@ def test_redis_client_credentials_from_environment_win_and_no_hidden_retries(
                                environ={}))
     with pytest.raises(redis.ConnectionError):
         down.ping()
+
+
+def test_a_sink_whose_driver_is_missing_fails_at_start_with_the_pip_command(
+        tmp_path: Path) -> None:
+    """httpx hidden in a subprocess (``sys.modules['httpx'] = None``, so it cannot be
+    imported): both ``--check`` and a real start exit 2 before anything runs, with the
+    exact command that installs the http sink's driver into this interpreter."""
+    path = tmp_path / "pump.yaml"
+    path.write_text("pumps:\n  h:\n    type: http\n    meta: {url: 'http://127.0.0.1:9/'}\n")
+    code = "import sys; sys.modules['httpx'] = None; from pump.cli import main; main()"
+    for extra in (["--check"], []):
+        proc = subprocess.run([sys.executable, "-c", code, "--config", str(path), *extra],
+                              capture_output=True, text=True, timeout=60, env=_env_without())
+        assert proc.returncode == 2, proc.stderr
+        assert (f"{path}: pumps.h.type: sink type 'http' needs httpx, which is not installed; "
+                f"install it with: {sys.executable} -m pip install 'httpx>=0.27' "
+                "(the collector[http] extra)") in proc.stderr, proc.stderr
+
+
+def _env_without() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}

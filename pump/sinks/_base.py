@@ -131,6 +131,10 @@ class Sink:
     Config: ClassVar[type[SinkConfig]] = SinkConfig
     #: True when redelivering a batch cannot create duplicates in the target.
     deduplicates: ClassVar[bool] = False
+    #: Modules the sink imports when it opens (its driver), and the ``collector[...]``
+    #: extra that installs them; the pump refuses to start without them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
 
     def __init__(self, config: SinkConfig) -> None:
         self.config = config

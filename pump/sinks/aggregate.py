@@ -154,6 +154,8 @@ class AggregateSink(Sink):
     name = "aggregate"
     Config = AggregateConfig
     deduplicates = True
+    requires = ("psycopg",)
+    extra = "postgres"
 
     def __init__(self, config: AggregateConfig) -> None:  # type: ignore[override]
         super().__init__(config)

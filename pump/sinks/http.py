@@ -73,6 +73,8 @@ class HttpSink(Sink):
     name = "http"
     Config = HttpConfig
     deduplicates = False
+    requires = ("httpx",)
+    extra = "http"
 
     def __init__(self, config: HttpConfig) -> None:  # type: ignore[override]
         super().__init__(config)

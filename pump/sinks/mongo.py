@@ -78,6 +78,8 @@ class MongoSink(Sink):
     name = "mongo"
     Config = MongoConfig
     deduplicates = True
+    requires = ("pymongo",)
+    extra = "mongo"
 
     def __init__(self, config: MongoConfig) -> None:  # type: ignore[override]
         super().__init__(config)

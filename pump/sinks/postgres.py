@@ -141,6 +141,8 @@ class PostgresSink(Sink):
     name = "postgres"
     Config = PostgresConfig
     deduplicates = True
+    requires = ("psycopg",)
+    extra = "postgres"
 
     def __init__(self, config: PostgresConfig) -> None:  # type: ignore[override]
         super().__init__(config)
