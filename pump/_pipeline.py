@@ -10,65 +10,50 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import ormsgpack
 
 from collector.common.stream import BadEntry, decode_entry, encode_entry
 
+from ._deadletter import DeadItem, DeadReason
 from .config import Filters
 from .sinks._base import Record
 
 _unpackb = msgpack.unpackb
 _fast_unpackb = ormsgpack.unpackb  # ~40% faster; rejects e.g. non-str map keys
-
-
-def decode_record(raw: bytes) -> object:
-    """One record's msgpack: ormsgpack (Rust) first, msgpack (C) for what it rejects."""
-    try:
-        return _fast_unpackb(raw)
-    except Exception:
-        return _unpackb(raw, raw=False)
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 Fields = dict[Any, Any]
 
 
-@dataclass(slots=True)
-class DeadItem:
-    """Something to put on the dead-letter stream: the fields to write and why."""
+class EntryRecords(NamedTuple):
+    """One stream entry with records for the sink."""
 
-    fields: dict[Any, Any]
-    reason: str
-    error: str
     entry_id: str
+    records: list[Record]  # what is left after filters, in the entry's order
+    fields: Fields         # the entry's original fields (for its dead letter)
 
 
 @dataclass(slots=True)
 class Prepared:
     """The result of preparing one shard's entries for a sink."""
 
-    # (entry id, its records, the entry's original fields) per entry with records to write
-    groups: list[tuple[str, list[Record], Fields]] = field(default_factory=list)
+    entries: list[EntryRecords] = field(default_factory=list)
     ack_only: list[str] = field(default_factory=list)  # entries with nothing left to write
     dead: list[DeadItem] = field(default_factory=list)
     n_in: int = 0
     n_filtered: int = 0
     n_trimmed: int = 0
     n_decode_errors: int = 0
-    n_dead_records: int = 0
 
     def records(self) -> list[Record]:
-        if len(self.groups) == 1:
-            return self.groups[0][1]
-        out: list[Record] = []
-        for _, recs, _ in self.groups:
-            out.extend(recs)
-        return out
+        """Every record to write, in order."""
+        return [r for e in self.entries for r in e.records]
 
     def entry_ids(self) -> list[str]:
-        return [g[0] for g in self.groups]
+        return [e.entry_id for e in self.entries]
 
 
 def compile_filter(filters: Filters) -> Callable[[dict[str, Any]], bool] | None:
@@ -144,11 +129,12 @@ class RecordPipeline:
                 entry = decode_entry(fields)
             except BadEntry as exc:
                 out.n_decode_errors += 1
-                out.dead.append(DeadItem(dict(fields), "undecodable_entry", str(exc), eid))
+                out.dead.append(DeadItem(dict(fields), DeadReason.UNDECODABLE_ENTRY, str(exc),
+                                         eid))
                 continue
-            prefix = entry.ring + ":"
             first = entry.first_seq
             raws = entry.records
+            ids = entry.ids()
             out.n_in += len(raws)
             if plain:  # no filters, omissions or size limit: one comprehension per entry
                 try:
@@ -156,10 +142,9 @@ class RecordPipeline:
                 except Exception:
                     datas = None
                 if datas is not None and all(type(d) is dict for d in datas):
-                    recs = [Record(f"{prefix}{first + i}", d, raw)
-                            for i, (d, raw) in enumerate(zip(datas, raws, strict=True))]
+                    recs = list(map(Record, ids, datas, raws))
                     if recs:
-                        out.groups.append((eid, recs, fields))
+                        out.entries.append(EntryRecords(eid, recs, fields))
                     else:
                         out.ack_only.append(eid)
                     continue
@@ -174,11 +159,10 @@ class RecordPipeline:
                         data = exc
                 if type(data) is not dict:
                     out.n_decode_errors += 1
-                    out.n_dead_records += 1
                     err = (f"record does not decode: {data}" if isinstance(data, Exception)
                            else f"record is a msgpack {type(data).__name__}, not a map")
                     out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw]),
-                                             "undecodable_record", err, eid))
+                                             DeadReason.UNDECODABLE_RECORD, err, eid))
                     continue
                 if keep is not None and not keep(data):
                     out.n_filtered += 1
@@ -194,9 +178,9 @@ class RecordPipeline:
                 if limit is not None and len(raw) > limit:
                     data, raw = trim_record(data, raw, limit)
                     out.n_trimmed += 1
-                recs.append(Record(prefix + str(first + i), data, raw))
+                recs.append(Record(ids[i], data, raw))
             if recs:
-                out.groups.append((eid, recs, fields))
+                out.entries.append(EntryRecords(eid, recs, fields))
             else:
                 out.ack_only.append(eid)
         return out

@@ -7,6 +7,7 @@ from typing import Any
 import redis
 
 from collector.common.redisconn import connect_from_config
+from collector.common.stream import parse_entry_id
 
 from .config import PumpConfig
 
@@ -41,11 +42,6 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def group_info(r: redis.Redis, key: str) -> list[dict[str, Any]]:
     """``XINFO GROUPS`` with str keys; [] when the stream does not exist."""
     try:
@@ -71,12 +67,12 @@ def safe_trim_id(r: redis.Redis, key: str) -> str | None:
     best: tuple[int, int] | None = None
     for g in groups:
         last = _s(g.get("last-delivered-id", "0-0"))
-        bound = _id_tuple(last)
+        bound = parse_entry_id(last)
         if int(g.get("pending") or 0) > 0:
             summary = r.xpending(key, _s(g["name"]))
             low = summary.get("min") if isinstance(summary, dict) else None
             if low is not None:
-                bound = min(bound, _id_tuple(_s(low)))
+                bound = min(bound, parse_entry_id(_s(low)))
         if best is None or bound < best:
             best = bound
     if best is None or best == (0, 0):
@@ -92,14 +88,6 @@ def trim_acknowledged(r: redis.Redis, key: str) -> int:
     return int(r.xtrim(key, minid=minid, approximate=False))
 
 
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return 0, 0
-
-
 def group_lag(r: redis.Redis, key: str, group: str) -> tuple[int, int]:
     """(entries not yet delivered to ``group``, entries pending) on ``key``."""
     for g in group_info(r, key):
@@ -109,7 +97,7 @@ def group_lag(r: redis.Redis, key: str, group: str) -> tuple[int, int]:
         last = _s(g.get("last-delivered-id") or "0-0")
         info = r.xinfo_stream(key)
         top = _s(info.get("last-generated-id") or "0-0")
-        if _stream_id(last) >= _stream_id(top):
+        if parse_entry_id(last) >= parse_entry_id(top):
             # Caught up. Redis's own "lag" can be stale after a restart from
             # the append-only file (seen as ~1,800 with nothing left to read).
             return 0, pending

@@ -1,7 +1,7 @@
 """The shared write wrapper: per-attempt timeout, jittered backoff, one overall deadline.
 
-Sinks only classify (``RetryableError`` / ``PermanentError`` or a
-``Verdict``); this module owns how often and how long to try. An exception
+Sinks only classify, by raising ``RetryableError`` or ``PermanentError``;
+this module owns how often and how long to try. An exception
 a sink did not classify counts as retryable (a bug must not drop data); the
 delivery limit in the worker then dead-letters a batch that never succeeds.
 """
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .sinks._base import Batch, PermanentError, RetryableError, Sink, SinkError, Verdict
+from .sinks._base import Batch, PermanentError, RetryableError, Sink, SinkError
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +66,8 @@ def write_with_retries(
             on_attempt(attempt_deadline)
         attempt += 1
         try:
-            verdict = sink.write(batch, deadline=attempt_deadline)
-            if verdict is None or verdict is Verdict.OK:
-                return attempt
-            if verdict is Verdict.REJECT:
-                raise PermanentError(f"sink {sink.name!r} rejected the batch")
-            raise RetryableError(f"sink {sink.name!r} asked to retry the batch")
+            sink.write(batch, deadline=attempt_deadline)
+            return attempt
         except PermanentError:
             raise
         except Exception as exc:

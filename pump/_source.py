@@ -26,20 +26,20 @@ import threading
 import redis
 
 from collector.common.log import RateLimited, get_logger
-from collector.common.stream import shard_for
+from collector.common.stream import lua_xadd_entry, shard_for
 
 from .config import PumpConfig
 
 log = get_logger(__name__)
 
-MOVE_SCRIPT = """
+# KEYS: list, stream, counter. ARGV: records per call, ring id.
+MOVE_SCRIPT = f"""
 local recs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 local n = #recs
 if n == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], n, -1)
 local first = redis.call('INCRBY', KEYS[3], n) - n
-redis.call('XADD', KEYS[2], '*', 'v', '1', 'ring', ARGV[2], 'seq', tostring(first),
-           'n', tostring(n), 'recs', cmsgpack.pack(recs))
+{lua_xadd_entry("KEYS[2]", "ARGV[2]", "tostring(first)", "tostring(n)", "cmsgpack.pack(recs)")}
 return n
 """
 

@@ -194,11 +194,6 @@ class PumpConfig(ServiceSettings):
         return spec.omit_detailed_recording
 
 
-def dead_letter_key(shard_key: str, sink: str) -> str:
-    """The dead-letter stream of ``sink`` for entries of ``shard_key``."""
-    return f"{shard_key}:dead:{sink}"
-
-
 def import_plugins(modules: list[str]) -> None:
     """Import third-party sink modules (each calls ``pump.sinks.register``)."""
     for mod in modules:
@@ -323,6 +318,5 @@ __all__ = [
     "PumpConfig",
     "PumpSpec",
     "SourceConfig",
-    "dead_letter_key",
     "load_config",
 ]

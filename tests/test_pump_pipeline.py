@@ -86,7 +86,7 @@ def test_retry_wrapper_gives_up_at_the_deadline_and_passes_it_down() -> None:
     assert err.value.attempts >= 2 and sink.records == []
 
 
-def test_retry_wrapper_treats_verdicts_and_unclassified_errors() -> None:
+def test_retry_wrapper_retries_retryable_and_unclassified_errors() -> None:
     class Flaky(MemorySink):
         calls = 0
 
@@ -95,7 +95,7 @@ def test_retry_wrapper_treats_verdicts_and_unclassified_errors() -> None:
             if Flaky.calls == 1:
                 raise KeyError("bug")
             if Flaky.calls == 2:
-                return Verdict.RETRY
+                raise RetryableError("try again")
             return Verdict.OK
 
     sink = Flaky(MemorySink.Config.model_validate({"key": "w4"}))

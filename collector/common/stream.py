@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,8 @@ import msgpack
 
 FORMAT_VERSION = b"1"
 DEFAULT_STREAM_KEY = "collector:analytics"
+#: The fields of an entry, in the order they are written.
+ENTRY_FIELDS = ("v", "ring", "seq", "n", "recs")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -60,13 +62,30 @@ def shard_for(ring_id: str, shards: int) -> int:
 
 def encode_entry(ring_id: str, first_seq: int, records: Sequence[bytes]) -> dict[str, bytes]:
     """The fields of one stream entry for a batch of raw msgpack records."""
-    return {
-        "v": FORMAT_VERSION,
-        "ring": ring_id.encode(),
-        "seq": str(first_seq).encode(),
-        "n": str(len(records)).encode(),
-        "recs": _packb(list(records)),
-    }
+    values = (FORMAT_VERSION, ring_id.encode(), str(first_seq).encode(),
+              str(len(records)).encode(), _packb(list(records)))
+    return dict(zip(ENTRY_FIELDS, values, strict=True))
+
+
+def lua_xadd_entry(key: str, ring: str, seq: str, n: str, recs: str) -> str:
+    """A Lua ``XADD`` of one entry in the format above, for scripts that make entries
+    inside Redis (the pump's list source). The arguments are Lua expressions: the
+    stream key, the ring id, the first sequence number and the record count as
+    strings, and ``recs`` as the packed array (``cmsgpack.pack`` of the records)."""
+    values = (f"'{FORMAT_VERSION.decode()}'", ring, seq, n, recs)
+    args = ", ".join(f"'{name}', {value}" for name, value in zip(ENTRY_FIELDS, values,
+                                                                  strict=True))
+    return f"redis.call('XADD', {key}, '*', {args})"
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id ``<ms>-<seq>`` as a pair that sorts like the ids;
+    ``(0, 0)`` for anything that is not one."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
 
 
 class BadEntry(ValueError):
@@ -79,12 +98,14 @@ class Entry:
     first_seq: int
     records: list[bytes]  # raw msgpack bytes of each record
 
-    def ids(self) -> Iterator[str]:
-        for i in range(len(self.records)):
-            yield record_id(self.ring, self.first_seq + i)
+    def ids(self) -> list[str]:
+        """The record id of each record, in order."""
+        ring, first = self.ring, self.first_seq
+        return [record_id(ring, first + i) for i in range(len(self.records))]
 
 
 def record_id(ring: str, seq: int) -> str:
+    """The stable id of record ``seq`` of ring ``ring``."""
     return f"{ring}:{seq}"
 
 

@@ -20,7 +20,7 @@ statement timeouts so a timeout stops the write, not only the wait.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -54,9 +54,10 @@ class PermanentError(SinkError):
 
 
 class Verdict(Enum):
+    """What ``write`` returns when it wrote the batch. Sinks signal failure only
+    by raising :class:`RetryableError` or :class:`PermanentError`."""
+
     OK = "ok"
-    RETRY = "retry"      # same as raising RetryableError
-    REJECT = "reject"    # same as raising PermanentError
 
 
 @dataclass(slots=True)
@@ -143,7 +144,10 @@ class Sink:
         """Connect; raise RetryableError if the target is not reachable yet."""
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
-        """Write every record of ``batch`` before ``deadline`` (monotonic seconds)."""
+        """Write every record of ``batch`` before ``deadline`` (monotonic seconds).
+
+        Returns ``Verdict.OK`` (or None) once written; raises a :class:`SinkError`
+        otherwise."""
         raise NotImplementedError
 
     def health_check(self, *, deadline: float) -> None:
@@ -176,12 +180,10 @@ def register(cls: type[Sink]) -> type[Sink]:
     return cls
 
 
-RecordFilter = Callable[[Record], bool]
 __all__ = [
     "Batch",
     "PermanentError",
     "Record",
-    "RecordFilter",
     "RetryableError",
     "Sink",
     "SinkConfig",

@@ -1,0 +1,125 @@
+"""Reading a sink group's entries: new ones, this consumer's own pending ones, and
+the entries of consumers that went silent (claimed after ``claim_idle_ms``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from collector.common.log import get_logger
+
+from ._stop import Stopper
+from .config import PumpConfig
+
+log = get_logger(__name__)
+
+#: ``handle(shard key, [(entry id, fields)], {entry id: deliveries} or None)``
+Handler = Callable[[str, list[tuple[Any, Any]], "dict[str, int] | None"], None]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class EntryReader:
+    """One consumer's reads of its group, handing every entry to ``handle``.
+
+    New entries come with ``deliveries=None`` (first delivery); re-read pending
+    ones one at a time with their delivery count from the PEL (kept by Redis,
+    so it survives restarts).
+    """
+
+    def __init__(self, r: redis.Redis, config: PumpConfig, group: str, consumer: str,
+                 stopper: Stopper, handle: Handler) -> None:
+        self.r = r
+        self.config = config
+        self.keys = config.shard_keys()
+        self.group = group
+        self.consumer = consumer
+        self.stopper = stopper
+        self.handle = handle
+        self.block_ms = max(1, int(config.read_block_s * 1000))
+        self.pending_due = 0.0  # look at our own pending entries first (restart)
+        self.claim_due = 0.0
+        self.claim_every = min(config.claim_idle_ms / 2000, 30.0)
+
+    def pending_now(self) -> None:
+        """Look at this consumer's pending entries on the next turn (an ack may be lost)."""
+        self.pending_due = 0.0
+
+    def pending_at(self, when: float) -> None:
+        """Re-read the pending entries no later than ``when`` (monotonic seconds)."""
+        self.pending_due = min(self.pending_due, when)
+
+    def step(self) -> int:
+        """Read and hand on one round; returns the number of entries handled."""
+        now = time.monotonic()
+        handled = 0
+        if now >= self.claim_due:
+            self.claim_due = now + self.claim_every
+            if self._autoclaim():
+                self.pending_due = 0.0
+        if now >= self.pending_due:
+            self.pending_due = math.inf
+            handled += self._own_pending()
+        if self.stopper.is_set():
+            return handled
+        resp = self.r.xreadgroup(self.group, self.consumer, {k: ">" for k in self.keys},
+                                 count=self.config.read_count, block=self.block_ms)
+        for key, entries in resp or ():
+            if entries:
+                handled += len(entries)
+                self.handle(_s(key), entries, None)
+        return handled
+
+    def _autoclaim(self) -> bool:
+        """Claim entries other consumers left idle longer than claim_idle_ms.
+
+        XPENDING IDLE finds them and XCLAIM JUSTID takes them (atomically
+        re-checking the idle time) without counting a delivery; the pending
+        pass then reads them, which counts one.
+        """
+        claimed = 0
+        idle = self.config.claim_idle_ms
+        for key in self.keys:
+            for _ in range(20):
+                rows = self.r.xpending_range(key, self.group, min="-", max="+",
+                                             count=self.config.read_count, idle=idle)
+                ids = [row["message_id"] for row in rows
+                       if _s(row["consumer"]) != self.consumer]
+                if not ids:
+                    break
+                got = self.r.xclaim(key, self.group, self.consumer, idle, ids, justid=True)
+                claimed += len(got)
+                if len(rows) < self.config.read_count or not got:
+                    break
+        if claimed:
+            log.info("Claimed entries left pending by another consumer.",
+                     sink=self.group, consumer=self.consumer, entries=claimed)
+        return claimed > 0
+
+    def _own_pending(self) -> int:
+        """Re-read this consumer's pending entries one at a time (counts a delivery)."""
+        n = 0
+        for key in self.keys:
+            last: Any = "0-0"
+            while not self.stopper.is_set():
+                resp = self.r.xreadgroup(self.group, self.consumer, {key: last}, count=1)
+                entries = resp[0][1] if resp else []
+                if not entries:
+                    break
+                eid, fields = entries[0]
+                last = eid
+                n += 1
+                if not fields:  # trimmed or deleted while pending: nothing to deliver
+                    self.r.xack(key, self.group, eid)
+                    continue
+                info = self.r.xpending_range(key, self.group, min=eid, max=eid, count=1,
+                                             consumername=self.consumer)
+                deliveries = int(info[0]["times_delivered"]) if info else 1
+                self.handle(key, [(eid, fields)], {_s(eid): deliveries})
+        return n
