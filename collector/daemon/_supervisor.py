@@ -8,7 +8,7 @@ gives each valid ring to exactly one flusher of the pool (:mod:`._pool`,
 rings, which resume from their committed head.
 
 It also runs the embedded ``redis-server`` when ``redis_url`` is not set,
-serves ``/healthz``, ``/readyz`` and ``/metrics`` (:mod:`._http`), and
+serves ``/healthz``, ``/readyz`` and ``/metrics`` (:mod:`._metrics`), and
 handles signals: SIGTERM/SIGINT drain every ring within
 ``shutdown_timeout_s`` and exit 0; a second one exits at once (exit code 1)
 leaving what is left in the rings for the next start; SIGHUP is logged and
