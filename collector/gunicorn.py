@@ -3,7 +3,8 @@
 In ``gunicorn.conf.py``::
 
     from collector.gunicorn import install
-    install(globals())   # adds (or chains onto) post_fork, worker_exit, child_exit
+    install(globals())   # adds (or chains onto) post_fork, post_worker_init,
+                         # worker_exit, child_exit
 
 or name the hooks yourself::
 
@@ -19,6 +20,17 @@ What each hook does:
     closed) by the client's at-fork hook, so the worker can never write into
     the master's ring. Without ``--preload`` the app is imported after this
     hook and its client opens its ring on the first ``record_hit``.
+
+``post_worker_init(worker)`` (in the worker, after the app was loaded)
+    In a worker that serves many requests on one thread (an event loop:
+    ``uvicorn.workers.UvicornWorker``, gunicorn's ``gevent``, ``eventlet``,
+    ``tornado`` and ``asgi`` workers), refuse ``full_policy: block`` for
+    every live client and for the config the shared middleware client will
+    use (``$COLLECTOR_CONFIG``): a full ring would make ``record_hit`` sleep
+    on that thread and stall every request of the worker. The worker fails
+    to boot with the reason in gunicorn's log (gunicorn then stops: "Worker
+    failed to boot"). ``sync`` and ``gthread`` workers may block: only the
+    request's own thread waits.
 
 ``worker_exit(server, worker)`` (in the worker, as it exits)
     ``stop()`` every client: the ring is marked closed, so
@@ -37,6 +49,7 @@ What each hook does:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +61,6 @@ from .config import ConfigError, load_config
 
 log = logging.getLogger("collector.gunicorn")
 
-Hook = Callable[[Any, Any], None]
 
 
 def _log(server: Any) -> Any:
@@ -65,6 +77,33 @@ def post_fork(server: Any, worker: Any) -> None:
             # Not fatal: record_hit drops (and counts) until the directory is usable.
             _log(server).error("analytics ring cannot be created in worker pid=%s error=%r",
                                getattr(worker, "pid", "?"), exc)
+
+
+_EVENT_LOOP_MODULES = ("uvicorn", "uvicorn_worker", "gunicorn.workers.base_async",
+                       "gunicorn.workers.ggevent", "gunicorn.workers.geventlet",
+                       "gunicorn.workers.gtornado", "gunicorn.workers.gasgi")
+
+
+def event_loop_worker(worker: Any) -> str | None:
+    """The worker's class name when it serves many requests on one thread, else None."""
+    for cls in type(worker).__mro__:
+        mod = cls.__module__
+        if any(mod == m or mod.startswith(m + ".") for m in _EVENT_LOOP_MODULES):
+            return f"{type(worker).__module__}.{type(worker).__qualname__}"
+    return None
+
+
+def post_worker_init(worker: Any) -> None:
+    """In the worker: refuse ``full_policy: block`` in an event-loop worker (see module doc)."""
+    kind = event_loop_worker(worker)
+    if kind is None:
+        return
+    from .integrations import refuse_block_policy
+
+    where = f"in a {kind} worker (one event loop serves every request)"
+    for client in live_clients():
+        refuse_block_policy(client.config, where)
+    refuse_block_policy(load_config(os.environ.get("COLLECTOR_CONFIG") or None), where)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -107,24 +146,25 @@ def worker_rings(pid: int, directories: list[Path] | None = None) -> list[ringbu
     return out
 
 
-def _chain(first: Hook, second: Hook) -> Hook:
-    def hook(server: Any, worker: Any) -> None:
-        first(server, worker)
-        second(server, worker)
+def _chain(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def hook(*args: Any) -> None:  # (server, worker), or (worker) for post_worker_init
+        first(*args)
+        second(*args)
 
     hook.__name__ = getattr(second, "__name__", "hook")
     return hook
 
 
 def install(namespace: MutableMapping[str, Any]) -> None:
-    """Add the three hooks to a gunicorn config module's namespace (``globals()``).
+    """Add the four hooks to a gunicorn config module's namespace (``globals()``).
 
     A hook the config already defines is kept and chained: ours runs first in
-    ``post_fork`` (so the user's hook can already record) and last in
-    ``worker_exit`` (so the user's final records still get in).
+    ``post_fork`` and ``post_worker_init`` (so the user's hook can already
+    record) and last in ``worker_exit`` (so the user's final records still get in).
     """
-    ours: dict[str, Hook] = {"post_fork": post_fork, "worker_exit": worker_exit,
-                             "child_exit": child_exit}
+    ours: dict[str, Callable[..., None]] = {
+        "post_fork": post_fork, "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit, "child_exit": child_exit}
     for name, hook in ours.items():
         theirs = namespace.get(name)
         if theirs is None or theirs is hook:
