@@ -101,7 +101,7 @@ class Pipeline:
         cfg: dict[str, Any] = {
             "rings_dir": str(self.rings_dir), "runtime_dir": str(self.runtime_dir),
             "health_address": self.daemon_address, "pool_size": 1,
-            "ring_capacity_bytes": 1 << 20, "flush_interval_ms": 20,
+            "ring_capacity_bytes": 4 << 20, "flush_interval_ms": 20,
             "max_flush_interval_ms": 100, "scan_interval_ms": 50,
             "retry_initial_ms": 20, "retry_max_ms": 500, "shutdown_timeout_s": 20,
         }
