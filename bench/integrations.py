@@ -167,9 +167,9 @@ def _django_handlers(kind: str, analytics: Any) -> tuple[Any, Any]:
     from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.wsgi import WSGIHandler
 
-    from collector.integrations import _core
+    from collector.integrations import _recorder
 
-    _core._default = analytics  # the middleware's shared client
+    _recorder._default = analytics  # the middleware's shared client
     cls = WSGIHandler if kind == "wsgi" else ASGIHandler
     base = ["django.middleware.common.CommonMiddleware"]
     settings.MIDDLEWARE = base

@@ -288,4 +288,11 @@ def test_install_adds_and_chains_the_hooks(monkeypatch: pytest.MonkeyPatch) -> N
     fresh: dict[str, Any] = {}
     hooks.install(fresh)
     assert fresh == {"post_fork": hooks.post_fork, "worker_exit": hooks.worker_exit,
-                     "child_exit": hooks.child_exit}
+                     "child_exit": hooks.child_exit,
+                     "post_worker_init": hooks.post_worker_init}
+    # a post_worker_init of the user's runs after ours (which refuses block in event loops)
+    calls.clear()
+    mine: dict[str, Any] = {"post_worker_init": lambda worker: calls.append("user init")}
+    hooks.install(mine)
+    mine["post_worker_init"](object())  # a sync-like worker: ours lets it through
+    assert calls == ["user init"]

@@ -16,13 +16,13 @@ dependencies of ``collector``: install them with your app.
 Shared here: :func:`add_fields` (fields for the current request's record,
 from any thread, greenlet or asyncio task handling it),
 :class:`HttpRecordOptions` (every option, documented there),
-:data:`DEFAULT_FIELDS` (the record, documented in :mod:`._core`) and
+:data:`DEFAULT_FIELDS` (the record, documented in :mod:`._recorder`) and
 :func:`default_analytics` (the process's shared client, made on first use).
 Nothing here raises into the app: see :meth:`Recorder.stats` (``stats()``
 on each middleware) for what was dropped or failed.
 """
 
-from ._core import (
+from ._recorder import (
     ALL_FIELDS,
     DEFAULT_FIELDS,
     HttpRecordOptions,

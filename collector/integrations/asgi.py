@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter_ns, time
 from typing import TYPE_CHECKING, Any
 
-from ._core import _CURRENT, Recorder, check_policy, options_from
+from ._recorder import _CURRENT, Recorder, check_policy, options_from
 
 if TYPE_CHECKING:
     from .._client import Analytics
@@ -209,7 +209,7 @@ class AnalyticsMiddleware:
                 "request_id": request_id,
             }
         except Exception as exc:
-            rec.count("errors", exc, "the request's record could not be built")
+            rec.build_failed(exc)
             return
         rec.emit(record, added, scope)
 

@@ -40,7 +40,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.utils.functional import empty
 from django.utils.module_loading import import_string
 
-from ._core import _CURRENT, Recorder, check_policy, options_from
+from ._recorder import _CURRENT, Recorder, check_policy, options_from
 
 __all__ = ["AnalyticsMiddleware", "loaded_user_id"]
 
@@ -192,7 +192,7 @@ class AnalyticsMiddleware:
                 "request_id": rec.request_id(meta.get(self._id_key)) if self._id_key else None,
             }
         except Exception as exc:
-            rec.count("errors", exc, "the request's record could not be built")
+            rec.build_failed(exc)
             return
         rec.emit(record, added, request)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns, time
 from typing import TYPE_CHECKING, Any
 
-from ._core import _CURRENT, Recorder, options_from
+from ._recorder import _CURRENT, Recorder, options_from
 
 if TYPE_CHECKING:
     from .._client import Analytics
@@ -230,4 +230,4 @@ class _Body:
         try:
             self.mw._finish(self)
         except Exception as exc:  # never into the server or the app
-            self.mw.recorder.count("errors", exc, "the request's record could not be built")
+            self.mw.recorder.build_failed(exc)

@@ -34,7 +34,6 @@ last and win over these.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import random
 import threading
@@ -44,13 +43,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .._logkv import RateLimited
+from ..common.log import RateLimited, get_logger
 from ..config import CollectorConfig, ConfigError, load_config
 
 if TYPE_CHECKING:
     from .._client import Analytics
 
-log = logging.getLogger("collector.integrations")
+log = get_logger("collector.integrations")
 
 DEFAULT_FIELDS: tuple[str, ...] = (
     "timestamp", "method", "route", "path", "status", "duration_us", "request_bytes",
@@ -252,7 +251,7 @@ class Recorder:
         self.id_header = options.request_id_header
         self._lock = threading.Lock()
         self._counts = {"dropped": 0, "errors": 0, "hook_errors": 0}
-        self._limiter = RateLimited(_LOG_EVERY_S)
+        self._limiter = RateLimited(_LOG_EVERY_S, log)
 
     @property
     def analytics(self) -> Analytics:
@@ -289,7 +288,8 @@ class Recorder:
         try:
             return self.user_id(request)  # type: ignore[misc]
         except Exception as exc:
-            self.count("hook_errors", exc, "the user_id hook raised")
+            self.count("hook_errors", exc, "The user_id hook raised; the record has no "
+                       "user_id.")
             return None
 
     def emit(self, record: dict[str, Any], added: dict[str, Any] | None, request: Any) -> None:
@@ -309,19 +309,23 @@ class Recorder:
                     return
                 record = built if type(built) is dict else dict(built)
             if not self._record_hit(record):
-                self.count("dropped", None, "the record was dropped (ring full, no ring, "
-                            "or the client is stopped)")
+                self.count("dropped", None, "A request's record was dropped (ring full, no "
+                           "ring, or the client stopped); the request is unaffected.")
         except Exception as exc:
-            self.count("errors", exc, "the request's record could not be sent")
+            self.count("errors", exc, "A request's record could not be sent; the request "
+                       "is unaffected.")
 
     def count(self, kind: str, exc: BaseException | None, what: str) -> None:
+        """Count one ``kind`` of failure; log it at most once a minute per kind."""
         with self._lock:
             self._counts[kind] += 1
             total = self._counts[kind]
-            held = self._limiter.hit(kind)
-        if held is not None:
-            log.warning("%s; the request is unaffected kind=%s total=%d "
-                        "suppressed_since_last=%d error=%r", what, kind, total, held, exc)
+        self._limiter.warning(kind, what, kind=kind, total=total, error=exc)
+
+    def build_failed(self, exc: BaseException) -> None:
+        """The middleware could not build the record (counted as ``errors``)."""
+        self.count("errors", exc, "A request's record could not be built; the request "
+                   "is unaffected.")
 
     def stats(self) -> dict[str, int]:
         """Counts in this process: ``dropped`` (record_hit said no), ``errors``, ``hook_errors``."""
