@@ -13,17 +13,18 @@ for one. ::
     its embedded ``redis-server`` (unix socket, append-only file, all in a
     0700 temporary directory) draining a private rings directory, and
     ``collector-pump`` writing every record into a JSON Lines file sink.
-    While it runs, ``COLLECTOR_CONFIG`` names its config, so
-    ``Analytics.from_config()`` and the middlewares' shared client
-    (:func:`collector.integrations.default_analytics`, reset when the
-    pipeline starts) record into it, in this process and in any subprocess
-    that inherits the environment (a gunicorn you start: ``pipeline.env``).
-    At the end both are stopped with SIGTERM (the daemon drains every ring first).
+    An app in a subprocess records into it with ``pipeline.env`` (its
+    ``COLLECTOR_CONFIG``: a gunicorn you start). At the end both are
+    stopped with SIGTERM (the daemon drains every ring first).
 ``collected`` (function scope)
     A :class:`Collected` view of the records the sink received since the
     test started. ``collected.wait_for(n, timeout_s=5, where=...)`` waits
     until ``n`` matching records arrived and returns them;
-    ``collected.records`` is what arrived so far.
+    ``collected.records`` is what arrived so far. During the test
+    ``COLLECTOR_CONFIG`` names the pipeline's config, so
+    ``Analytics.from_config()`` and the middlewares' shared client
+    (:func:`collector.integrations.default_analytics`, made anew for the
+    test) record into it; other tests of the session are left alone.
 
 The pipeline is shared by the session, so a record a previous test left
 in flight can still arrive during the next one: give each test's requests
@@ -250,25 +251,27 @@ class Collected:
 @pytest.fixture(scope="session")
 def collector_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """A private daemon + embedded Redis + pump with a file sink for the session."""
-    from .integrations import reset_default_analytics
-
     pipeline = Pipeline(tmp_path_factory.mktemp("collector-pipeline"))
-    saved = os.environ.get("COLLECTOR_CONFIG")
     try:
-        pipeline.start()
-        os.environ["COLLECTOR_CONFIG"] = str(pipeline.config_path)
-        reset_default_analytics()
-        yield pipeline
+        yield pipeline.start()
     finally:
-        reset_default_analytics()  # closes this process's ring: the daemon drains it
-        if saved is None:
-            os.environ.pop("COLLECTOR_CONFIG", None)
-        else:
-            os.environ["COLLECTOR_CONFIG"] = saved
         pipeline.stop()
 
 
 @pytest.fixture
-def collected(collector_pipeline: Pipeline) -> Collected:
-    """The records delivered since this test started; ``wait_for(n, timeout_s=5)``."""
-    return Collected(collector_pipeline)
+def collected(collector_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[Collected]:
+    """The records delivered since this test started; ``wait_for(n, timeout_s=5)``.
+
+    For the test's duration ``COLLECTOR_CONFIG`` names the pipeline's config
+    and the middlewares' shared client is made anew from it; at the end that
+    client is stopped (its ring closed: the daemon drains and removes it).
+    """
+    from .integrations import reset_default_analytics
+
+    monkeypatch.setenv("COLLECTOR_CONFIG", str(collector_pipeline.config_path))
+    reset_default_analytics()
+    try:
+        yield Collected(collector_pipeline)
+    finally:
+        reset_default_analytics()

@@ -121,6 +121,14 @@ def default_analytics() -> Analytics:
     return client
 
 
+def _shared_record_hit(record: Mapping[str, Any]) -> bool:
+    # looked up per call, so a reset (tests) takes effect in every middleware
+    client = _default
+    if client is None:
+        client = default_analytics()
+    return client.record_hit(record)
+
+
 def reset_default_analytics() -> None:
     """Stop and forget the shared client; the next request makes a new one (tests)."""
     global _default
@@ -232,7 +240,7 @@ class Recorder:
         self.options = options
         self._analytics = analytics
         self._record_hit: Callable[[Mapping[str, Any]], bool] = (
-            analytics.record_hit if analytics is not None else self._first_record_hit)
+            analytics.record_hit if analytics is not None else _shared_record_hit)
         keep = options.fields
         self.keep: tuple[str, ...] | None = None if keep == DEFAULT_FIELDS else keep
         self.want_pid = "pid" in keep
@@ -244,6 +252,8 @@ class Recorder:
         self._skip_exact = frozenset(exact)
         self._skip_prefix = tuple(p[:-1] for p in options.skip_paths if p.endswith("*"))
         self._rate = options.sample_rate
+        # nothing to decide per request: the middlewares skip wants()
+        self.record_all = not options.skip_paths and options.sample_rate >= 1.0
         self._random = random.random
         self.ip_header = options.client_ip_header
         self._proxies = options.trusted_proxies
@@ -256,12 +266,6 @@ class Recorder:
     @property
     def analytics(self) -> Analytics:
         return self._analytics if self._analytics is not None else default_analytics()
-
-    def _first_record_hit(self, record: Mapping[str, Any]) -> bool:
-        client = default_analytics()
-        self._analytics = client
-        self._record_hit = client.record_hit
-        return client.record_hit(record)
 
     def wants(self, path: str) -> bool:
         """Record this request? (skip paths, then sampling)"""

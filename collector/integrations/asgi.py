@@ -85,12 +85,13 @@ class AnalyticsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        rec = self.recorder
         if kind == "http":
-            if not self.recorder.wants(scope.get("path", "")):
+            if not rec.record_all and not rec.wants(scope.get("path", "")):
                 return await self.app(scope, receive, send)
             return await self._http(scope, receive, send)
         if kind == "websocket":
-            if not self.recorder.wants(scope.get("path", "")):
+            if not rec.record_all and not rec.wants(scope.get("path", "")):
                 return await self.app(scope, receive, send)
             return await self._websocket(scope, receive, send)
         return await self.app(scope, receive, send)

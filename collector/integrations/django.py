@@ -92,7 +92,7 @@ class AnalyticsMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._acall(request)
-        if not self.recorder.wants(request.path_info):
+        if not self.recorder.record_all and not self.recorder.wants(request.path_info):
             return self.get_response(request)
         ts, t0 = time(), perf_counter_ns()
         added: dict[str, Any] = {}
@@ -106,7 +106,7 @@ class AnalyticsMiddleware:
         return self._watch(request, response, ts, t0, added, token)
 
     async def _acall(self, request: HttpRequest) -> Any:
-        if not self.recorder.wants(request.path_info):
+        if not self.recorder.record_all and not self.recorder.wants(request.path_info):
             return await self.get_response(request)
         ts, t0 = time(), perf_counter_ns()
         added: dict[str, Any] = {}

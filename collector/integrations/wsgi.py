@@ -67,7 +67,7 @@ class AnalyticsMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
         rec = self.recorder
-        if not rec.wants(environ.get("PATH_INFO", "")):
+        if not rec.record_all and not rec.wants(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         ts = time()
         t0 = perf_counter_ns()
@@ -88,8 +88,9 @@ class AnalyticsMiddleware:
 
             return counting_write
 
-        length = environ.get("CONTENT_LENGTH")
-        if not length and environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        encoding = environ.get("HTTP_TRANSFER_ENCODING")
+        if encoding is not None and encoding.lower() == "chunked" and \
+                not environ.get("CONTENT_LENGTH"):
             environ["wsgi.input"] = body.input = _CountingInput(environ["wsgi.input"])
         try:
             inner = self.app(environ, sr)
@@ -98,7 +99,7 @@ class AnalyticsMiddleware:
                 body.status = "500"
             body.finish()
             raise
-        wrapper = environ.get("wsgi.file_wrapper")
+        wrapper = environ.get("wsgi.file_wrapper") if type(inner) is not list else None
         if wrapper is not None and isinstance(wrapper, type) and isinstance(inner, wrapper):
             body.sent = _content_length(body.headers)
             body.finish()
