@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,7 +15,7 @@ import redis
 
 from bench._harness import free_port, wait_for
 
-__all__ = ["RedisServer", "free_port", "pg_dsn", "wait_until"]
+__all__ = ["RedisServer", "free_port", "in_threads", "pg_dsn", "wait_until"]
 
 T = TypeVar("T")
 
@@ -30,6 +31,25 @@ def wait_until(cond: Callable[[], T], timeout: float = 30.0, what: str = "condit
         return wait_for(cond, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def in_threads(target: Callable[[int], object], threads: int, timeout: float = 120.0) -> None:
+    """Run ``target(k)`` for k in 0..threads-1 in threads; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            target(k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
 
 
 class RedisServer:

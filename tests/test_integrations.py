@@ -20,7 +20,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +39,8 @@ from collector.integrations import (
 from collector.integrations.asgi import AnalyticsMiddleware as ASGIMiddleware
 from collector.integrations.wsgi import ROUTE_KEY
 from collector.integrations.wsgi import AnalyticsMiddleware as WSGIMiddleware
+
+from ._support import in_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -290,11 +291,7 @@ def test_add_fields_is_per_request_across_threads(ring: Ring) -> None:
         for i in range(25):
             call_wsgi(mw, environ("/", headers={"X-Request-ID": f"{t}-{i}"}))
 
-    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(client, 8, timeout=60)
     recs = ring.records()
     assert len(recs) == 200
     assert all(r["mine"] == r["again"] == r["request_id"] for r in recs)

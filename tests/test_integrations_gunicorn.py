@@ -81,7 +81,7 @@ import yaml
 from collector.pytest_plugin import Collected, Pipeline
 
 from ._example_apps import STUCK_PATH
-from ._support import free_port, wait_until
+from ._support import free_port, in_threads, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DJANGO_DIR = ROOT / "examples" / "django_project"
@@ -216,33 +216,21 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, g: Gunicorn, prefix: str, count: int, threads: int = 4) -> None:
-        errors: list[BaseException] = []
-
         def client(k: int) -> None:
-            try:
-                for i in range(k, count, threads):
-                    rid = f"{prefix}-{i}"
-                    method, path, body = g.case.routes(i)
-                    try:
-                        status, data = request(g.port, method, path, body,
-                                               {"X-Request-ID": rid})
-                    except (OSError, http.client.HTTPException):
-                        with self.lock:
-                            self.failed.add(rid)  # e.g. reset by a worker leaving
-                        continue
-                    assert status in (200, 201), (rid, status, data[:300])
+            for i in range(k, count, threads):
+                rid = f"{prefix}-{i}"
+                method, path, body = g.case.routes(i)
+                try:
+                    status, data = request(g.port, method, path, body, {"X-Request-ID": rid})
+                except (OSError, http.client.HTTPException):
                     with self.lock:
-                        self.answered.add(rid)
-            except BaseException as exc:
-                errors.append(exc)
+                        self.failed.add(rid)  # e.g. reset by a worker leaving
+                    continue
+                assert status in (200, 201), (rid, status, data[:300])
+                with self.lock:
+                    self.answered.add(rid)
 
-        ts = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(180)
-        if errors:
-            raise errors[0]
+        in_threads(client, threads, timeout=180)
 
 
 def case_records(collected: Collected, prefix: str) -> list[dict[str, Any]]:

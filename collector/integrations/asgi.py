@@ -85,18 +85,11 @@ class AnalyticsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            return await self.app(scope, receive, send)
         rec = self.recorder
-        if kind == "http":
-            if not rec.record_all and not rec.wants(scope.get("path", "")):
-                return await self.app(scope, receive, send)
-            return await self._http(scope, receive, send)
-        if kind == "websocket":
-            if not rec.record_all and not rec.wants(scope.get("path", "")):
-                return await self.app(scope, receive, send)
-            return await self._websocket(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not rec.record_all and not rec.wants(scope.get("path", "")):
+            return await self.app(scope, receive, send)
         ts = time()
         t0 = perf_counter_ns()
         root = scope.get("root_path", "")
@@ -110,60 +103,30 @@ class AnalyticsMiddleware:
         async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
-            if message["type"] == "http.request":
+            mtype = message["type"]
+            if mtype == "http.request":
                 received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent, t_end
-            kind = message["type"]
-            if kind == "http.response.body":
-                sent += len(message.get("body", b""))
-                await send(message)
-                if not message.get("more_body", False):
-                    t_end = perf_counter_ns()
-                return
-            if kind == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        except BaseException:
-            if status is None:
-                status = 500
-            raise
-        finally:
-            _CURRENT.reset(token)
-            self._emit(scope, root, scope["method"], status, ts, t0, t_end, received, sent,
-                       added)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ts = time()
-        t0 = perf_counter_ns()
-        root = scope.get("root_path", "")
-        status: int | None = None
-        sent = 0
-        received = 0
-        added: dict[str, Any] = {}
-        token = _CURRENT.set(added)
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "websocket.receive":
+            elif mtype == "websocket.receive":
                 received += _ws_size(message)
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            kind = message["type"]
-            if kind == "websocket.send":
+            nonlocal status, sent, t_end
+            mtype = message["type"]
+            if mtype == "http.response.body":
+                sent += len(message.get("body", b""))
+                await send(message)
+                if not message.get("more_body", False):
+                    t_end = perf_counter_ns()  # the last byte went to the server
+                return
+            if mtype == "http.response.start":
+                status = message["status"]
+            elif mtype == "websocket.send":
                 sent += _ws_size(message)
-            elif kind == "websocket.accept":
+            elif mtype == "websocket.accept":
                 status = 101
-            elif kind == "websocket.close" and status is None:
-                status = 403
+            elif mtype == "websocket.close" and status is None:
+                status = 403  # closed before accepting: the handshake was refused
             await send(message)
 
         try:
@@ -174,7 +137,8 @@ class AnalyticsMiddleware:
             raise
         finally:
             _CURRENT.reset(token)
-            self._emit(scope, root, "WEBSOCKET", status, ts, t0, 0, received, sent, added)
+            method = scope["method"] if kind == "http" else "WEBSOCKET"
+            self._emit(scope, root, method, status, ts, t0, t_end, received, sent, added)
 
     def _emit(self, scope: Scope, root: str, method: str, status: int | None, ts: float,
               t0: int, t_end: int, received: int, sent: int, added: dict[str, Any]) -> None:
