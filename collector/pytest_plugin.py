@@ -111,8 +111,8 @@ class Pipeline:
         self.pump_config_path = self.workdir / "pump.yaml"
         pcfg: dict[str, Any] = {
             "redis_url": f"unix://{self.runtime_dir / 'redis.sock'}",
-            "health_check_address": self.pump_address, "purge_delay": 0.2,
-            "initial_backoff_ms": 20, "max_backoff_ms": 500,
+            "health_address": self.pump_address, "read_block_s": 0.2,
+            "retry_initial_ms": 20, "retry_max_ms": 500,
             "pumps": {"file": {"type": "file", "workers": 1,
                                "meta": {"path": str(self.sink_path), "format": "jsonl",
                                         "fsync": "never"}}},
