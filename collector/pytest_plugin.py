@@ -174,8 +174,9 @@ class Pipeline:
                                      + self.log_tail(log))
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM the daemon (it drains every ring), then the pump; idempotent."""
-        for proc in (self.daemon, self.pump):
+        """SIGTERM the pump (it finishes its batch), then the daemon (it drains every ring
+        into Redis, whose append-only file keeps them); idempotent."""
+        for proc in (self.pump, self.daemon):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)

@@ -41,6 +41,10 @@ def instrument(app: Flask, analytics: Analytics | None = None,
     response, so read what they need from the environ, or use ``add_fields``
     in the view).
     """
+    existing = app.extensions.get("collector")
+    if existing is not None:
+        raise RuntimeError("instrument() was already called for this app: it would record "
+                           "every request twice")
     middleware = AnalyticsMiddleware(app.wsgi_app, analytics, **options)
     app.wsgi_app = middleware  # type: ignore[method-assign]
     # first, so a before_request hook that answers early (a 401) still has its route
