@@ -1,0 +1,163 @@
+"""The test kit: real servers and real collector processes for tests and benchmarks.
+
+Used by this project's ``tests/`` and ``bench/``, and meant for an
+application's own tests too. Everything here starts real programs on free
+loopback ports in a directory the caller gives (a pytest ``tmp_path``),
+captures their output in a log file and stops them again; nothing is a
+mock. Waiting is always on a condition with a deadline. Importing this
+package imports neither pytest nor any sink driver.
+
+Waiting and ports
+    :func:`wait_until` ``(cond, timeout, what)`` polls until ``cond()`` is
+    truthy and returns its value; :class:`WaitTimeout` (an
+    ``AssertionError`` and a ``TimeoutError``) names ``what`` otherwise.
+    :func:`free_port`.
+
+Redis
+    :class:`RedisServer` ``(workdir, appendonly=True, appendfsync=...,
+    password=None, tls=None)``: a private ``redis-server``; ``start()``,
+    ``kill()`` (``kill -9``), ``stop()`` (graceful), ``restart()``, ``url``,
+    ``client()``. :func:`make_tls_files` makes a CA and a server
+    certificate for 127.0.0.1 with ``openssl`` (``tls=``), :func:`make_ca`
+    another CA (a certificate that must be refused).
+
+collector-daemon, collector-pump, gunicorn
+    :meth:`Daemon.write` ``(workdir, redis_url, **keys)`` writes
+    ``collector.yaml`` (rings and runtime directories in ``workdir``, a
+    free health port, the short intervals of :data:`QUICK_DAEMON`) and
+    returns the :class:`Daemon`; :meth:`Pump.write` ``(workdir, redis_url,
+    pumps, **keys)`` does the same for ``pump.yaml`` (:data:`QUICK_PUMP`).
+    ``start()`` waits for ``/readyz`` (daemon) or ``/healthz`` (pump) and
+    fails at once with the end of the log if the process exits; then
+    ``get()``, ``readyz()``, ``metrics()``, ``log_text()``, ``signal()``,
+    ``wait()``, ``stop()`` (SIGTERM, bounded), ``kill_all()`` (``kill -9``
+    of the whole process tree), ``close()`` (teardown),
+    ``Daemon.flusher_pids()``, ``Pump.workers(sink)``. Services run in
+    their own session with ``COLLECTOR_*`` variables removed from their
+    environment (pass ``env=`` for the ones a test means).
+    :class:`Gunicorn` ``(app, log=..., workers=2, config=...)`` serves a
+    WSGI app on a free port. :func:`write_config`, :func:`http_get`,
+    :func:`kill_tree`, :func:`pg_dsn` (``$COLLECTOR_TEST_PG_DSN``).
+
+Records and accounting
+    :func:`authz_record` ``(producer, seq)``: a deterministic ~450-byte
+    authorization record with ``producer`` and ``seq`` in it;
+    :func:`record_key` gives ``(producer, seq)`` back from what a sink
+    stored. :func:`account` ``(seen, expected)`` counts arrivals by id
+    (a ``Counter`` or the ids themselves) into an :class:`Accounting`:
+    ``lost``, ``unexpected``, ``duplicated``; :func:`producer_ids` is the
+    expected set of ``n`` producers x ``count`` records.
+    :class:`Producers` ``.ring(rings_dir, n, count)`` / ``.analytics(config,
+    n, count)``: spawned producer processes writing those records into
+    rings directly or through ``collector.Analytics``.
+    :func:`jsonl_records` / :func:`jsonl_lines` read a file sink's output.
+
+The stream
+    :func:`fill_stream` XADDs records as the daemon would;
+    :func:`stream_records` decodes them back with their record ids,
+    :func:`tally_stream` counts :func:`authz_record` records by
+    ``(producer, seq)`` checking their contents, :func:`stream_record_count`
+    sums the entries' ``n``; :func:`group_lags` is every consumer group's
+    backlog (undelivered plus pending) by the pump's own ``group_lag``.
+
+Sink peers
+    :class:`HttpPeer` (the ``http`` sink's receiver: ok, 4xx, 5xx,
+    ``Retry-After``, stall), :class:`SyslogPeer` (UDP, TCP, unix; RFC 5424
+    parsed), :class:`MongoPeer` (the MongoDB wire protocol through
+    ``mockupdb``, from the ``test`` extra), :class:`SilentTcpServer`.
+
+Example::
+
+    from collector.testing import Daemon, RedisServer, Producers, account, \\
+        producer_ids, stream_record_count, tally_stream, wait_until
+
+    redis = RedisServer(tmp_path / "redis").start()
+    daemon = Daemon.write(tmp_path, redis.url).start()
+    try:
+        Producers.ring(tmp_path / "rings", 2, 1000).start().join()
+        client = redis.client()
+        wait_until(lambda: stream_record_count(client) >= 2000, 30, "every record")
+        assert account(tally_stream(client), producer_ids(2, 1000)).ok
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+        redis.kill()
+"""
+
+from ._http_peer import HttpPeer
+from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
+from ._process import (
+    Service,
+    clean_environ,
+    console_script,
+    http_get,
+    kill_tree,
+    pg_dsn,
+    write_config,
+)
+from ._producers import Producers, record_through_analytics, write_ring
+from ._records import (
+    Accounting,
+    account,
+    authz_record,
+    jsonl_lines,
+    jsonl_records,
+    producer_ids,
+    record_key,
+)
+from ._redis_server import RedisServer, TlsFiles, make_ca, make_tls_files
+from ._services import QUICK_DAEMON, QUICK_PUMP, Daemon, Gunicorn, Pump
+from ._streams import (
+    StreamRecord,
+    fill_stream,
+    group_lags,
+    stream_entries,
+    stream_record_count,
+    stream_records,
+    tally_stream,
+)
+from ._wait import WaitTimeout, free_port, wait_until
+
+__all__ = [
+    "QUICK_DAEMON",
+    "QUICK_PUMP",
+    "Accounting",
+    "Daemon",
+    "Gunicorn",
+    "HttpPeer",
+    "MongoPeer",
+    "Producers",
+    "Pump",
+    "RedisServer",
+    "Service",
+    "SilentTcpServer",
+    "StreamRecord",
+    "SyslogPeer",
+    "TlsFiles",
+    "WaitTimeout",
+    "account",
+    "authz_record",
+    "clean_environ",
+    "console_script",
+    "fill_stream",
+    "free_port",
+    "group_lags",
+    "http_get",
+    "jsonl_lines",
+    "jsonl_records",
+    "kill_tree",
+    "make_ca",
+    "make_tls_files",
+    "parse_rfc5424",
+    "pg_dsn",
+    "producer_ids",
+    "record_key",
+    "record_through_analytics",
+    "stream_entries",
+    "stream_record_count",
+    "stream_records",
+    "tally_stream",
+    "wait_until",
+    "write_config",
+    "write_ring",
+]
