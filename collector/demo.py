@@ -17,50 +17,16 @@ duplicated. Exit status 0 only when nothing was lost.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def authz_record(producer: int, seq: int) -> dict[str, Any]:
-    """A ~450-byte authorization record shaped like the seed's."""
-    user = ("alice", "bob", "peter", "ken")[seq % 4]
-    allowed = seq % 3 != 0
-    return {
-        "timestamp": time.time(),
-        "username": user,
-        "effect": "allow" if allowed else "deny",
-        "conclusion": "policies matched" if allowed else "no policy allowed the request",
-        "request": json.dumps({
-            "subject": f"users:{user}", "action": "delete",
-            "resource": "resources:articles:ladon-introduction",
-            "context": {"remoteIP": "127.0.0.1", "producer": producer},
-        }),
-        "policies": json.dumps([{"id": "68819e5a-738b-41ec-b03c-b58a1b19d043",
-                                 "effect": "allow", "subjects": ["users:<peter|ken>"]}]),
-        "deciders": json.dumps([{"id": "68819e5a-738b-41ec-b03c-b58a1b19d043"}]),
-        "request_id": f"{producer:02d}-{seq:09d}",
-        "latency_us": 87 + seq % 50,
-        "producer": producer,
-        "seq": seq,
-    }
+from collector.testing import Daemon, Pump, authz_record, jsonl_lines, jsonl_records, record_key
 
 
 def _producer(idx: int, collector_yaml: str, count: int, rate: float, out: Any) -> None:
@@ -71,7 +37,7 @@ def _producer(idx: int, collector_yaml: str, count: int, rate: float, out: Any) 
     analytics.start()
     start = time.monotonic()
     for seq in range(count):
-        if analytics.record_hit(authz_record(idx, seq)):
+        if analytics.record_hit(authz_record(idx, seq, timestamp=time.time())):
             sent += 1
         else:
             dropped += 1
@@ -82,32 +48,6 @@ def _producer(idx: int, collector_yaml: str, count: int, rate: float, out: Any) 
     analytics.stop()
     out.send((sent, dropped, start, time.monotonic()))
     out.close()
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _count_lines(path: Path) -> int:
-    total = 0
-    for f in sorted(path.parent.glob(path.name + "*")) if path.parent.exists() else []:
-        with open(f, "rb") as fh:
-            total += sum(1 for _ in fh)
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,37 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="collector-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
-    bindir = Path(sys.executable).parent
-    daemon_port, pump_port = _free_port(), _free_port()
-    collector_yaml = workdir / "collector.yaml"
-    collector_yaml.write_text(yaml.safe_dump({
-        "rings_dir": str(workdir / "rings"),
-        "runtime_dir": str(workdir / "run"),
-        "health_address": f"127.0.0.1:{daemon_port}",
-        "pool_size": 2,
-    }))
-    sink_path = workdir / "out" / "analytics.jsonl"
-    pump_yaml = workdir / "pump.yaml"
-    pump_yaml.write_text(yaml.safe_dump({
-        "redis_url": f"unix://{workdir / 'run' / 'redis.sock'}",
-        "health_address": f"127.0.0.1:{pump_port}",
-        "pumps": {"file": {"workers": 1, "meta": {"path": str(sink_path), "format": "jsonl"}}},
-    }))
-    print(f"demo: working directory {workdir}")
     logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
-    daemon = subprocess.Popen([str(bindir / "collector-daemon"), "--config", str(collector_yaml)],
-                              stdout=open(logs / "daemon.log", "wb"), stderr=subprocess.STDOUT)
-    pump = None
+    # no redis_url: the daemon runs its own redis-server on a unix socket in run/
+    daemon = Daemon.write(workdir, None, base={}, pool_size=2, log=logs / "daemon.log")
+    collector_yaml = daemon.config
+    sink_path = workdir / "out" / "analytics.jsonl"
+    pump = Pump.write(workdir, f"unix://{workdir / 'run' / 'redis.sock'}", {
+        "file": {"workers": 1, "meta": {"path": str(sink_path), "format": "jsonl"}}},
+        base={}, log=logs / "pump.log")
+    print(f"demo: working directory {workdir}")
     try:
-        _wait(lambda: _get(f"http://127.0.0.1:{daemon_port}/readyz")[0] == 200, 60,
-              "collector-daemon to be ready (see logs/daemon.log)")
-        print(f"demo: collector-daemon ready on 127.0.0.1:{daemon_port} (private redis-server)")
-        pump = subprocess.Popen([str(bindir / "collector-pump"), "--config", str(pump_yaml)],
-                                stdout=open(logs / "pump.log", "wb"), stderr=subprocess.STDOUT)
-        _wait(lambda: _get(f"http://127.0.0.1:{pump_port}/healthz")[0] == 200, 60,
-              "collector-pump to be healthy (see logs/pump.log)")
-        print(f"demo: collector-pump healthy on 127.0.0.1:{pump_port}, sink {sink_path}")
+        try:
+            daemon.start(timeout=60)
+            print(f"demo: collector-daemon ready on {daemon.address} (private redis-server)")
+            pump.start(timeout=60)
+        except AssertionError as exc:  # it exited, or did not answer in time
+            raise SystemExit(f"demo: {exc}") from None
+        print(f"demo: collector-pump healthy on {pump.address}, sink {sink_path}")
 
         ctx = mp.get_context("spawn")
         pipes, procs = [], []
@@ -170,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def progress() -> None:
             nonlocal last
-            delivered = _count_lines(sink_path)
+            delivered = jsonl_lines(sink_path)
             print(f"demo: {time.monotonic() - t0:6.1f}s delivered {delivered:>9,} "
                   f"(+{delivered - last:,} in the last second into the file sink)")
             last = delivered
@@ -189,19 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             p.join()
         deadline = time.monotonic() + 300
         next_report = time.monotonic() + 1.0
-        while _count_lines(sink_path) < sent and time.monotonic() < deadline:
+        while jsonl_lines(sink_path) < sent and time.monotonic() < deadline:
             time.sleep(0.05)
             if time.monotonic() >= next_report:
                 progress()
                 next_report += 1.0
         done_at = time.monotonic()
-        seen: dict[tuple[int, int], int] = {}
-        for f in sorted(sink_path.parent.glob(sink_path.name + "*")):
-            with open(f, "rb") as fh:
-                for line in fh:
-                    rec = json.loads(line)
-                    key = (rec["producer"], rec["seq"])
-                    seen[key] = seen.get(key, 0) + 1
+        seen = Counter(record_key(rec) for rec in jsonl_records(sink_path))
         duplicated = sum(c - 1 for c in seen.values() if c > 1)
         delivered = len(seen)
         lost = sent - delivered
@@ -213,15 +133,10 @@ def main(argv: list[str] | None = None) -> int:
               f"lost {lost:,}  duplicated {duplicated:,}")
         return 0 if lost == 0 else 1
     finally:
-        for proc in (pump, daemon):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (pump, daemon):
-            if proc is not None:
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        pump.stop(60)
+        daemon.stop(60)
+        pump.close()
+        daemon.close()
         print(f"demo: stopped pump and daemon; logs in {logs}")
 
 

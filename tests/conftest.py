@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ._support import RedisServer
+from collector.testing import RedisServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Test-only helpers for the pump tests, and a sink workers import via ``plugins:``.
+"""A sink the pump's workers import via ``plugins:``, and the pump tests' records.
 
 ``testjsonl`` appends one JSON line per record (``{"id", "seq", "pid"}``) to
 ``path`` with a single O_APPEND write per batch, so records written by many
@@ -18,20 +18,15 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
 import redis
-import yaml
 
-from collector.common.stream import encode_entry
+from collector.testing import fill_stream, jsonl_records
 from pump.sinks import (
     Batch,
     PermanentError,
@@ -43,7 +38,6 @@ from pump.sinks import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PUMP = ROOT / ".venv" / "bin" / "collector-pump"
 
 
 class TestJsonlConfig(SinkConfig):
@@ -118,9 +112,10 @@ class TestJsonlSink(Sink):
             self.fd = None
 
 
-# -- producing and counting ------------------------------------------------------
+# -- records with known fields, and counting the sink's lines -----------------------
 
 def make_record(seq: int, **extra: Any) -> bytes:
+    """The msgpack record ``seq`` the pump tests filter and count (fields they assert on)."""
     rec = {"seq": seq, "timestamp": 1700000000 + seq, "username": f"user{seq % 7}",
            "effect": "allow", "conclusion": "ok", "request": "{}",
            "policies": "p1,p2", "deciders": "d1"}
@@ -128,51 +123,11 @@ def make_record(seq: int, **extra: Any) -> bytes:
     return msgpack.packb(rec, use_bin_type=True)
 
 
-def produce(r: redis.Redis, n: int, *, key: str = "collector:analytics", per_entry: int = 100,
-            start: int = 0, ring: str = "a" * 32, **extra: Any) -> list[int]:
-    """XADD ``n`` records with seq start..start+n-1, ``per_entry`` per entry."""
-    pipe = r.pipeline(transaction=False)
-    for first in range(start, start + n, per_entry):
-        recs = [make_record(s, **extra) for s in range(first, min(first + per_entry, start + n))]
-        pipe.xadd(key, encode_entry(ring, first, recs))
-    pipe.execute()
-    return list(range(start, start + n))
+def produce(r: redis.Redis, n: int, **kw: Any) -> list[int]:
+    """:func:`collector.testing.fill_stream` of :func:`make_record` records."""
+    return fill_stream(r, n, record=make_record, **kw)
 
 
-def count_jsonl(path: Path, key: str = "seq") -> collections.Counter[int]:
-    counts: collections.Counter[int] = collections.Counter()
-    if not path.exists():
-        return counts
-    for line in path.read_bytes().splitlines():
-        if line.strip():
-            counts[json.loads(line)[key]] += 1
-    return counts
-
-
-def lost_and_duplicated(counts: collections.Counter[int], expected: list[int]) -> tuple[int, int]:
-    lost = sum(1 for s in expected if counts.get(s, 0) == 0)
-    dups = sum(c - 1 for c in counts.values() if c > 1)
-    return lost, dups
-
-
-def write_config(path: Path, **config: Any) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def start_pump(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    exe = str(PUMP) if PUMP.exists() else sys.executable
-    args = [exe, "--config", str(config)] if PUMP.exists() else [
-        exe, "-m", "pump.cli", "--config", str(config)]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab"), start_new_session=True)
+def count_jsonl(path: Path, key: str = "seq") -> collections.Counter[Any]:
+    """Lines of a ``testjsonl`` (or file sink) output counted by ``key``."""
+    return collections.Counter(rec[key] for rec in jsonl_records(path))

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench import chaos
-
-from ._support import pg_dsn
+from collector.testing import pg_dsn
 
 
 @pytest.mark.slow

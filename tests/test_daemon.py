@@ -15,26 +15,35 @@ from pathlib import Path
 import psutil
 import redis
 
-from tests import _daemon_helpers as H
-from tests._support import RedisServer, wait_until
+from collector.common.stream import shard_keys
+from collector.testing import (
+    Daemon,
+    Producers,
+    RedisServer,
+    account,
+    producer_ids,
+    stream_record_count,
+    tally_stream,
+    wait_until,
+)
+
+KEY = "collector:analytics"
 
 
 def test_end_to_end_4_producers_x_100k(tmp_path: Path, rings_dir: Path,
                                        redis_server: RedisServer) -> None:
     n, count = 4, 100_000
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
-        H.join_all(H.start_producers(rings_dir, n, count))
+        Producers.ring(rings_dir, n, count).start().join()
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= n * count, 120, "every record in Redis")
-        seen = H.count_records(client)  # also checks every record decodes to what was sent
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"end to end: sent={n * count} received={sum(seen.values())} "
-              f"lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        wait_until(lambda: stream_record_count(client) >= n * count, 120, "every record in Redis")
+        seen = tally_stream(client)  # also checks every record decodes to what was sent
+        acc = account(seen, producer_ids(n, count))
+        print(f"end to end: sent={n * count} received={sum(seen.values())} {acc}")
+        assert acc.ok
         # Finished (closed) producers: their rings are removed once drained.
-        wait_until(lambda: not H.ring_files(rings_dir), 30, "drained rings removed")
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 30, "drained rings removed")
         m = daemon.metrics()
         assert m["collector_daemon_records_written_total"] == n * count
         assert m["collector_daemon_rings_removed_total"] == n
@@ -47,23 +56,18 @@ def test_the_same_config_file_drives_analytics_and_the_daemon(
         tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
     """collector.Analytics.from_config(file) in 2 processes -> collector-daemon --config file."""
     n, count = 2, 20_000
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, full_policy="block",
-                        block_timeout_ms=5_000, ring_capacity_bytes=1 << 20)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, full_policy="block",
+                          block_timeout_ms=5_000, ring_capacity_bytes=1 << 20).start()
     try:
-        drops = [H.CTX.Value("q", -1) for _ in range(n)]
-        procs = [H.CTX.Process(target=H.produce_with_analytics,
-                               args=(str(cfg), p, count, drops[p])) for p in range(n)]
-        for p in procs:
-            p.start()
-        H.join_all(procs)
-        assert [d.value for d in drops] == [0] * n
+        producers = Producers.analytics(daemon.config, n, count).start()
+        producers.join()
+        assert [d.value for d in producers.drops] == [0] * n
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
-        print(f"Analytics -> daemon: lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
-        wait_until(lambda: not H.ring_files(rings_dir), 30, "stopped clients' rings removed")
+        wait_until(lambda: stream_record_count(client) >= n * count, 60, "every record")
+        acc = account(tally_stream(client), producer_ids(n, count))
+        print(f"Analytics -> daemon: {acc}")
+        assert acc.ok
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 30, "stopped clients' rings removed")
         assert daemon.stop() == 0
     finally:
         daemon.close()
@@ -72,34 +76,33 @@ def test_the_same_config_file_drives_analytics_and_the_daemon(
 def test_graceful_stop_mid_load_loses_nothing(tmp_path: Path, rings_dir: Path,
                                               redis_server: RedisServer) -> None:
     n, count = 3, 40_000
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir)
     client = redis_server.client()
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
+    cfg = daemon.config
     try:
-        procs = H.start_producers(rings_dir, n, count, pace_every=200, pace_s=0.01)
-        wait_until(lambda: H.total_in_stream(client) > 5_000, 60, "the load to be flowing")
+        procs = Producers.ring(rings_dir, n, count, pace=(200, 0.01)).start()
+        wait_until(lambda: stream_record_count(client) > 5_000, 60, "the load to be flowing")
         assert daemon.stop() == 0  # SIGTERM: drains every ring, exits 0
         assert "collector-daemon stopped." in daemon.log_text()
-        before = H.total_in_stream(client)
+        before = stream_record_count(client)
         # Producers keep writing while no daemon runs; the next start sends it all.
-        daemon = H.Daemon(cfg, tmp_path / "daemon2.log").start()
-        H.join_all(procs)
-        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
-        seen = H.count_records(client)
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"graceful stop: in Redis at stop={before} lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        daemon = Daemon(cfg, log=tmp_path / "daemon2.log").start()
+        procs.join()
+        wait_until(lambda: stream_record_count(client) >= n * count, 60, "every record")
+        seen = tally_stream(client)
+        acc = account(seen, producer_ids(n, count))
+        print(f"graceful stop: in Redis at stop={before} {acc}")
+        assert acc.ok
         assert daemon.stop() == 0
     finally:
         daemon.close()
 
 
 def test_http_endpoints(tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=2),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=2).start()
     try:
-        H.join_all(H.start_producers(rings_dir, 1, 2_000))
-        wait_until(lambda: H.total_in_stream(redis_server.client()) >= 2_000, 30, "records")
+        Producers.ring(rings_dir, 1, 2_000).start().join()
+        wait_until(lambda: stream_record_count(redis_server.client()) >= 2_000, 30, "records")
         code, body = daemon.get("/healthz")
         assert (code, json.loads(body)) == (200, {"status": "ok"})
         code, detail = daemon.readyz()
@@ -131,10 +134,9 @@ def test_http_endpoints(tmp_path: Path, rings_dir: Path, redis_server: RedisServ
 def test_ring_fill_is_reported_per_ring(tmp_path: Path, rings_dir: Path,
                                         redis_server: RedisServer) -> None:
     """A live producer's ring shows in /metrics; nothing is sent past the budget."""
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir,
-                                    max_backlog_entries=1, batch_size=10),
-                      tmp_path / "daemon.log").start()
-    procs = H.start_producers(rings_dir, 1, 500, close=False)
+    daemon = Daemon.write(tmp_path, redis_server.url, max_backlog_entries=1,
+                          batch_size=10).start()
+    procs = Producers.ring(rings_dir, 1, 500, close=False).start()
     try:
         def pending() -> float:
             return sum(v for k, v in daemon.metrics().items()
@@ -143,26 +145,24 @@ def test_ring_fill_is_reported_per_ring(tmp_path: Path, rings_dir: Path,
         assert any(k.startswith("collector_daemon_ring_fill_ratio{ring=")
                    for k in daemon.metrics())
     finally:
-        for p in procs:
-            p.kill()
+        procs.kill()
         daemon.close()
 
 
 def test_embedded_redis_mode(tmp_path: Path, rings_dir: Path) -> None:
     """No redis_url: the daemon runs its own redis-server on a private unix socket."""
     run = tmp_path / "run"
-    cfg = H.base_config(tmp_path, None, rings_dir)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, None).start()
     try:
         sock = run / "redis.sock"
         assert stat.S_IMODE(run.stat().st_mode) == 0o700
         assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
-        H.join_all(H.start_producers(rings_dir, 2, 5_000))
+        Producers.ring(rings_dir, 2, 5_000).start().join()
         client = redis.Redis(unix_socket_path=str(sock))
-        wait_until(lambda: H.total_in_stream(client) >= 10_000, 60, "every record")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 2, 5_000)
-        print(f"embedded redis: lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        wait_until(lambda: stream_record_count(client) >= 10_000, 60, "every record")
+        acc = account(tally_stream(client), producer_ids(2, 5_000))
+        print(f"embedded redis: {acc}")
+        assert acc.ok
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("port")["port"] == "0"
         def redis_pids() -> list[int]:
@@ -175,11 +175,11 @@ def test_embedded_redis_mode(tmp_path: Path, rings_dir: Path) -> None:
         wait_until(lambda: redis_pids() and redis_pids()[0] != first_pid, 30,
                    "a new embedded redis-server")
         wait_until(daemon.ready, 30, "ready again")
-        H.join_all(H.start_producers(rings_dir, 2, 5_000, first=2))
-        wait_until(lambda: H.total_in_stream(client) >= 20_000, 60, "every record")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 4, 5_000)
-        print(f"embedded redis killed and restarted: lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        Producers.ring(rings_dir, 2, 5_000, first=2).start().join()
+        wait_until(lambda: stream_record_count(client) >= 20_000, 60, "every record")
+        acc = account(tally_stream(client), producer_ids(4, 5_000))
+        print(f"embedded redis killed and restarted: {acc}")
+        assert acc.ok
         assert "The embedded redis-server died; restarting it." in daemon.log_text()
         (pid,) = redis_pids()
         assert daemon.stop() == 0
@@ -194,8 +194,7 @@ def test_embedded_redis_mode(tmp_path: Path, rings_dir: Path) -> None:
 
 def test_rings_dir_is_created_private(tmp_path: Path, redis_server: RedisServer) -> None:
     rings = tmp_path / "new" / "rings"
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, rings_dir=str(rings)).start()
     try:
         assert stat.S_IMODE(rings.stat().st_mode) == 0o700
         assert rings.stat().st_uid == os.geteuid()
@@ -212,13 +211,13 @@ def test_shutdown_with_redis_down_leaves_records_for_the_next_start(
     SIGTERM: it exits at once (code 1). A third start sends everything.
     """
     n, count = 2, 5_000
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, shutdown_timeout_s=1,
-                        redis_timeout_s=0.5, startup_redis_wait_s=30)
     client = redis_server.client()
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, shutdown_timeout_s=1,
+                          redis_timeout_s=0.5, startup_redis_wait_s=30).start()
+    cfg = daemon.config
     try:
         redis_server.kill()
-        H.join_all(H.start_producers(rings_dir, n, count))
+        Producers.ring(rings_dir, n, count).start().join()
 
         def pending() -> float:
             return sum(v for k, v in daemon.metrics().items()
@@ -230,10 +229,9 @@ def test_shutdown_with_redis_down_leaves_records_for_the_next_start(
         # Second daemon: a full backlog budget keeps it from draining; two signals.
         redis_server.start()
         dummy = client.xadd("collector:analytics", {"dummy": "1"})
-        (tmp_path / "second").mkdir()
-        cfg2 = H.base_config(tmp_path / "second", redis_server.url, rings_dir,
-                             max_backlog_entries=1, shutdown_timeout_s=60)
-        daemon = H.Daemon(cfg2, tmp_path / "daemon2.log").start()
+        daemon = Daemon.write(tmp_path / "second", redis_server.url, rings_dir=str(rings_dir),
+                              max_backlog_entries=1, shutdown_timeout_s=60,
+                              log=tmp_path / "daemon2.log").start()
         wait_until(lambda: daemon.metrics()["collector_daemon_backpressure_total"] > 0, 30,
                    "pushback")
         daemon.signal(signal.SIGTERM)
@@ -246,13 +244,13 @@ def test_shutdown_with_redis_down_leaves_records_for_the_next_start(
         redis_server.stop()  # graceful: the XDEL reaches the append-only file (a kill can lose it)
 
         redis_server.start()
-        daemon = H.Daemon(cfg, tmp_path / "daemon3.log").start()
-        wait_until(lambda: H.total_in_stream(client) >= n * count, 60, "every record")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
-        print(f"stop with Redis down, then a forced stop: lost={lost} duplicated={dup}")
-        assert lost == 0 and unexpected == 0 and dup <= 2 * 1000
+        daemon = Daemon(cfg, log=tmp_path / "daemon3.log").start()
+        wait_until(lambda: stream_record_count(client) >= n * count, 60, "every record")
+        acc = account(tally_stream(client), producer_ids(n, count))
+        print(f"stop with Redis down, then a forced stop: {acc}")
+        assert acc.lost == 0 and acc.unexpected == 0 and acc.duplicated <= 2 * 1000
         assert daemon.stop() == 0
-        wait_until(lambda: not H.ring_files(rings_dir), 30, "drained rings removed")
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 30, "drained rings removed")
     finally:
         daemon.close()
 
@@ -260,16 +258,16 @@ def test_shutdown_with_redis_down_leaves_records_for_the_next_start(
 def test_sharded_stream_json_logs_and_sighup(tmp_path: Path, rings_dir: Path,
                                             redis_server: RedisServer) -> None:
     n, count, shards = 4, 5_000, 2
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, stream_shards=shards,
-                                    log_format="json"),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, stream_shards=shards,
+                          log_format="json").start()
     try:
         daemon.signal(signal.SIGHUP)  # restart-only: logged, ignored
-        H.join_all(H.start_producers(rings_dir, n, count))
+        Producers.ring(rings_dir, n, count).start().join()
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client, shards=shards) >= n * count, 60, "records")
-        seen = H.count_records(client, shards=shards)
-        assert H.lost_and_duplicated(seen, n, count) == (0, 0, 0)
+        keys = shard_keys(KEY, shards)
+        wait_until(lambda: stream_record_count(client, keys) >= n * count, 60, "records")
+        seen = tally_stream(client, keys)
+        assert account(seen, producer_ids(n, count)).ok
         lengths = [client.xlen(f"collector:analytics:{{{i}}}") for i in range(shards)]
         assert sum(lengths) > 0 and client.xlen("collector:analytics") == 0
         assert daemon.ready()
@@ -291,24 +289,21 @@ def test_a_fast_ring_goes_in_full_batches_without_waiting_for_the_interval(
     full batches of batch_size=200, long before the interval (the flusher wakes
     when a batch is full, not only when it is due)."""
     n, count = 1, 2_000
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1, batch_size=200,
-                        flush_interval_ms=60_000, max_flush_interval_ms=60_000)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=1, batch_size=200,
+                          flush_interval_ms=60_000, max_flush_interval_ms=60_000).start()
     # The producer stays alive with its ring open: a closed ring would be sent
     # at once (nothing more can come), which is not what this test is about.
-    producers = H.start_producers(rings_dir, n, count, close=False)
+    producers = Producers.ring(rings_dir, n, count, close=False).start()
     try:
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= count, 30,
+        wait_until(lambda: stream_record_count(client) >= count, 30,
                    "every record, well within the 60 s flush interval")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
-        print(f"fast ring: lost={lost} duplicated={dup} batches={_entry_sizes(client)}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        acc = account(tally_stream(client), producer_ids(n, count))
+        print(f"fast ring: {acc} batches={_entry_sizes(client)}")
+        assert acc.ok
         assert _entry_sizes(client) == [200] * 10
     finally:
-        for p in producers:
-            p.kill()
-            p.join(10)
+        producers.kill()
         daemon.stop()
 
 
@@ -318,17 +313,16 @@ def test_a_trickle_is_batched_and_every_record_arrives(
     between looks, so records share stream entries (about 30 each), and the
     last ones go out without more records behind them."""
     n, count = 1, 200
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1,
-                        flush_interval_ms=300, max_flush_interval_ms=1000)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=1,
+                          flush_interval_ms=300, max_flush_interval_ms=1000).start()
     try:
-        H.join_all(H.start_producers(rings_dir, n, count, pace_every=1, pace_s=0.01))
+        Producers.ring(rings_dir, n, count, pace=(1, 0.01)).start().join()
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= count, 30, "every record")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        wait_until(lambda: stream_record_count(client) >= count, 30, "every record")
+        acc = account(tally_stream(client), producer_ids(n, count))
         sizes = _entry_sizes(client)
-        print(f"trickle: lost={lost} duplicated={dup} batches={sizes}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        print(f"trickle: {acc} batches={sizes}")
+        assert acc.ok
         assert len(sizes) <= count // 5, f"records were not batched: {sizes}"
     finally:
         daemon.stop()
@@ -340,19 +334,17 @@ def test_a_ring_smaller_than_a_batch_is_sent_when_half_full(
     whenever the ring is half full instead of waiting 60 s for the interval,
     so a producer that waits for room finishes at once and nothing is lost."""
     n, count = 1, 20_000
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=1, batch_size=5_000,
-                        flush_interval_ms=60_000, max_flush_interval_ms=60_000)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=1, batch_size=5_000,
+                          flush_interval_ms=60_000, max_flush_interval_ms=60_000).start()
     try:
-        H.join_all(H.start_producers(rings_dir, n, count, capacity=1 << 18), timeout=30)
+        Producers.ring(rings_dir, n, count, capacity=1 << 18).start().join(30)
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= count, 30,
+        wait_until(lambda: stream_record_count(client) >= count, 30,
                    "every record, well within the 60 s flush interval")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), n, count)
+        acc = account(tally_stream(client), producer_ids(n, count))
         sizes = _entry_sizes(client)
-        print(f"small ring: lost={lost} duplicated={dup} batches={len(sizes)} "
-              f"largest={max(sizes)}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        print(f"small ring: {acc} batches={len(sizes)} largest={max(sizes)}")
+        assert acc.ok
         assert max(sizes) < 5_000  # sent by the half-full rule, not by batch_size
     finally:
         daemon.stop()

@@ -18,8 +18,17 @@ import msgpack
 import psutil
 
 from collector.common.stream import decode_entry
-from tests import _daemon_helpers as H
-from tests._support import RedisServer, wait_until
+from collector.testing import (
+    Daemon,
+    Producers,
+    RedisServer,
+    account,
+    producer_ids,
+    record_key,
+    stream_record_count,
+    tally_stream,
+    wait_until,
+)
 
 BATCH = 1000
 
@@ -28,23 +37,23 @@ def test_kill_9_of_a_flusher_mid_load(tmp_path: Path, rings_dir: Path,
                                       redis_server: RedisServer) -> None:
     n, count = 4, 30_000
     client = redis_server.client()
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, batch_size=BATCH),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, batch_size=BATCH).start()
     try:
-        procs = H.start_producers(rings_dir, n, count, pace_every=200, pace_s=0.01)
-        wait_until(lambda: H.total_in_stream(client) > 10_000, 60, "the load to be flowing")
+        procs = Producers.ring(rings_dir, n, count, pace=(200, 0.01)).start()
+        wait_until(lambda: stream_record_count(client) > 10_000, 60, "the load to be flowing")
         victim = daemon.flusher_pids()[0]
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: daemon.metrics()["collector_daemon_flusher_restarts_total"] == 1,
                    30, "the flusher to be restarted")
         assert victim not in daemon.flusher_pids()
-        H.join_all(procs)
-        wait_until(lambda: not H.ring_files(rings_dir), 60, "every ring drained and removed")
-        seen = H.count_records(client)
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"kill -9 flusher: lost={lost} duplicated={dup} (batch in flight <= {BATCH})")
-        assert lost == 0 and unexpected == 0
-        assert dup <= BATCH
+        procs.join()
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 60,
+                   "every ring drained and removed")
+        seen = tally_stream(client)
+        acc = account(seen, producer_ids(n, count))
+        print(f"kill -9 flusher: {acc} (batch in flight <= {BATCH})")
+        assert acc.lost == 0 and acc.unexpected == 0
+        assert acc.duplicated <= BATCH
         assert "A flusher died; restarting it." in daemon.log_text()
         assert daemon.stop() == 0
     finally:
@@ -55,22 +64,23 @@ def test_kill_9_of_the_whole_daemon_then_restart(tmp_path: Path, rings_dir: Path
                                                  redis_server: RedisServer) -> None:
     n, count = 4, 30_000
     client = redis_server.client()
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, batch_size=BATCH)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, batch_size=BATCH).start()
+    cfg = daemon.config
     try:
-        procs = H.start_producers(rings_dir, n, count, pace_every=200, pace_s=0.01)
-        wait_until(lambda: H.total_in_stream(client) > 10_000, 60, "the load to be flowing")
+        procs = Producers.ring(rings_dir, n, count, pace=(200, 0.01)).start()
+        wait_until(lambda: stream_record_count(client) > 10_000, 60, "the load to be flowing")
         daemon.kill_all()  # kill -9 of the supervisor and every flusher
-        at_kill = H.total_in_stream(client)
-        daemon = H.Daemon(cfg, tmp_path / "daemon2.log").start()
-        H.join_all(procs)
-        wait_until(lambda: not H.ring_files(rings_dir), 60, "every ring drained and removed")
-        seen = H.count_records(client)
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"kill -9 daemon: in Redis at kill={at_kill} lost={lost} duplicated={dup} "
+        at_kill = stream_record_count(client)
+        daemon = Daemon(cfg, log=tmp_path / "daemon2.log").start()
+        procs.join()
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 60,
+                   "every ring drained and removed")
+        seen = tally_stream(client)
+        acc = account(seen, producer_ids(n, count))
+        print(f"kill -9 daemon: in Redis at kill={at_kill} {acc} "
               f"(batches in flight <= 2 x {BATCH})")
-        assert lost == 0 and unexpected == 0
-        assert dup <= 2 * BATCH  # one batch in flight per flusher
+        assert acc.lost == 0 and acc.unexpected == 0
+        assert acc.duplicated <= 2 * BATCH  # one batch in flight per flusher
         assert daemon.stop() == 0
     finally:
         daemon.close()
@@ -80,11 +90,11 @@ def test_supervisor_killed_alone_flushers_exit_and_restart_resumes(
         tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
     """kill -9 of the supervisor only: its orphaned flushers exit by themselves."""
     client = redis_server.client()
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, batch_size=BATCH)
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, batch_size=BATCH).start()
+    cfg = daemon.config
     try:
-        procs = H.start_producers(rings_dir, 2, 20_000, pace_every=200, pace_s=0.01)
-        wait_until(lambda: H.total_in_stream(client) > 5_000, 60, "the load to be flowing")
+        procs = Producers.ring(rings_dir, 2, 20_000, pace=(200, 0.01)).start()
+        wait_until(lambda: stream_record_count(client) > 5_000, 60, "the load to be flowing")
         flushers = daemon.flusher_pids()
         assert daemon.proc is not None
         daemon.proc.kill()
@@ -93,12 +103,13 @@ def test_supervisor_killed_alone_flushers_exit_and_restart_resumes(
                           timeout=10)
         assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                        for p in flushers)
-        daemon = H.Daemon(cfg, tmp_path / "daemon2.log").start()
-        H.join_all(procs)
-        wait_until(lambda: not H.ring_files(rings_dir), 60, "every ring drained and removed")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 2, 20_000)
-        print(f"kill -9 supervisor: lost={lost} duplicated={dup}")
-        assert lost == 0 and unexpected == 0 and dup <= 2 * BATCH
+        daemon = Daemon(cfg, log=tmp_path / "daemon2.log").start()
+        procs.join()
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 60,
+                   "every ring drained and removed")
+        acc = account(tally_stream(client), producer_ids(2, 20_000))
+        print(f"kill -9 supervisor: {acc}")
+        assert acc.lost == 0 and acc.unexpected == 0 and acc.duplicated <= 2 * BATCH
         assert daemon.stop() == 0
     finally:
         daemon.close()
@@ -108,12 +119,11 @@ def test_redis_killed_and_restarted_mid_load(tmp_path: Path, rings_dir: Path,
                                              redis_server: RedisServer) -> None:
     n, count = 3, 30_000
     client = redis_server.client()
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, batch_size=BATCH,
-                                    redis_timeout_s=1),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, batch_size=BATCH,
+                          redis_timeout_s=1).start()
     try:
-        procs = H.start_producers(rings_dir, n, count, pace_every=200, pace_s=0.01)
-        wait_until(lambda: H.total_in_stream(client) > 5_000, 60, "the load to be flowing")
+        procs = Producers.ring(rings_dir, n, count, pace=(200, 0.01)).start()
+        wait_until(lambda: stream_record_count(client) > 5_000, 60, "the load to be flowing")
         redis_server.kill()  # SIGKILL; acknowledged writes are in the append-only file
         def not_ready() -> dict | None:
             code, detail = daemon.readyz()
@@ -124,13 +134,13 @@ def test_redis_killed_and_restarted_mid_load(tmp_path: Path, rings_dir: Path,
                    "flushers to see Redis down")
         redis_server.start()
         wait_until(daemon.ready, 30, "/readyz to turn 200 again")
-        H.join_all(procs)
-        wait_until(lambda: not H.ring_files(rings_dir), 60, "the backlog to drain")
-        seen = H.count_records(redis_server.client())
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"redis killed and restarted: lost={lost} duplicated={dup}")
-        assert lost == 0 and unexpected == 0
-        assert dup <= 2 * BATCH  # a batch Redis took just before it was killed, resent
+        procs.join()
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 60, "the backlog to drain")
+        seen = tally_stream(redis_server.client())
+        acc = account(seen, producer_ids(n, count))
+        print(f"redis killed and restarted: {acc}")
+        assert acc.lost == 0 and acc.unexpected == 0
+        assert acc.duplicated <= 2 * BATCH  # a batch Redis took just before it was killed, resent
         # The hot error path is rate-limited: far fewer lines than errors.
         log = daemon.log_text()
         errors = daemon.metrics()["collector_daemon_redis_errors_total"]
@@ -145,23 +155,23 @@ def test_producer_killed_by_kill_9(tmp_path: Path, rings_dir: Path,
                                    redis_server: RedisServer) -> None:
     """What a killed producer published still arrives; its ring is removed after draining."""
     client = redis_server.client()
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
-        (proc,) = H.start_producers(rings_dir, 1, 10_000_000, pace_every=100, pace_s=0.005)
-        wait_until(lambda: H.total_in_stream(client) > 3_000, 60, "records to flow")
+        (proc,) = Producers.ring(rings_dir, 1, 10_000_000, pace=(100, 0.005)).start().procs
+        wait_until(lambda: stream_record_count(client) > 3_000, 60, "records to flow")
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
-        wait_until(lambda: not H.ring_files(rings_dir), 30, "the dead producer's ring removed")
+        wait_until(lambda: not list(rings_dir.glob("*.ring")), 30,
+                   "the dead producer's ring removed")
         # The supervisor logs the removal right after the unlink: wait for the line.
         pattern = rf'Removed the drained ring.*producer_pid={proc.pid} records=(\d+)'
         m = wait_until(lambda: re.search(pattern, daemon.log_text()), 30,
                        "the removal to be logged")
         published = int(m.group(1))
-        seen = H.count_records(client)
-        lost, dup, unexpected = H.lost_and_duplicated(seen, 1, published)
-        print(f"producer kill -9: published={published} lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        seen = tally_stream(client)
+        acc = account(seen, producer_ids(1, published))
+        print(f"producer kill -9: published={published} {acc}")
+        assert acc.ok
         assert daemon.stop() == 0
     finally:
         daemon.close()
@@ -171,11 +181,10 @@ def test_backpressure_keeps_data_in_rings_and_never_trims(
         tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
     n, count, budget, batch, pool = 2, 5_000, 5, 100, 2
     client = redis_server.client()
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir, pool_size=pool,
-                                    batch_size=batch, max_backlog_entries=budget),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=pool,
+                          batch_size=batch, max_backlog_entries=budget).start()
     try:
-        H.join_all(H.start_producers(rings_dir, n, count))
+        Producers.ring(rings_dir, n, count).start().join()
         wait_until(lambda: daemon.metrics()["collector_daemon_backpressure_total"] > 3, 30,
                    "the daemon to push back")
         length = client.xlen("collector:analytics")
@@ -196,15 +205,14 @@ def test_backpressure_keeps_data_in_rings_and_never_trims(
             entries = client.xrange("collector:analytics")
             for eid, fields in entries:
                 for raw in decode_entry(fields).records:
-                    rec = msgpack.unpackb(raw)
-                    seen[(rec["producer"], rec["seq"])] += 1
+                    seen[record_key(msgpack.unpackb(raw))] += 1
                 client.xdel("collector:analytics", eid)
             assert client.xlen("collector:analytics") <= budget + pool
-            return sum(seen.values()) >= n * count and not H.ring_files(rings_dir)
+            return sum(seen.values()) >= n * count and not list(rings_dir.glob("*.ring"))
         wait_until(consume, 60, "every record through the budget", interval=0.05)
-        lost, dup, unexpected = H.lost_and_duplicated(seen, n, count)
-        print(f"backpressure: lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        acc = account(seen, producer_ids(n, count))
+        print(f"backpressure: {acc}")
+        assert acc.ok
         assert daemon.stop() == 0
     finally:
         daemon.close()

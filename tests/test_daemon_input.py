@@ -13,14 +13,24 @@ import ringbuf
 from collector.common import redisconn
 from collector.common.redact import redact_url
 from collector.config import load_config
-from tests import _daemon_helpers as H
-from tests._support import RedisServer, free_port, wait_until
+from collector.testing import (
+    Daemon,
+    Producers,
+    RedisServer,
+    account,
+    clean_environ,
+    console_script,
+    free_port,
+    producer_ids,
+    stream_record_count,
+    tally_stream,
+    wait_until,
+)
 
 
 def _run_daemon(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    return subprocess.run([H.DAEMON, "--config", str(config)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run([*console_script("collector-daemon"), "--config", str(config)],
+                          capture_output=True, text=True, timeout=timeout, env=clean_environ())
 
 
 def _small_ring(rings_dir: Path, name: str) -> ringbuf.RingWriter:
@@ -49,8 +59,8 @@ def test_malformed_config_exits_non_zero_naming_file_key_and_rule(
 def test_unreachable_redis_at_start_exits_after_the_wait(tmp_path: Path,
                                                          rings_dir: Path) -> None:
     port = free_port()  # nothing listens there
-    cfg = H.base_config(tmp_path, f"redis://admin:s3cret-pw@127.0.0.1:{port}/0", rings_dir,
-                        startup_redis_wait_s=1)
+    cfg = Daemon.write(tmp_path, f"redis://admin:s3cret-pw@127.0.0.1:{port}/0",
+                       startup_redis_wait_s=1).config
     res = _run_daemon(cfg)
     assert res.returncode == 3
     assert f"redis://admin:***@127.0.0.1:{port}/0" in res.stderr
@@ -60,12 +70,10 @@ def test_unreachable_redis_at_start_exits_after_the_wait(tmp_path: Path,
 
 def test_second_daemon_on_the_same_rings_dir_is_refused(tmp_path: Path, rings_dir: Path,
                                                         redis_server: RedisServer) -> None:
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
-        other = tmp_path / "other"
-        other.mkdir()
-        cfg2 = H.base_config(other, redis_server.url, rings_dir)
+        cfg2 = Daemon.write(tmp_path / "other", redis_server.url,
+                            rings_dir=str(rings_dir)).config
         res = _run_daemon(cfg2)
         assert res.returncode == 2
         assert "served by another collector-daemon" in res.stderr
@@ -76,11 +84,9 @@ def test_second_daemon_on_the_same_rings_dir_is_refused(tmp_path: Path, rings_di
 
 def test_second_embedded_daemon_on_the_same_runtime_dir_is_refused(tmp_path: Path,
                                                                    rings_dir: Path) -> None:
-    daemon = H.Daemon(H.base_config(tmp_path, None, rings_dir), tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, None).start()
     try:
-        other = tmp_path / "other"
-        other.mkdir()
-        cfg2 = H.base_config(other, None, other / "rings", runtime_dir=str(tmp_path / "run"))
+        cfg2 = Daemon.write(tmp_path / "other", None, runtime_dir=str(tmp_path / "run")).config
         res = _run_daemon(cfg2)
         assert res.returncode == 2
         assert "is used by another collector-daemon's embedded redis-server" in res.stderr
@@ -101,15 +107,14 @@ def test_junk_ring_is_quarantined_and_others_still_served(tmp_path: Path, rings_
     with open(bad.path, "r+b") as f:
         f.seek(ringbuf._layout.HEADER_SIZE)
         f.write(b"\xee" * 16)  # smash the first frame header
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
-        H.join_all(H.start_producers(rings_dir, 2, 5_000))
+        Producers.ring(rings_dir, 2, 5_000).start().join()
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= 10_000, 30, "the good rings' records")
-        lost, dup, unexpected = H.lost_and_duplicated(H.count_records(client), 2, 5_000)
-        print(f"junk rings: lost={lost} duplicated={dup}")
-        assert (lost, dup, unexpected) == (0, 0, 0)
+        wait_until(lambda: stream_record_count(client) >= 10_000, 30, "the good rings' records")
+        acc = account(tally_stream(client), producer_ids(2, 5_000))
+        print(f"junk rings: {acc}")
+        assert acc.ok
         quarantine = rings_dir / "quarantine"
         wait_until(lambda: {p.name for p in quarantine.iterdir()}
                    >= {"junk.ring", "short.ring", "bad.ring"}, 30, "three files quarantined")
@@ -137,14 +142,13 @@ def test_rings_of_another_user_or_world_writable_are_refused(
     else:  # pragma: no cover - the CI box runs as root
         pytest.skip("chown to another user needs root")
     os.chmod(open_.path, 0o666)
-    daemon = H.Daemon(H.base_config(tmp_path, redis_server.url, rings_dir),
-                      tmp_path / "daemon.log").start()
+    daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
-        H.join_all(H.start_producers(rings_dir, 1, 2_000))
+        Producers.ring(rings_dir, 1, 2_000).start().join()
         client = redis_server.client()
-        wait_until(lambda: H.total_in_stream(client) >= 2_000, 30, "the good ring's records")
-        assert H.lost_and_duplicated(H.count_records(client), 1, 2_000) == (0, 0, 0)
-        assert H.total_in_stream(client) == 2_000  # nothing from the refused rings
+        wait_until(lambda: stream_record_count(client) >= 2_000, 30, "the good ring's records")
+        assert account(tally_stream(client), producer_ids(1, 2_000)).ok
+        assert stream_record_count(client) == 2_000  # nothing from the refused rings
         log = wait_until(lambda: (t := daemon.log_text()).count("Refused a ring") >= 2 and t,
                          30, "both refusals in the log")
         assert "Refused a ring" in log and "owned by uid 65534" in log
@@ -153,7 +157,7 @@ def test_rings_of_another_user_or_world_writable_are_refused(
         assert daemon.metrics()['collector_daemon_rings{state="refused"}'] == 2
         # Fixing the mode makes the ring acceptable again.
         os.chmod(open_.path, 0o600)
-        wait_until(lambda: H.total_in_stream(client) >= 2_005, 30, "the fixed ring served")
+        wait_until(lambda: stream_record_count(client) >= 2_005, 30, "the fixed ring served")
         assert Path(foreign.path).exists()  # left where it was
         assert daemon.stop() == 0
     finally:
@@ -184,9 +188,9 @@ def test_redis_connection_helper_urls(tmp_path: Path, redis_server: RedisServer)
 
 def test_env_and_flags_override_the_file(tmp_path: Path, rings_dir: Path,
                                          redis_server: RedisServer) -> None:
-    cfg = H.base_config(tmp_path, "redis://127.0.0.1:1/0", rings_dir, pool_size=1)
     env = {"COLLECTOR_REDIS_URL": redis_server.url}
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log", env=env).start()
+    daemon = Daemon.write(tmp_path, "redis://127.0.0.1:1/0", pool_size=1, env=env).start()
+    cfg = daemon.config
     try:
         assert len(daemon.flusher_pids()) == 1
         assert daemon.stop() == 0
@@ -195,22 +199,14 @@ def test_env_and_flags_override_the_file(tmp_path: Path, rings_dir: Path,
     port = free_port()
     data = yaml.safe_load(cfg.read_text())
     assert data["pool_size"] == 1
-    env2 = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    env2["COLLECTOR_REDIS_URL"] = redis_server.url
-    proc = subprocess.Popen([H.DAEMON, "--config", str(cfg), "--pool-size", "3",
-                             "--health-address", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env2)
+    flags = Daemon(cfg, log=tmp_path / "flags.log", env=env, address=f"127.0.0.1:{port}",
+                   args=["--pool-size", "3", "--health-address", f"127.0.0.1:{port}"])
     try:
-        d = H.Daemon(cfg, tmp_path / "unused.log", proc=proc)
-        data["health_address"] = f"127.0.0.1:{port}"
-        d.config = H.write_config(tmp_path / "view.yaml", **data)
-        wait_until(lambda: len(d.flusher_pids()) == 3, 30, "three flushers")
-        proc.terminate()
-        assert proc.wait(30) == 0
+        flags.start()
+        wait_until(lambda: len(flags.flusher_pids()) == 3, 30, "three flushers")
+        assert flags.stop(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        flags.close()
 
 
 def test_acl_user_and_password_from_env_never_logged(tmp_path: Path, rings_dir: Path,
@@ -219,21 +215,20 @@ def test_acl_user_and_password_from_env_never_logged(tmp_path: Path, rings_dir: 
     admin = redis_server.client()
     admin.execute_command("ACL", "SETUSER", "collector", "on", ">pw-Zq81x", "~collector:*",
                           "resetchannels", "-@all", "+xadd", "+xlen", "+ping")
-    cfg = H.base_config(tmp_path, redis_server.url, rings_dir, redis_username="collector",
-                        log_level="debug")
-    daemon = H.Daemon(cfg, tmp_path / "daemon.log",
-                      env={"COLLECTOR_REDIS_PASSWORD": "pw-Zq81x"}).start()
+    daemon = Daemon.write(tmp_path, redis_server.url, redis_username="collector",
+                          log_level="debug", env={"COLLECTOR_REDIS_PASSWORD": "pw-Zq81x"}).start()
+    cfg = daemon.config
     try:
-        H.join_all(H.start_producers(rings_dir, 1, 3_000))
-        wait_until(lambda: H.total_in_stream(admin) >= 3_000, 30, "records")
-        assert H.lost_and_duplicated(H.count_records(admin), 1, 3_000) == (0, 0, 0)
+        Producers.ring(rings_dir, 1, 3_000).start().join()
+        wait_until(lambda: stream_record_count(admin) >= 3_000, 30, "records")
+        assert account(tally_stream(admin), producer_ids(1, 3_000)).ok
         assert daemon.stop() == 0
         assert "pw-Zq81x" not in daemon.log_text()
     finally:
         daemon.close()
     # A wrong password: a clear error naming the keys to check, exit non-zero at once.
-    daemon = H.Daemon(cfg, tmp_path / "daemon2.log",
-                      env={"COLLECTOR_REDIS_PASSWORD": "wrong-pw"}).start(wait_ready=False)
+    daemon = Daemon(cfg, log=tmp_path / "daemon2.log",
+                    env={"COLLECTOR_REDIS_PASSWORD": "wrong-pw"}).start(wait=False)
     try:
         assert daemon.wait(30) == 3
         assert "redis_password" in daemon.log_text()

@@ -5,7 +5,7 @@ a redis-server -> ``collector-pump`` -> each sink's server: the machine's
 PostgreSQL for ``aggregate``, a tansu broker for ``kafka`` (read back with
 confluent-kafka), a private ``influxd`` for ``influx`` (queried back over
 ``/query``) and, for ``elasticsearch``, the real ``elasticsearch`` client
-against :class:`bench._peers.EsPeer`, a wire-level peer speaking the bulk
+against ``EsPeer``, a wire-level peer speaking the bulk
 API (no Elasticsearch or OpenSearch server can be installed here).
 
 Every test sends ``PRODUCERS x COUNT`` records plus one poison record that
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,10 +36,19 @@ import psycopg
 import pytest
 
 from collector.common.stream import decode_entry
+from collector.testing import (
+    Daemon,
+    Producers,
+    Pump,
+    RedisServer,
+    account,
+    authz_record,
+    pg_dsn,
+    record_key,
+    wait_until,
+)
 
-from . import _daemon_helpers as H
-from ._support import RedisServer, pg_dsn, wait_until
-from .test_e2e import KEY, PumpProc, Stack
+from .test_e2e import KEY, Stack
 
 PRODUCERS, COUNT = 3, 6000
 POISON = (0, 1234)  # (producer, seq) of the record every sink must reject
@@ -50,7 +58,7 @@ T0 = 1_700_000_000  # records' times: T0 + seq // 10 seconds
 
 def make_record(producer: int, seq: int) -> dict[str, Any]:
     """The record producer ``producer`` sends as ``seq``: a time and a number to aggregate."""
-    rec = H.make_record(producer, seq)
+    rec = authz_record(producer, seq)
     rec["timestamp"] = T0 + seq // 10
     rec["latency_ms"] = (seq * 37 + producer) % 500 + 0.25
     if (producer, seq) == POISON:
@@ -59,44 +67,25 @@ def make_record(producer: int, seq: int) -> dict[str, Any]:
     return rec
 
 
-def produce(config: str, producer: int, count: int, dropped: Any) -> None:
-    from collector import Analytics
-
-    analytics = Analytics.from_config(config, environ={}).start()
-    pause = threading.Event()
-    drops = 0
-    for seq in range(count):
-        if not analytics.record_hit(make_record(producer, seq)):
-            drops += 1
-        if seq % 25 == 24:
-            pause.wait(0.03)  # spreads the load over a few seconds; nothing waits on it
-    dropped.value = drops
-    analytics.stop()
-
-
 class Load:
-    """PRODUCERS producer processes sending COUNT records each (and the poison)."""
+    """PRODUCERS producer processes sending COUNT records each (and the poison).
+
+    The pace only spreads the load over a few seconds; nothing waits on it.
+    """
 
     def __init__(self, collector_yaml: Path) -> None:
-        self.drops = [H.CTX.Value("q", -1) for _ in range(PRODUCERS)]
-        self.procs = [H.CTX.Process(target=produce, daemon=True,
-                                    args=(str(collector_yaml), p, COUNT, self.drops[p]))
-                      for p in range(PRODUCERS)]
+        self.producers = Producers.analytics(collector_yaml, PRODUCERS, COUNT,
+                                             pace=(25, 0.03), record=make_record)
 
     def start(self) -> Load:
-        for p in self.procs:
-            p.start()
+        self.producers.start()
         return self
 
     def join(self) -> None:
-        H.join_all(self.procs, 180)
-        assert sum(d.value for d in self.drops) == 0, "a producer dropped records"
+        assert self.producers.join(180) == 0, "a producer dropped records"
 
     def kill(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-            p.join(10)
+        self.producers.kill()
 
 
 @pytest.fixture
@@ -113,14 +102,14 @@ def stack(tmp_path: Path, redis_server: RedisServer) -> Iterator[Stack]:
 
 
 def start(stack: Stack, sink: dict[str, Any], *, pump_first: bool = True,
-          **extra: Any) -> tuple[PumpProc, Load]:
+          **extra: Any) -> tuple[Pump, Load]:
     """Daemon, pump (started after the load when not ``pump_first``) and the load."""
     # small stream entries (20 records), so that there are many of them to deliver
-    H.base_config(stack.tmp, stack.redis.url, stack.rings, full_policy="block",
-                  block_timeout_ms=60_000, ring_capacity_bytes=8 << 20, batch_size=20)
+    stack.daemon = Daemon.write(stack.tmp, stack.redis.url, full_policy="block",
+                                block_timeout_ms=60_000, ring_capacity_bytes=8 << 20,
+                                batch_size=20)
     stack.daemon.start()
-    cfg = stack.pump_config({"sink": sink}, read_count=5, max_deliveries=50, **extra)
-    pump = stack.pump = PumpProc(stack.tmp, cfg)
+    pump = stack.write_pump({"sink": sink}, read_count=5, max_deliveries=50, **extra)
     if pump_first:
         pump.start()
     load = Load(stack.collector_yaml)
@@ -134,13 +123,9 @@ def expected_ids() -> set[str]:
 
 
 def report(test: str, seen: Counter[str]) -> tuple[int, int, int]:
-    want = expected_ids()
-    lost = len(want - set(seen))
-    unexpected = len(set(seen) - want)
-    dup = sum(n - 1 for k, n in seen.items() if n > 1 and k in want)
-    print(f"{test}: expected={len(want)} distinct={len(set(seen) & want)} lost={lost} "
-          f"unexpected={unexpected} duplicated={dup}")
-    return lost, unexpected, dup
+    acc = account(seen, expected_ids())
+    print(f"{test}: {acc}")
+    return acc.lost, acc.unexpected, acc.duplicated
 
 
 def dead_lettered(stack: Stack) -> set[str]:
@@ -150,8 +135,8 @@ def dead_lettered(stack: Stack) -> set[str]:
         if b"recs" not in fields:
             continue
         for raw in decode_entry(fields).records:
-            rec = msgpack.unpackb(raw, raw=False)
-            out.add(f"{rec['producer']}:{rec['seq']}")
+            producer, seq = record_key(msgpack.unpackb(raw, raw=False))
+            out.add(f"{producer}:{seq}")
     return out
 
 
@@ -237,7 +222,7 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
 
         with psycopg.connect(pg_dsn()) as locker:  # an outage of the aggregate tables
             locker.execute(f"LOCK TABLE {table}, {table}_applied IN ACCESS EXCLUSIVE MODE")
-            wait_until(lambda: pump.readyz()["sinks"]["sink"]["workers_in_outage"] >= 1, 60,
+            wait_until(lambda: pump.readyz()[1]["sinks"]["sink"]["workers_in_outage"] >= 1, 60,
                        "a worker to see the outage", interval=0.1)
             locker.rollback()
         settle(stack, load)

@@ -19,10 +19,7 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +30,9 @@ import pytest
 import yaml
 
 import ringbuf
-from collector.common.stream import decode_entry, shard_keys
-
-from ._support import RedisServer, free_port, wait_until
+from collector.testing import Daemon, Gunicorn, RedisServer, stream_records, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-DAEMON = str(Path(sys.executable).with_name("collector-daemon"))
 REQUESTS = 300
 
 BODIES = [
@@ -50,47 +44,13 @@ BODIES = [
 ]
 
 
-class Gunicorn:
-    def __init__(self, workdir: Path, collector_yaml: Path) -> None:
-        self.port = free_port()
-        self.log = workdir / "gunicorn.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-        env.update(COLLECTOR_CONFIG=str(collector_yaml), AUTHZ_BIND=f"127.0.0.1:{self.port}",
-                   AUTHZ_WORKERS="2", PYTHONPATH=str(ROOT))
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "examples/gunicorn.conf.py"),
-             "--preload", "--workers", "2", "--log-level", "info",
-             "examples.authz_app:app"],
-            cwd=ROOT, env=env, stdout=self._logf, stderr=subprocess.STDOUT)
-        wait_until(self.healthy, 30, "gunicorn to answer /healthz")
-        wait_until(lambda: len(self.worker_pids()) == 2, 30, "two gunicorn workers")
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n"
-                                 + self.log.read_text(errors="replace")[-3000:])
-        try:
-            url = f"http://127.0.0.1:{self.port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return json.loads(r.read()) == {"status": "ok"}
-        except OSError:
-            return False
-
-    def worker_pids(self) -> set[int]:
-        import psutil
-
-        return {c.pid for c in psutil.Process(self.proc.pid).children()}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._logf.close()
+def start_gunicorn(workdir: Path, collector_yaml: Path) -> Gunicorn:
+    """examples/authz_app.py under gunicorn with examples/gunicorn.conf.py (--preload)."""
+    g = Gunicorn("examples.authz_app:app", log=workdir / "gunicorn.log", workers=2,
+                 config=ROOT / "examples/gunicorn.conf.py", cwd=ROOT,
+                 args=["--preload", "--log-level", "info"],
+                 env={"COLLECTOR_CONFIG": str(collector_yaml), "PYTHONPATH": str(ROOT)})
+    return g.start(timeout=30)
 
 
 def send_requests(port: int, ids: range, threads: int = 4) -> dict[str, dict[str, Any]]:
@@ -159,13 +119,14 @@ def gunicorn_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[Gunicorn] = []
 
     def make(collector_yaml: Path) -> Gunicorn:
-        g = Gunicorn(tmp_path, collector_yaml)
+        g = start_gunicorn(tmp_path, collector_yaml)
         started.append(g)
         return g
 
     yield make
     for g in started:
-        g.stop()
+        g.stop(30)
+        g.close()
 
 
 def test_gunicorn_rings_are_per_worker(rings_dir: Path, collector_yaml: Path,
@@ -183,12 +144,14 @@ def test_gunicorn_rings_are_per_worker(rings_dir: Path, collector_yaml: Path,
     wait_until(lambda: victim not in g.worker_pids() and len(g.worker_pids()) == 2, 30,
                "gunicorn to replace the killed worker")
     # child_exit ran in the master and reported the ring it leaves to the daemon
-    wait_until(lambda: f"worker_pid={victim}" in g.log.read_text(errors="replace"), 10,
+    wait_until(lambda: f"worker_pid={victim}" in g.log_text(), 10,
                "the child_exit hook's report")
     later = g.worker_pids()
     answers.update(send_requests(g.port, range(half, REQUESTS)))
     assert len(answers) == REQUESTS
-    g.stop()
+    assert g.proc is not None
+    master = g.proc.pid
+    g.stop(30)
     records: list[dict[str, Any]] = []
     closed: dict[int, bool] = {}
     for path in sorted(rings_dir.glob("*.ring")):
@@ -201,7 +164,7 @@ def test_gunicorn_rings_are_per_worker(rings_dir: Path, collector_yaml: Path,
                 r.commit()
     workers = first | later
     assert set(closed) == workers  # one ring per worker, none for the master
-    assert g.proc.pid not in closed
+    assert master not in closed
     # worker_exit closed the rings of the workers that exited; the killed one's is
     # left unclosed, for the daemon to drain once it sees the producer is dead
     assert closed == {pid: pid != victim for pid in workers}
@@ -209,57 +172,32 @@ def test_gunicorn_rings_are_per_worker(rings_dir: Path, collector_yaml: Path,
     assert victim in {r["pid"] for r in records}  # what the killed worker recorded arrived
 
 
-def stream_records(client: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for key in shard_keys():
-        for _id, fields in client.xrange(key):
-            out.extend(msgpack.unpackb(raw) for raw in decode_entry(fields).records)
-    return out
+def records_in_stream(client: Any) -> list[dict[str, Any]]:
+    return [rec.data for rec in stream_records(client)]
 
 
 def test_gunicorn_records_reach_redis_through_the_daemon(
         tmp_path: Path, rings_dir: Path, redis_server: RedisServer,
         gunicorn_factory: Any) -> None:
-    health = f"127.0.0.1:{free_port()}"
-    cfg = tmp_path / "collector.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "redis_url": redis_server.url, "rings_dir": str(rings_dir),
-        "runtime_dir": str(tmp_path / "run"), "ring_capacity_bytes": 1 << 20,
-        "pool_size": 1, "flush_interval_ms": 20, "scan_interval_ms": 50,
-        "health_address": health,
-    }))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    with open(tmp_path / "daemon.log", "wb") as log:
-        daemon = subprocess.Popen([DAEMON, "--config", str(cfg)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env)
+    daemon = Daemon.write(tmp_path, redis_server.url, base={}, ring_capacity_bytes=1 << 20,
+                          pool_size=1, flush_interval_ms=20, scan_interval_ms=50)
     try:
-        def ready() -> bool:
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://{health}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 30, "collector-daemon to be ready")
-        g = gunicorn_factory(cfg)
+        daemon.start(timeout=30)
+        g = gunicorn_factory(daemon.config)
         workers = g.worker_pids()
         answers = send_requests(g.port, range(REQUESTS))
         client = redis_server.client()
-        wait_until(lambda: len(stream_records(client)) >= REQUESTS, 60,
+        wait_until(lambda: len(records_in_stream(client)) >= REQUESTS, 60,
                    f"{REQUESTS} records in the stream")
-        g.stop()
-        check_records(stream_records(client), answers, workers)
+        g.stop(30)
+        check_records(records_in_stream(client), answers, workers)
         # the workers closed their rings; the daemon drains and removes them
         wait_until(lambda: not list(rings_dir.glob("*.ring")), 30,
                    "the daemon to remove the closed rings")
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0
-        check_records(stream_records(client), answers, workers)
+        assert daemon.stop(30) == 0
+        check_records(records_in_stream(client), answers, workers)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
+        daemon.close()
 
 
 def test_install_adds_and_chains_the_hooks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,8 +39,7 @@ from collector.integrations import (
 from collector.integrations.asgi import AnalyticsMiddleware as ASGIMiddleware
 from collector.integrations.wsgi import ROUTE_KEY
 from collector.integrations.wsgi import AnalyticsMiddleware as WSGIMiddleware
-
-from ._support import in_threads
+from collector.testing import in_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 

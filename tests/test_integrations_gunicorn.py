@@ -65,9 +65,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -79,9 +76,9 @@ import pytest
 import yaml
 
 from collector.pytest_plugin import Collected, Pipeline
+from collector.testing import Gunicorn, in_threads, wait_until
 
 from ._example_apps import STUCK_PATH
-from ._support import free_port, in_threads, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DJANGO_DIR = ROOT / "examples" / "django_project"
@@ -138,59 +135,33 @@ CASES = [
 ]
 
 
-class Gunicorn:
+class CaseServer(Gunicorn):
     """One gunicorn master running a case, logging to a file."""
 
     def __init__(self, case: Case, pipeline: Pipeline, workdir: Path,
                  extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.case = case
-        self.port = free_port()
-        self.log = workdir / f"gunicorn-{case.name}.log"
-        env = pipeline.env
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(DJANGO_DIR)])
+        env = {"COLLECTOR_CONFIG": str(pipeline.config_path),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(DJANGO_DIR)])}
         if case.framework == "django":
             env["DJANGO_SETTINGS_MODULE"] = "tests._example_django_settings"
         env.update(extra_env or {})
-        args = [sys.executable, "-m", "gunicorn", "-c", str(case.config), *NO_CONTROL_SOCKET,
-                "-k", case.worker_class, "--workers", "2", "--threads", "4",
-                "--bind", f"127.0.0.1:{self.port}", "--timeout", "3",
-                "--graceful-timeout", "10", "--max-requests", "20",
+        args = [*NO_CONTROL_SOCKET, "-k", case.worker_class, "--threads", "4",
+                "--timeout", "3", "--graceful-timeout", "10", "--max-requests", "20",
                 "--max-requests-jitter", "10", "--log-level", "info"]
         if case.preload:
             args.append("--preload")
-        args.append(case.app)
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._logf,
-                                     stderr=subprocess.STDOUT)
-        if wait:
-            wait_until(self.healthy, 60, f"gunicorn ({case.name}) to answer /healthz")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n"
-                                 + self.log_text()[-4000:])
-        try:
-            status, _ = request(self.port, "GET", "/healthz", timeout=2)
-        except OSError:
-            return False
-        return status == 200
+        super().__init__(case.app, log=workdir / f"gunicorn-{case.name}.log", workers=2,
+                         config=case.config, args=args, env=env, cwd=ROOT)
+        self.start(wait=False)
+        if wait:  # /healthz only: workers come and go (--max-requests)
+            self.wait_up(60)
 
     def booted(self) -> list[int]:
         return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.log_text())]
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._logf.close()
-        return self.proc.returncode
+    def stop(self, timeout: float = 40.0) -> int | None:
+        return super().stop(timeout)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
@@ -215,7 +186,7 @@ class Load:
     failed: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, g: Gunicorn, prefix: str, count: int, threads: int = 4) -> None:
+    def run(self, g: CaseServer, prefix: str, count: int, threads: int = 4) -> None:
         def client(k: int) -> None:
             for i in range(k, count, threads):
                 rid = f"{prefix}-{i}"
@@ -248,7 +219,7 @@ def test_example_under_gunicorn(case: Case, collector_pipeline: Pipeline,
                                 collected: Collected, tmp_path: Path) -> None:
     prefix = f"{case.name}-{os.getpid()}"
     dropped_before = dropped_total(collector_pipeline)
-    g = Gunicorn(case, collector_pipeline, tmp_path)
+    g = CaseServer(case, collector_pipeline, tmp_path)
     load = Load()
     try:
         # 1. load with recycling
@@ -281,7 +252,7 @@ def test_example_under_gunicorn(case: Case, collector_pipeline: Pipeline,
         log = g.log_text()
         victims = [int(p) for p in sigkill.findall(log)]
         assert "WORKER TIMEOUT" in log
-        wait_until(g.healthy, 30, "gunicorn to serve again after the kill")
+        wait_until(g.up, 30, "gunicorn to serve again after the kill")
         # 3. more load on the replacement workers
         load.run(g, f"{prefix}-b", 80)
     finally:
@@ -333,7 +304,7 @@ def test_fastapi_websockets_under_uvicorn(collector_pipeline: Pipeline, collecte
     from websockets.sync.client import connect
 
     case = Case("fastapi-ws", "fastapi", UVICORN, False)
-    g = Gunicorn(case, collector_pipeline, tmp_path)
+    g = CaseServer(case, collector_pipeline, tmp_path)
     try:
         for i in range(5):
             with connect(f"ws://127.0.0.1:{g.port}/ws/echo",
@@ -361,7 +332,7 @@ def test_block_policy_is_refused_in_uvicorn_workers(collector_pipeline: Pipeline
     blocking = tmp_path / "collector-block.yaml"
     blocking.write_text(yaml.safe_dump(cfg))
     case = Case("fastapi-block", "fastapi", UVICORN, False)
-    g = Gunicorn(case, collector_pipeline, tmp_path,
+    g = CaseServer(case, collector_pipeline, tmp_path,
                  extra_env={"COLLECTOR_CONFIG": str(blocking)}, wait=False)
     try:
         code = g.proc.wait(60)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from collector.testing import RedisServer, console_script, free_port
 from pump._redis import connect
 from pump.config import ConfigError, load_config
 from pump.sinks import registry
 
-from ._support import RedisServer, free_port
 from .pump_plugins import ROOT
 
 MINIMAL = {"pumps": {"n": {"type": "null"}}}
@@ -134,9 +134,8 @@ def test_credentials_only_from_environment() -> None:
 def test_cli_reports_bad_config_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "pump.yaml"
     path.write_text("pumps:\n  x:\n    type: nope\n")
-    exe = ROOT / ".venv" / "bin" / "collector-pump"
-    proc = subprocess.run([str(exe), "--config", str(path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([*console_script("collector-pump"), "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown sink type 'nope'; known types:" in proc.stderr
 

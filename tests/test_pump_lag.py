@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collector.testing import RedisServer
 from pump._redis import group_lag
-from tests._support import RedisServer
 
 
 def test_group_lag_counts_undelivered_and_is_zero_when_caught_up(

@@ -8,81 +8,33 @@ control file, so failures and blocked writes happen inside real workers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from collector.testing import Pump, RedisServer, account, pg_dsn, wait_until
 from pump.sinks import registry
 
-from ._support import RedisServer, free_port, wait_until
-from .pump_plugins import (
-    count_jsonl,
-    http_get,
-    lost_and_duplicated,
-    produce,
-    set_control,
-    start_pump,
-    write_config,
-)
+from .pump_plugins import ROOT, count_jsonl, produce, set_control
 
 KEY = "collector:analytics"
 
 
-class Pump:
-    def __init__(self, tmp: Path, redis_server: RedisServer, pumps: dict[str, Any],
-                 **extra: Any) -> None:
-        self.port = free_port()
-        cfg: dict[str, Any] = {
-            "redis_url": redis_server.url, "read_block_s": 0.1, "read_count": 20,
-            "health_address": f"127.0.0.1:{self.port}", "plugins": ["tests.pump_plugins"],
-            "retry_initial_ms": 20, "retry_max_ms": 200, "batch_deadline_s": 20,
-            "claim_idle_ms": 30000, "shutdown_timeout_s": 10, "trim_interval_s": 0.5,
-            "pumps": pumps,
-        }
-        cfg.update(extra)
-        self.config = write_config(tmp / f"pump-{self.port}.yaml", **cfg)
-        self.log = tmp / "pump.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+_PUMPS = itertools.count()
 
-    def start(self) -> Pump:
-        self.proc = start_pump(self.config, self.log)
-        wait_until(lambda: self.get("/healthz")[0] == 200, 60, "the pump's /healthz")
-        return self
 
-    def get(self, path: str) -> tuple[int, Any]:
-        try:
-            code, body = http_get(f"http://127.0.0.1:{self.port}{path}")
-        except OSError:
-            return 0, None
-        return code, (json.loads(body) if path != "/metrics" else body.decode())
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def kill_all(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.signal(signal.SIGTERM)
-        try:
-            return self.wait(60)
-        finally:
-            self.kill_all()
+def make_pump(tmp: Path, redis_server: RedisServer, pumps: dict[str, Any],
+              **extra: Any) -> Pump:
+    """The pump of these tests: ``testjsonl`` loaded from ``tests/`` by every worker."""
+    return Pump.write(tmp, redis_server.url, pumps, name=f"pump-{next(_PUMPS)}.yaml",
+                      log=tmp / "pump.log", env={"PYTHONPATH": str(ROOT)},
+                      **{"plugins": ["tests.pump_plugins"], "read_count": 20, **extra})
 
 
 @pytest.fixture
@@ -90,17 +42,13 @@ def pumps() -> Any:
     started: list[Pump] = []
 
     def make(*args: Any, **kw: Any) -> Pump:
-        p = Pump(*args, **kw)
+        p = make_pump(*args, **kw)
         started.append(p)
         return p
 
     yield make
     for p in started:
-        p.kill_all()
-        try:  # workers left without their supervisor stop by themselves; be sure
-            os.killpg(p.proc.pid, signal.SIGKILL) if p.proc else None
-        except ProcessLookupError:
-            pass
+        p.close()  # also workers left without their supervisor
 
 
 def jsonl(tmp: Path, name: str, **control: Any) -> dict[str, Any]:
@@ -111,9 +59,9 @@ def jsonl(tmp: Path, name: str, **control: Any) -> dict[str, Any]:
 
 
 def report(name: str, counts: Any, expected: list[int]) -> tuple[int, int]:
-    lost, dups = lost_and_duplicated(counts, expected)
-    print(f"{name}: records={len(expected)} lost={lost} duplicated={dups}")
-    return lost, dups
+    acc = account(counts, expected)
+    print(f"{name}: {acc}")
+    return acc.lost, acc.duplicated
 
 
 def test_two_sinks_exactly_once_metrics_and_sigterm(tmp_path: Path, redis_server: RedisServer,
@@ -128,13 +76,13 @@ def test_two_sinks_exactly_once_metrics_and_sigterm(tmp_path: Path, redis_server
     wait_until(lambda: sum(count_jsonl(tmp_path / "t.jsonl").values()) >= 30_000, 120, "t")
     wait_until(lambda: sum(count_jsonl(tmp_path / "file.jsonl", "_id").values()) >= 30_000,
                120, "file")
-    wait_until(lambda: pump.get("/readyz")[0] == 200, 30, "ready")
-    assert pump.get("/healthz") == (200, {"status": "ok"})
-    _, ready = pump.get("/readyz")
+    wait_until(lambda: pump.get_json("/readyz")[0] == 200, 30, "ready")
+    assert pump.get_json("/healthz") == (200, {"status": "ok"})
+    _, ready = pump.get_json("/readyz")
     assert ready["redis"]["ok"] and ready["sinks"]["t"]["workers_alive"] == 2
     wait_until(lambda: 'collector_pump_records_out_total{sink="file"} 30000.0'
-               in pump.get("/metrics")[1], 30, "metrics")
-    metrics = pump.get("/metrics")[1]
+               in pump.metrics_text(), 30, "metrics")
+    metrics = pump.metrics_text()
     for line in ('collector_pump_records_out_total{sink="t"} 30000.0',
                  'collector_pump_records_in_total{sink="t"} 30000.0',
                  'collector_pump_workers_alive{sink="file"} 2.0',
@@ -171,8 +119,8 @@ def test_kill_9_worker_mid_batch_and_whole_pump_lose_nothing(
     wait_until(lambda: r.xpending(KEY, "t")["pending"] == 0, 60, "all acknowledged")
     lost, dups = report("after worker kill", count_jsonl(out), expected)
     assert lost == 0 and dups > 0  # the killed batch was written, not acknowledged
-    assert pump.get("/readyz")[1]["sinks"]["t"]["workers_alive"] == 1
-    metrics = pump.get("/metrics")[1]
+    assert pump.get_json("/readyz")[1]["sinks"]["t"]["workers_alive"] == 1
+    metrics = pump.metrics_text()
     assert 'collector_pump_worker_restarts_total{sink="t"} 1.0' in metrics
 
     # 2. the whole process tree killed mid-batch, then started again
@@ -199,7 +147,7 @@ def test_failing_sink_does_not_hold_back_the_other_and_drains_after(
     expected = produce(r, 2000, per_entry=50)
     good = tmp_path / "good.jsonl"
     wait_until(lambda: len(count_jsonl(good)) == 2000, 60, "the healthy sink")
-    code, ready = pump.get("/readyz")
+    code, ready = pump.get_json("/readyz")
     assert code == 503 and not ready["ready"]
     assert not ready["sinks"]["bad"]["healthy"] and "told to be unhealthy" in ready["sinks"][
         "bad"]["error"]
@@ -211,17 +159,17 @@ def test_failing_sink_does_not_hold_back_the_other_and_drains_after(
         if g["name"] == b"good"), 30, "the healthy group's lag to stay at 0")
     assert r.xlen(KEY) == 80, "entries the failing sink still needs were trimmed"
     wait_until(lambda: 'collector_pump_workers_in_outage{sink="bad"} 1.0'
-               in pump.get("/metrics")[1], 30, "the outage gauge")
+               in pump.metrics_text(), 30, "the outage gauge")
     set_control(tmp_path / "bad.ctl", mode="ok", healthy=True)
     wait_until(lambda: len(count_jsonl(tmp_path / "bad.jsonl")) == 4000, 60, "the backlog")
-    wait_until(lambda: pump.get("/readyz")[0] == 200, 30, "ready again")
+    wait_until(lambda: pump.get_json("/readyz")[0] == 200, 30, "ready again")
     assert r.xlen(f"{KEY}:dead:bad") == 0, "an outage must not dead-letter"
     for name in ("bad", "good"):
         lost, dups = report(name, count_jsonl(tmp_path / f"{name}.jsonl"), expected)
         assert lost == 0 and dups == 0
 
     redis_server.kill()
-    code, ready = pump.get("/readyz")
+    code, ready = pump.get_json("/readyz")
     assert code == 503 and ready["redis"]["ok"] is False
     redis_server.start()
     assert pump.stop() == 0
@@ -236,7 +184,7 @@ def test_sigterm_finishes_and_acks_the_batch_in_flight(
     expected = produce(r, 500, per_entry=50)
     wait_until(Path(str(out) + ".inflight").exists, 60, "a write in flight")
     pump.signal(signal.SIGTERM)
-    wait_until(lambda: pump.get("/readyz")[1]["status"] == "stopping", 30, "stopping")
+    wait_until(lambda: pump.get_json("/readyz")[1]["status"] == "stopping", 30, "stopping")
     set_control(tmp_path / "t.ctl", mode="ok", healthy=True)
     assert pump.wait(60) == 0
     counts = count_jsonl(out)
@@ -254,7 +202,7 @@ def test_a_write_that_ignores_its_deadline_gets_its_worker_killed(
     pump = pumps(tmp_path, redis_server, spec, stuck_write_grace_s=1).start()
     expected = produce(r, 200, per_entry=50)
     wait_until(lambda: 'collector_pump_worker_restarts_total{sink="t"} 1.0'
-               in pump.get("/metrics")[1], 60, "the watchdog to kill the stuck worker")
+               in pump.metrics_text(), 60, "the watchdog to kill the stuck worker")
     set_control(tmp_path / "t.ctl", mode="ok", healthy=True)
     wait_until(lambda: len(count_jsonl(out)) == 200, 60, "redelivery")
     wait_until(lambda: r.xpending(KEY, "t")["pending"] == 0, 30, "all acknowledged")
@@ -267,7 +215,6 @@ def test_kill_9_with_postgres_and_file_sinks(tmp_path: Path, redis_server: Redis
                                              pumps: Any) -> None:
     """PostgreSQL deduplicates redeliveries by record id; the file sink cannot (counted)."""
     psycopg = pytest.importorskip("psycopg")
-    from ._support import pg_dsn
 
     table = f"pump_kill_{os.getpid()}"
     with psycopg.connect(pg_dsn(), autocommit=True) as conn:
@@ -335,7 +282,7 @@ def test_second_signal_exits_at_once(tmp_path: Path, redis_server: RedisServer,
     wait_until(marker.exists, 60, "a write in flight")
     worker = psutil.Process(int(marker.read_text()))
     pump.signal(signal.SIGTERM)
-    wait_until(lambda: pump.get("/readyz")[1]["status"] == "stopping", 30, "stopping")
+    wait_until(lambda: pump.get_json("/readyz")[1]["status"] == "stopping", 30, "stopping")
     pump.signal(signal.SIGINT)
     assert pump.wait(30) == 1
     worker.wait(10)  # killed with the supervisor, not left behind

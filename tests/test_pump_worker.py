@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from collector.common.stream import decode_entry, encode_entry
+from collector.testing import RedisServer, account, wait_until
 from pump._metrics import WORKER_COUNTERS
 from pump._redis import group_lag, trim_acknowledged
 from pump._source import ListMover
@@ -20,8 +21,7 @@ from pump._worker import Stopper, Worker
 from pump.config import load_config
 from pump.sinks.memory import MemorySink
 
-from ._support import RedisServer, wait_until
-from .pump_plugins import lost_and_duplicated, make_record, produce
+from .pump_plugins import make_record, produce
 
 KEY = "collector:analytics"
 
@@ -73,8 +73,8 @@ def test_two_sinks_get_every_record_exactly_once(redis_server: RedisServer) -> N
     ensure_groups(r, [KEY], "m2")
     run_until([w1, w2], lambda: len(s1.records) >= 3000 and len(s2.records) >= 3000)
     for sink in (s1, s2):
-        lost, dups = lost_and_duplicated(seqs(sink), expected)
-        assert (lost, dups) == (0, 0), f"lost={lost} duplicated={dups}"
+        acc = account(seqs(sink), expected)
+        assert (acc.lost, acc.duplicated) == (0, 0), str(acc)
         assert {r.id for r in sink.records} == {f"{'a' * 32}:{s}" for s in expected}
     assert group_lag(r, KEY, "m1") == (0, 0)
     assert w1.counters.get("records_out") == 3000
@@ -105,8 +105,8 @@ def test_poison_entry_dead_lettered_after_max_deliveries_while_later_records_flo
     assert b"poison record" in dead[b"dl_error"]
     entry = decode_entry(dead)  # the original fields are kept: the entry can be replayed
     assert msgpack.unpackb(entry.records[0])["seq"] == 100
-    lost, dups = lost_and_duplicated(seqs(sink), [*range(100), *range(101, 201)])
-    assert (lost, dups) == (0, 0), f"lost={lost} duplicated={dups}"
+    acc = account(seqs(sink), [*range(100), *range(101, 201)])
+    assert (acc.lost, acc.duplicated) == (0, 0), str(acc)
     run_until([w], lambda: group_lag(r, KEY, "m") == (0, 0))
     assert w.counters.get("records_dead_lettered") == 1
 
@@ -124,8 +124,8 @@ def test_permanent_error_splits_the_batch_and_dead_letters_only_the_bad_entry(
     run_until([w], lambda: len(dead_entries(r, "m")) == 1 and len(sink.records) == 60)
     assert dead_entries(r, "m")[0][b"dl_reason"] == b"permanent"
     assert int(dead_entries(r, "m")[0][b"dl_deliveries"]) == 1
-    lost, dups = lost_and_duplicated(seqs(sink), [*range(30), *range(31, 61)])
-    assert (lost, dups) == (0, 0)
+    acc = account(seqs(sink), [*range(30), *range(31, 61)])
+    assert (acc.lost, acc.duplicated) == (0, 0)
 
 
 def test_undecodable_entry_and_record_are_dead_lettered_not_passed_on(
@@ -218,8 +218,8 @@ def test_sink_outage_holds_its_group_only_and_drains_after_recovery(
         down_w.stopper.request()
         thread.join(10)
     for sink in (down, up):
-        lost, dups = lost_and_duplicated(seqs(sink), expected)
-        assert (lost, dups) == (0, 0), f"{sink.config}: lost={lost} duplicated={dups}"
+        acc = account(seqs(sink), expected)
+        assert (acc.lost, acc.duplicated) == (0, 0), f"{sink.config}: {acc}"
 
 
 def test_entries_of_a_dead_consumer_are_claimed(redis_server: RedisServer) -> None:
@@ -233,8 +233,8 @@ def test_entries_of_a_dead_consumer_are_claimed(redis_server: RedisServer) -> No
     assert len(got[0][1]) == 10
     sink = MemorySink.instances["claim"]
     run_until([w], lambda: len(sink.records) == 100, timeout=30)
-    lost, dups = lost_and_duplicated(seqs(sink), expected)
-    assert (lost, dups) == (0, 0)
+    acc = account(seqs(sink), expected)
+    assert (acc.lost, acc.duplicated) == (0, 0)
     info = r.xpending(KEY, "m")
     assert info["pending"] == 0
 
@@ -274,8 +274,8 @@ def test_list_source_moves_atomically_with_stable_ids(redis_server: RedisServer)
     assert r.llen("analytics-iam-system-analytics") == 0
     sink = MemorySink.instances["list"]
     run_until([w], lambda: len(sink.records) == 100)
-    lost, dups = lost_and_duplicated(seqs(sink), list(range(100)))
-    assert (lost, dups) == (0, 0)
+    acc = account(seqs(sink), list(range(100)))
+    assert (acc.lost, acc.duplicated) == (0, 0)
     assert sorted(int(rec.id.rsplit(":", 1)[1]) for rec in sink.records) == list(range(100))
     assert sink.records[0].id.startswith("list-analytics-iam-system-analytics:")
 
@@ -309,5 +309,6 @@ def test_every_shard_is_read(redis_server: RedisServer) -> None:
         expected += produce(r, 100, per_entry=10, start=i * 100, key=key, ring=str(i) * 32)
     sink = MemorySink.instances["shards"]
     run_until([w], lambda: len(sink.records) == 300)
-    assert lost_and_duplicated(seqs(sink), expected) == (0, 0)
+    acc = account(seqs(sink), expected)
+    assert (acc.lost, acc.duplicated) == (0, 0)
     run_until([w], lambda: all(group_lag(r, k, "m") == (0, 0) for k in keys))

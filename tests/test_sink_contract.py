@@ -4,7 +4,7 @@ Targets: the local PostgreSQL, a redis-server (``redis_server`` fixture), a
 local HTTP server, a TCP syslog receiver, a temporary directory, captured
 stdout, a scraped Prometheus endpoint, and for ``mongo`` the real pymongo
 driver against ``mockupdb``, an in-process MongoDB wire-protocol server
-(``mongod`` cannot be installed on this machine; see tests/_sink_servers.py).
+(``mongod`` cannot be installed on this machine; see ``collector.testing.MongoPeer``).
 
 For every sink: a batch is written, then written again (a redelivery): no
 record is lost, and where the sink says it deduplicates no record is stored
@@ -32,9 +32,8 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import HttpPeer, MongoPeer, SilentTcpServer, SyslogPeer, pg_dsn, wait_until
 from pump.sinks import Batch, Record, RetryableError, Sink, Verdict, build_sink, registry
-from tests._sink_servers import HttpPeer, MongoPeer, SilentTcpServer, SyslogPeer
-from tests._support import pg_dsn, wait_until
 
 STALL_S = 30.0  # how long a stalled target would hold a write
 

@@ -1,4 +1,4 @@
-"""The ``aggregate`` sink against the machine's PostgreSQL (tests/_support.pg_dsn()).
+"""The ``aggregate`` sink against the machine's PostgreSQL (``collector.testing.pg_dsn()``).
 
 Each test has its own table (and ledger table), dropped afterwards. The
 expected roll-ups are computed here from the records themselves and compared
@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import pg_dsn
 from pump.sinks import Batch, PermanentError, Record, Verdict, build_sink
-from tests._support import pg_dsn
 
 ACCURACY = 0.01
 

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import HttpPeer, free_port
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
-from tests._sink_servers import HttpPeer
-from tests._support import free_port
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The ``mongo`` sink with the real pymongo driver against a MongoDB wire-protocol peer.
 
 ``mongod`` cannot be installed on this machine, so these tests run pymongo
-against ``mockupdb`` (tests/_sink_servers.MongoPeer): an in-process server
+against ``mockupdb`` (``collector.testing.MongoPeer``): an in-process server
 speaking the real MongoDB wire protocol (OP_MSG) that stores inserted
 documents and answers duplicate ``_id`` values with write errors code 11000,
 as mongod does. What they cannot show: mongod's own behaviour (capped
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import MongoPeer
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
-from tests._sink_servers import MongoPeer
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_stalled_server_write_times_out_retryable(mongo_peer: MongoPeer) -> None
 
 
 def test_unreachable_server_is_retryable() -> None:
-    from tests._support import free_port
+    from collector.testing import free_port
 
     sink = build_sink("mongo", {"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"})
     try:

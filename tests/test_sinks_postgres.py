@@ -1,4 +1,4 @@
-"""The ``postgres`` sink against the machine's PostgreSQL (tests/_support.pg_dsn()).
+"""The ``postgres`` sink against the machine's PostgreSQL (``collector.testing.pg_dsn()``).
 
 Each test creates its own table (a unique name) and drops it afterwards.
 """
@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import free_port, pg_dsn
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
-from tests._support import free_port, pg_dsn
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import msgpack
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import RedisServer, SilentTcpServer
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
-from tests._sink_servers import SilentTcpServer
-from tests._support import RedisServer
 
 
 def _batch(lo: int, hi: int) -> Batch:

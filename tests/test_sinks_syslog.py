@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from collector.testing import SilentTcpServer, SyslogPeer, free_port, wait_until
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
-from tests._sink_servers import SilentTcpServer, SyslogPeer
-from tests._support import free_port, wait_until
 
 
 @pytest.fixture(params=["udp", "tcp", "unix"])

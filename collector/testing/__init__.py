@@ -11,7 +11,8 @@ Waiting and ports
     :func:`wait_until` ``(cond, timeout, what)`` polls until ``cond()`` is
     truthy and returns its value; :class:`WaitTimeout` (an
     ``AssertionError`` and a ``TimeoutError``) names ``what`` otherwise.
-    :func:`free_port`.
+    :func:`free_port`; :func:`in_threads` ``(target, n)`` runs ``target(k)``
+    in ``n`` threads and re-raises the first failure.
 
 Redis
     :class:`RedisServer` ``(workdir, appendonly=True, appendfsync=...,
@@ -116,7 +117,7 @@ from ._streams import (
     stream_records,
     tally_stream,
 )
-from ._wait import WaitTimeout, free_port, wait_until
+from ._wait import WaitTimeout, free_port, in_threads, wait_until
 
 __all__ = [
     "QUICK_DAEMON",
@@ -143,6 +144,7 @@ __all__ = [
     "free_port",
     "group_lags",
     "http_get",
+    "in_threads",
     "jsonl_lines",
     "jsonl_records",
     "kill_tree",

@@ -10,6 +10,8 @@ from typing import Any, Self
 
 from ._records import authz_record
 
+Record = Callable[[int, int], dict[str, Any]]
+
 __all__ = ["Producers", "record_through_analytics", "write_ring"]
 
 CTX = mp.get_context("spawn")
@@ -17,8 +19,9 @@ CTX = mp.get_context("spawn")
 
 def write_ring(rings_dir: str, producer: int, count: int, capacity: int = 4 << 20,
                close: bool = True, pace_every: int = 0, pace_s: float = 0.0,
-               started: Any = None) -> None:
-    """Write ``count`` records into a new ring as ``record_hit`` would; never drop one.
+               started: Any = None, record: Record = authz_record) -> None:
+    """Write ``record(producer, seq)`` for ``seq < count`` into a new ring (4 MiB by
+    default) as ``record_hit`` would, and never drop one.
 
     A full ring makes the producer wait for room (a drop would count as lost).
     ``pace_every``/``pace_s`` pause to keep a load running for a while;
@@ -34,7 +37,7 @@ def write_ring(rings_dir: str, producer: int, count: int, capacity: int = 4 << 2
     packb = msgpack.Packer(use_bin_type=True).pack
     write = writer.try_write
     for seq in range(count):
-        payload = packb(authz_record(producer, seq))
+        payload = packb(record(producer, seq))
         while not write(payload):
             time.sleep(0.0005)
         if pace_every and seq % pace_every == pace_every - 1:
@@ -47,14 +50,16 @@ def write_ring(rings_dir: str, producer: int, count: int, capacity: int = 4 << 2
 
 
 def record_through_analytics(config: str, producer: int, count: int, dropped: Any,
-                             pace_every: int = 0, pace_s: float = 0.0) -> None:
-    """``collector.Analytics.record_hit`` of ``count`` records; ``dropped.value`` = drops."""
+                             pace_every: int = 0, pace_s: float = 0.0,
+                             record: Record = authz_record) -> None:
+    """``collector.Analytics.record_hit`` of ``record(producer, seq)`` for ``seq < count``
+    (client configured by the file ``config``); ``dropped.value`` = records dropped."""
     from collector import Analytics
 
     analytics = Analytics.from_config(config, environ={}).start()
     drops = 0
     for seq in range(count):
-        if not analytics.record_hit(authz_record(producer, seq)):
+        if not analytics.record_hit(record(producer, seq)):
             drops += 1
         if pace_every and seq % pace_every == pace_every - 1:
             time.sleep(pace_s)
@@ -69,6 +74,8 @@ class Producers:
     drains); :meth:`analytics` records through ``collector.Analytics``
     configured by a file (drops counted, see :meth:`join`). ``pace`` is
     ``(every, seconds)``: a pause of ``seconds`` every ``every`` records.
+    ``record(producer, seq)`` makes the records (:func:`authz_record`; another
+    generator must be a module-level function, the producers are spawned).
     """
 
     def __init__(self, target: Callable[..., None], n: int, first: int,
@@ -82,17 +89,20 @@ class Producers:
     @classmethod
     def ring(cls, rings_dir: Path, n: int, count: int, *, first: int = 0,
              capacity: int = 4 << 20, close: bool = True,
-             pace: tuple[int, float] | None = None) -> Producers:
+             pace: tuple[int, float] | None = None, record: Record = authz_record
+             ) -> Producers:
         every, secs = pace or (0, 0.0)
         return cls(write_ring, n, first, lambda p, _: (str(rings_dir), p, count),
-                   {"capacity": capacity, "close": close, "pace_every": every, "pace_s": secs})
+                   {"capacity": capacity, "close": close, "pace_every": every, "pace_s": secs,
+                    "record": record})
 
     @classmethod
     def analytics(cls, config: Path, n: int, count: int, *, first: int = 0,
-                  pace: tuple[int, float] | None = None) -> Producers:
+                  pace: tuple[int, float] | None = None, record: Record = authz_record
+                  ) -> Producers:
         every, secs = pace or (0, 0.0)
         return cls(record_through_analytics, n, first,
-                   lambda p, dropped: (str(config), p, count, dropped, every, secs))
+                   lambda p, dropped: (str(config), p, count, dropped, every, secs, record))
 
     def start(self) -> Self:
         for p in self.procs:

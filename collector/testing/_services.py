@@ -29,9 +29,9 @@ QUICK_DAEMON: dict[str, Any] = {
     "log_level": "info",
 }
 QUICK_PUMP: dict[str, Any] = {
-    "purge_delay": 0.1,
-    "initial_backoff_ms": 20,
-    "max_backoff_ms": 200,
+    "read_block_s": 0.1,
+    "retry_initial_ms": 20,
+    "retry_max_ms": 200,
     "batch_deadline_s": 20,
     "claim_idle_ms": 30_000,
     "shutdown_timeout_s": 10,
@@ -102,7 +102,7 @@ class Pump(Service):
 
     up_path = "/healthz"
     reap_on_stop = True
-    health_key = "health_check_address"
+    health_key = "health_address"
 
     def __init__(self, config: Path, *, log: Path | None = None, args: list[str] | None = None,
                  env: Mapping[str, str] | None = None, address: str | None = None) -> None:

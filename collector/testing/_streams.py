@@ -67,17 +67,19 @@ def stream_records(client: redis.Redis, keys: Iterable[str] | None = None
 
 
 def tally_stream(client: redis.Redis, keys: Iterable[str] | None = None, *,
-                 check: bool = True) -> Counter[tuple[int, int]]:
+                 check: bool = True,
+                 record: Callable[[int, int], dict[str, Any]] = authz_record
+                 ) -> Counter[tuple[int, int]]:
     """Records made by :func:`authz_record` in the shards, counted by ``(producer, seq)``.
 
-    With ``check`` every record must equal ``authz_record(producer, seq)`` and
-    sit at ring sequence ``seq`` (one ring per producer, written from 0).
+    With ``check`` every record must equal ``record(producer, seq)`` and sit
+    at ring sequence ``seq`` (one ring per producer, written from 0).
     """
     seen: Counter[tuple[int, int]] = Counter()
     for rec in stream_records(client, keys):
         key = record_key(rec.data)
         if check:
-            assert rec.data == authz_record(*key), f"record {key} decodes to {rec.data}"
+            assert rec.data == record(*key), f"record {key} decodes to {rec.data}"
             assert rec.seq == key[1], f"record {key} has the ring sequence {rec.seq}"
         seen[key] += 1
     return seen

@@ -1,4 +1,4 @@
-"""Waiting on a condition with a deadline, and free loopback ports."""
+"""Waiting on a condition with a deadline, fanning out to threads, free loopback ports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["WaitTimeout", "free_port", "wait_until"]
+__all__ = ["WaitTimeout", "free_port", "in_threads", "wait_until"]
 
 
 class WaitTimeout(AssertionError, TimeoutError):
@@ -59,3 +59,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def in_threads(target: Callable[[int], object], threads: int, timeout: float = 120.0) -> None:
+    """Run ``target(k)`` for k in 0..threads-1 in threads; re-raise the first failure.
+
+    Each thread is joined for up to ``timeout`` seconds (many clients at once
+    against a server under test).
+    """
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            target(k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
