@@ -1,7 +1,7 @@
 """The authz app under gunicorn with the analytics design chosen by ``BENCH_DESIGN``.
 
 ``gunicorn bench._wsgi:app`` with ``BENCH_DESIGN`` one of
-``bench.compare.DESIGNS`` and ``BENCH_REDIS_URL`` / ``BENCH_COLLECTOR_YAML``
+``bench._designs.DESIGNS`` and ``BENCH_REDIS_URL`` / ``BENCH_COLLECTOR_YAML``
 for the designs that need them. Each worker process builds its own design
 on its first request (after gunicorn forked it), so designs with
 background threads or a sender process start them in the worker, never in
@@ -31,7 +31,7 @@ def _design() -> Any:
     if _state["pid"] != pid:
         with _lock:
             if _state["pid"] != pid:
-                from bench.compare import make_design
+                from bench._compare_measure import make_design
 
                 d = make_design(os.environ["BENCH_DESIGN"], {
                     "redis_url": os.environ.get("BENCH_REDIS_URL", ""),

@@ -18,25 +18,25 @@ import mmap
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
-import yaml
 
 import ringbuf
 from collector.common.stream import shard_keys
-
-from ._harness import stream_record_count
+from collector.testing import (
+    Daemon,
+    RedisServer,
+    authz_record,
+    stream_record_count,
+    wait_until,
+)
 
 TARGET = 300_000  # records/s end to end, from the issue
 _CPU: list[tuple[dict[str, float], int]] = []  # (CPU seconds by role, records) per run
@@ -54,38 +54,6 @@ def _daemon_pids() -> dict[str, list[int]]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def authz_record(seq: int, producer: int) -> dict[str, Any]:
-    """An authorization decision like the seed's iam-authz-server records (~450 bytes)."""
-    return {
-        "timestamp": 1764189000.123456 + seq,
-        "username": f"colin-{producer}",
-        "effect": "allow",
-        "conclusion": "policy matched",
-        "request": {
-            "resource": "resources:articles:ladon-introduction",
-            "action": "delete",
-            "subject": "users:peter",
-            "context": {"remoteIP": "192.168.0.5", "username": "peter"},
-        },
-        "policies": [
-            {"id": "68819e5a-738b-41ec-b03c-b58a1b19d043",
-             "description": "One policy to rule them all.",
-             "effect": "allow"},
-        ],
-        "deciders": [{"id": "68819e5a-738b-41ec-b03c-b58a1b19d043", "effect": "allow"}],
-        "request_id": f"{producer:04x}-{seq:012x}-7e3a0c1d",
-        "latency_us": 120 + seq % 50,
-        "producer": producer,
-        "seq": seq,
-    }
-
-
 def _producer(rings_dir: str, producer: int, count: int, capacity: int, ready: Any,
               go: Any, cpu_out: Any) -> None:
     import ormsgpack
@@ -93,7 +61,7 @@ def _producer(rings_dir: str, producer: int, count: int, capacity: int, ready: A
     writer = ringbuf.RingWriter.create(rings_dir, capacity_bytes=capacity)
     write = writer.write_unlocked  # one thread: no lock needed
     packb = ormsgpack.packb
-    rec = authz_record(0, producer)
+    rec = authz_record(producer, 0)
     ready.set()
     go.wait()
     cpu0 = time.process_time()
@@ -106,32 +74,6 @@ def _producer(rings_dir: str, producer: int, count: int, capacity: int, ready: A
             sleep(0.001)  # ring full: wait for the daemon (nothing is dropped)
     cpu_out.value = time.process_time() - cpu0
     writer.close()
-
-
-class _Redis:
-    def __init__(self, workdir: Path, appendonly: bool) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(workdir), "--save", "", "--appendonly",
-             "yes" if appendonly else "no", "--appendfsync", "everysec",
-             "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def run_once(rings_dir: Path, client: redis.Redis, keys: list[str], producers: int,
@@ -184,22 +126,6 @@ def run_once(rings_dir: Path, client: redis.Redis, keys: list[str], producers: i
     return total / elapsed, elapsed
 
 
-def _wait_http(address: str, path: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"collector-daemon exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://{address}{path}", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("collector-daemon did not become ready")
-        time.sleep(0.05)
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench daemon", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,24 +152,17 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     rings = work / "rings"
     rings.mkdir(mode=0o700)
-    (work / "redis").mkdir()
-    srv = _Redis(work / "redis", appendonly=not args.no_appendonly)
-    address = f"127.0.0.1:{_free_port()}"
-    cfg: dict[str, Any] = {"redis_url": srv.url, "rings_dir": str(rings),
-                           "runtime_dir": str(work / "run"), "pool_size": args.pool_size,
-                           "health_address": address, "log_level": "warning",
+    srv = RedisServer(work / "redis", appendonly=not args.no_appendonly).start()
+    client = srv.client()
+    cfg: dict[str, Any] = {"pool_size": args.pool_size, "log_level": "warning",
                            "scan_interval_ms": 50}
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
-    (work / "collector.yaml").write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    daemon_bin = str(Path(sys.executable).with_name("collector-daemon"))
-    log = open(work / "daemon.log", "wb")
-    daemon = subprocess.Popen([daemon_bin, "--config", str(work / "collector.yaml")],
-                              stdout=log, stderr=log, env=env)
-    _PIDS.update(supervisor=daemon.pid, redis=srv.proc.pid)
+    daemon = Daemon.write(work, srv.url, base=cfg)
     try:
-        _wait_http(address, "/readyz", 60, daemon)
+        daemon.start(timeout=60)
+        assert daemon.proc is not None and srv.proc is not None
+        _PIDS.update(supervisor=daemon.proc.pid, redis=srv.proc.pid)
         from collector.config import load_config
         effective = load_config(work / "collector.yaml", environ={})
         keys = shard_keys(effective.stream_key, effective.stream_shards)
@@ -257,26 +176,19 @@ def main(argv: list[str]) -> int:
             best = 0.0
             _CPU.clear()
             for _ in range(repeat):
-                rate, _secs = run_once(rings, srv.client, keys, n, records // n,
+                rate, _secs = run_once(rings, client, keys, n, records // n,
                                       args.ring_capacity)
                 best = max(best, rate)
-                # wait for the closed rings to be removed before the next run
-                deadline = time.monotonic() + 10
-                while list(rings.glob("*.ring")) and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                wait_until(lambda: not list(rings.glob("*.ring")), 10,
+                           "the closed rings to be removed before the next run")
             recs = sum(c[1] for c in _CPU)
             per = {role: sum(c[0][role] for c in _CPU) / recs * 1e6 for role in _CPU[0][0]}
             print(f"  producers={n}: {best:12,.0f} records/s  "
                   f"({'meets' if best >= TARGET else 'below'} the {TARGET:,}/s target)")
             print("      CPU us per record: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
+        daemon.stop(60)
+        daemon.close()
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -20,11 +20,7 @@ postgres, on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,46 +30,23 @@ from typing import Any
 import msgpack
 import ormsgpack
 import redis
-import yaml
 
-from collector.common.stream import encode_entry
+from collector.testing import RedisServer, authz_record, fill_stream, pg_dsn
 from pump._pipeline import RecordPipeline
 from pump.config import Filters
 
-ROOT = Path(__file__).resolve().parent.parent
+from . import _harness as h
+
 KEY = "collector:analytics"
 TARGETS = {"null": 200_000, "file": 200_000, "postgres": 50_000}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _record(seq: int) -> bytes:
-    return msgpack.packb({
-        "timestamp": 1700000000 + seq, "username": f"user{seq % 97}", "effect": "allow",
-        "conclusion": "the request was allowed by policy p-1234",
-        "request": '{"subject":"users:alice","action":"delete","resource":"resources:articles:'
-                   'ladon-introduction","context":{"remoteIP":"192.168.0.5"}}',
-        "policies": '[{"id":"p-1234","effect":"allow","subjects":["users:<peter|ken>"]}]',
-        "deciders": '[{"id":"p-1234"}]', "seq": seq,
-    }, use_bin_type=True)
-
-
-def _fill(r: redis.Redis, n: int, per_entry: int = 100) -> None:
-    pipe = r.pipeline(transaction=False)
-    for first in range(0, n, per_entry):
-        recs = [_record(s) for s in range(first, min(first + per_entry, n))]
-        pipe.xadd(KEY, encode_entry("b" * 32, first, recs))
-        if len(pipe) >= 200:
-            pipe.execute()
-    pipe.execute()
+    return msgpack.packb(authz_record(0, seq), use_bin_type=True)
 
 
 def _pg_dsn() -> str | None:
-    dsn = os.environ.get("COLLECTOR_TEST_PG_DSN", "dbname=collector_test")
+    dsn = pg_dsn()
     try:
         import psycopg
 
@@ -113,25 +86,15 @@ def _decode_cost(r: redis.Redis) -> tuple[float, float, float]:
 
 def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, workers: int,
          meta: dict[str, Any], total_entries: int, total: int) -> float:
-    port = _free_port()
-    cfg = {
-        "redis_url": url, "health_address": f"127.0.0.1:{port}", "trim": False,
-        "read_count": 50, "read_block_s": 0.2, "log_level": "warning",
-        "pumps": {name: {"type": sink_type, "workers": workers, "meta": meta}},
-    }
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    exe = Path(sys.executable).parent / "collector-pump"
-    args = [str(exe)] if exe.exists() else [sys.executable, "-m", "pump.cli"]
-    proc = subprocess.Popen([*args, "--config", str(path)], stdout=subprocess.DEVNULL,
-                            stderr=open(work / f"{name}.log", "wb"), start_new_session=True)
+    pump = h.pump(work, url, {name: {"type": sink_type, "workers": workers, "meta": meta}},
+                  name=f"{name}.yaml", log=work / f"{name}.log", trim=False, read_count=50,
+                  read_block_s=0.2, log_level="warning")
+    pump.start(wait=False)
     try:
         start = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"collector-pump exited {proc.returncode}; see "
-                                   f"{work / (name + '.log')}")
+            pump.check_running()
             groups = {g["name"].decode(): g for g in r.xinfo_groups(KEY)}
             g = groups.get(name)
             if g is not None:
@@ -144,12 +107,8 @@ def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, worker
             time.sleep(0.02)
         raise TimeoutError(f"{name} did not finish in 600 s")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        pump.stop(60)
+        pump.close()
 
 
 def main(argv: list[str]) -> int:
@@ -160,23 +119,13 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     total = args.records or (100_000 if args.quick else 1_000_000)
     work = Path(tempfile.mkdtemp(prefix="bench-pump-"))
-    port = _free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    r = redis.Redis.from_url(url)
+    server = RedisServer(work / "redis", appendonly=False).start()
+    url = server.url
+    r = server.client()
     results: list[tuple[str, int, float]] = []
     try:
-        for _ in range(200):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         t0 = time.perf_counter()
-        _fill(r, total)
+        fill_stream(r, total, key=KEY, ring="b" * 32, record=_record)
         entries = int(r.xlen(KEY))
         print(f"stream: {total:,} records in {entries:,} entries "
               f"(filled in {time.perf_counter() - t0:.1f} s)")
@@ -205,7 +154,6 @@ def main(argv: list[str]) -> int:
                     _drop_table(dsn, meta["table"])
     finally:
         server.kill()
-        server.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'sink':<10}{'workers':>8}{'records/s':>14}{'target':>12}")
     for sink, workers, rate in results:

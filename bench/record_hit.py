@@ -1,12 +1,12 @@
 """``python -m bench record_hit [--quick]``: the app-side cost of one analytics record.
 
-In one run, for the ~450-byte authz record (``bench.designs.authz_record``):
+In one run, for the ~450-byte authz record (``collector.testing.authz_record``):
 
 - the encoders: ``msgpack.packb``, a reused ``msgpack.Packer().pack`` and
   ``ormsgpack.packb`` (same bytes), ns per record;
 - ``record()`` ns per call (p50, p99; every call timed on its own, the
   timer's own overhead printed) for ours (``Analytics.record_hit``) and
-  the alternatives of :mod:`bench.designs`: (a) a synchronous ``RPUSH``,
+  the alternatives of :mod:`bench._designs`: (a) a synchronous ``RPUSH``,
   (b) the seed's queue + worker threads, (c) an OpenTelemetry-style deque
   + one thread, and ``multiprocessing.Queue`` to a sender process;
 - the app process's CPU per record including its own threads:
@@ -36,8 +36,10 @@ import msgpack
 import ormsgpack
 import psutil
 
+from collector.testing import RedisServer, authz_record, wait_until
+
+from . import _designs as d
 from . import _harness as h
-from . import designs as d
 
 TARGET_P50_NS = 1500
 TARGET_SYNC_RATIO = 50
@@ -66,7 +68,7 @@ def _per_call(fn: Any, arg: Any, n: int) -> tuple[int, int]:
 
 
 def encoders(n: int) -> dict[str, Any]:
-    rec = d.authz_record(0, 1)
+    rec = authz_record(0, 1)
     packer = msgpack.Packer(use_bin_type=True)
     out: dict[str, Any] = {"bytes": len(ormsgpack.packb(rec)),
                            "identical": ormsgpack.packb(rec) == msgpack.packb(rec)}
@@ -80,7 +82,7 @@ def encoders(n: int) -> dict[str, Any]:
 def _child(name: str, env: dict[str, Any], n_lat: int, n_cpu: int, conn: Any) -> None:
     """One design in a fresh process: latency loop, then CPU loop including stop()."""
     try:
-        recs = [d.authz_record(0, i) for i in range(1000)]
+        recs = [authz_record(0, i) for i in range(1000)]
         ring: _Ring | None = None
         if name == "ours":
             design = d.make("ours", options=env["options"])
@@ -160,7 +162,7 @@ class _Ring:
             while self.reader.read_batch(100_000):
                 self.reader.commit()
             return
-        h.wait_for(lambda: self.reader.stats().bytes_used == 0, 300,
+        wait_until(lambda: self.reader.stats().bytes_used == 0, 300,
                    "the daemon to drain the ring", interval=0.005)
 
     def warm_up(self, rec: Any, recs: list[dict[str, Any]]) -> int:
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-record-hit-", dir=base))
     rings = work / "rings"
     rings.mkdir(mode=0o700)
-    redis = h.RedisProc(work / "redis", persistence="none").start()
-    daemon: h.Service | None = None
+    redis = RedisServer(work / "redis", appendonly=False).start()
+    daemon: h.Daemon | None = None
     results: dict[str, Any] = {"machine": {"python": platform.python_version(),
                                            "cpus": os.cpu_count(),
                                            "platform": platform.platform()}}
@@ -232,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         cap = 1 << 25 if args.quick else 1 << 27
         options = {"rings_dir": str(rings), "ring_capacity_bytes": cap}
         if not args.no_daemon:
-            cfg, port = h.daemon_config(work, redis.url, rings_dir=str(rings),
-                                        pool_size=1, flush_interval_ms=20,
-                                        ring_capacity_bytes=cap)
+            daemon = h.daemon(work, redis.url, rings_dir=str(rings), pool_size=1,
+                              flush_interval_ms=20, ring_capacity_bytes=cap)
             try:
-                daemon = h.daemon(work, cfg, port).start(wait_s=30)
+                daemon.start(timeout=30)
             except Exception as exc:  # report and go on without it
                 print(f"collector-daemon did not start ({exc}); continuing without it",
                       file=sys.stderr)
+                daemon.close()
                 daemon = None
         env = {"redis_url": redis.url, "options": options, "daemon": daemon is not None}
 
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             res = _run_child(name, env, n_lat, n_cpu)
             if cpu0 is not None and daemon is not None and daemon.pid:
                 total = res["accepted_total"]
-                h.wait_for(lambda t=total: d.count_in_redis("ours", client) >= t, 300,
+                wait_until(lambda t=total: d.count_in_redis("ours", client) >= t, 300,
                            "the daemon to move every record into Redis", interval=0.02)
                 res["daemon_cpu_ns_per_record"] = (_proc_cpu(daemon.pid) - cpu0) * 1e9 / total
             rows[name] = res

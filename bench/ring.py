@@ -43,6 +43,7 @@ import msgpack
 import ormsgpack
 
 import ringbuf
+from collector.testing import authz_record
 
 TARGET_WRITE_NS = 500
 TARGET_CPU_RATIO = 10
@@ -51,27 +52,8 @@ GROUP = 100  # writes per timed group
 _WARM = 10_000  # queue puts before the clock starts
 
 
-def authz_record(seq: int = 0) -> dict[str, Any]:
-    """A 13-key authorization record, about 450 bytes as msgpack."""
-    return {
-        "timestamp": 1_764_000_000 + seq,
-        "request_id": f"req-{seq:012d}-7f3a9c2e4b1d",
-        "user": "alice@example.com",
-        "subject": "users:3f6c2b9a-8d1e-4f7a-9c3b-2e5d8a1f6b4c",
-        "action": "actions:read",
-        "resource": "resources:projects/42/articles/1337/comments/99",
-        "conditions": {"remoteIP": "10.11.12.13", "userAgent": "curl/8.5.0"},
-        "effect": "allow",
-        "decision": "allow",
-        "policies": ["policy-articles-read", "policy-projects-member", "policy-default"],
-        "deciders": "policy-articles-read",
-        "latency_us": 184,
-        "detail": "x" * 40,
-    }
-
-
 def _payload() -> bytes:
-    return msgpack.packb(authz_record(1))
+    return msgpack.packb(authz_record(0, 1))
 
 
 # -- helpers run in child processes (fork) ----------------------------------------
@@ -227,7 +209,7 @@ def _pct(sorted_values: list[float], q: float) -> float:
 
 def write_latency(directory: str, groups: int) -> dict[str, Any]:
     """ns per write (groups of 100) with a reader process draining; encoders too."""
-    rec = authz_record(1)
+    rec = authz_record(0, 1)
     p = msgpack.packb(rec)
     res: dict[str, Any] = {"bytes": len(p)}
 

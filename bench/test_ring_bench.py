@@ -17,8 +17,7 @@ import ormsgpack
 import pytest
 
 import ringbuf
-
-from .ring import authz_record
+from collector.testing import authz_record
 
 N = 1000  # records per benchmark round
 
@@ -54,7 +53,7 @@ def test_write_1000(benchmark: Any, ring: Any, variant: str) -> None:
     """1000 writes of a ~450-byte record; divide by 1000 for one write."""
     w, r = ring
     fn = w.try_write if variant.startswith("try_write") else w.write_unlocked
-    p = msgpack.packb(authz_record(1))
+    p = msgpack.packb(authz_record(0, 1))
     benchmark.extra_info["record_bytes"] = len(p)
     benchmark.pedantic(_write_n, args=(fn, p), setup=lambda: _drain(r), rounds=300)
     assert w.dropped == 0
@@ -63,7 +62,7 @@ def test_write_1000(benchmark: Any, ring: Any, variant: str) -> None:
 @pytest.mark.parametrize("encoder", ["msgpack.packb", "ormsgpack.packb"])
 def test_encode_and_write_1000(benchmark: Any, ring: Any, encoder: str) -> None:
     w, r = ring
-    rec = authz_record(1)
+    rec = authz_record(0, 1)
     pack = msgpack.packb if encoder == "msgpack.packb" else ormsgpack.packb
     write = w.try_write
 
@@ -78,7 +77,7 @@ def test_encode_and_write_1000(benchmark: Any, ring: Any, encoder: str) -> None:
 def test_read_batch_1000(benchmark: Any, ring: Any) -> None:
     """read_batch(1000) + commit of 1000 ~450-byte records."""
     w, r = ring
-    p = msgpack.packb(authz_record(1))
+    p = msgpack.packb(authz_record(0, 1))
 
     def fill() -> None:
         _drain(r)

@@ -37,7 +37,6 @@ Designs 3-6 write to the Redis list ``bench:<name>``; ours to the stream
 from __future__ import annotations
 
 import collections
-import json
 import multiprocessing as mp
 import queue
 import threading
@@ -59,31 +58,6 @@ class Design(Protocol):
     def record(self, record: dict[str, Any]) -> bool: ...
 
     def stop(self) -> None: ...
-
-
-def authz_record(producer: int = 0, seq: int = 0) -> dict[str, Any]:
-    """The record ``examples/authz_app.py`` writes per decision (~450 bytes of msgpack)."""
-    user = ("alice", "bob", "carol", "editor-7")[seq % 4]
-    request = {"subject": f"users:{user}", "action": "read",
-               "resource": "resources:articles:ladon-introduction",
-               "context": {"remoteIP": "192.168.0.5"}}
-    policies = json.dumps([{"id": "p-articles-read", "effect": "allow"}],
-                          separators=(",", ":"))
-    return {
-        "timestamp": 1764190000.0 + seq / 1000,
-        "username": user,
-        "effect": "allow",
-        "conclusion": "allowed by policy p-articles-read",
-        "request": json.dumps(request),
-        "policies": policies,
-        "deciders": policies,
-        "request_id": f"{producer:04d}-{seq:012d}-4f0c2a7e9a51",
-        "latency_us": 30 + seq % 50,
-        "remote_addr": "127.0.0.1",
-        "pid": 4000 + producer,
-        "server": "authz-1",
-        "seq": seq,
-    }
 
 
 def list_key(name: str) -> str:
@@ -385,9 +359,7 @@ def count_in_redis(name: str, client: redis.Redis) -> int:
     if name == "none":
         return 0
     if name == "ours":
-        from collector.common.stream import shard_keys
+        from collector.testing import stream_record_count
 
-        from ._harness import stream_record_count
-
-        return stream_record_count(client, shard_keys())
+        return stream_record_count(client)
     return int(client.llen(list_key(name)))

@@ -1,0 +1,242 @@
+"""``bench chaos``: the faults it injects, how each is undone, and how every sink is read back."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from collector.testing import (
+    Daemon,
+    HttpPeer,
+    Pump,
+    RedisServer,
+    jsonl_records,
+    record_key,
+    stream_entries,
+)
+
+from ._chaos_ledger import Fault
+
+KINDS = (
+    "producer_kill", "flusher_kill", "daemon_kill", "pump_worker_kill", "pump_kill",
+    "redis_restart", "http_outage", "postgres_outage", "daemon_stop",
+)
+
+
+class Faults:
+    """Fault injection, healing and reading back, mixed into ``bench._chaos_stack.Chaos``."""
+
+    args: argparse.Namespace
+    rng: random.Random
+    workdir: Path
+    sinks: list[str]
+    pg_table: str
+    t0: float
+    faults: list[Fault]
+    redis: RedisServer
+    daemon: Daemon
+    pump: Pump
+    http: HttpPeer
+
+    # provided by Chaos
+    def live_producers(self) -> list[Any]: ...
+    def start_producer(self) -> Any: ...
+    def say(self, msg: str) -> None: ...
+
+    # -- faults ---------------------------------------------------------------
+    def _pick(self, procs: list[psutil.Process]) -> psutil.Process | None:
+        procs = sorted(procs, key=lambda p: p.pid)
+        return procs[self.rng.randrange(len(procs))] if procs else None
+
+    def _kill_one(self, procs: list[psutil.Process], what: str) -> str:
+        """SIGKILL one of ``procs``, picked by the seeded RNG; the fault's detail."""
+        victim = self._pick(procs)
+        if victim is None:
+            return f"no {what} alive (skipped)"
+        victim.kill()
+        return f"{what} pid {victim.pid}"
+
+    def inject(self, n: int, kind: str) -> Fault:
+        f = Fault(n, kind, time.monotonic() - self.t0, time.time())
+        rng = self.rng
+        hold = round(rng.uniform(self.args.hold_min, self.args.hold_max), 2)
+        if kind == "producer_kill":
+            live = self.live_producers()
+            if live:
+                victim = live[rng.randrange(len(live))]
+                os.kill(victim.proc.pid, signal.SIGKILL)
+                victim.proc.join(10)
+                victim.killed_at = time.time()
+                new = self.start_producer()
+                f.detail = (f"producer {victim.producer_id} (pid {victim.proc.pid}) killed "
+                            f"after {int(victim.state[1])} calls; producer {new.producer_id} "
+                            "started")
+        elif kind == "flusher_kill":
+            f.detail = self._kill_one(self.flushers(), "flusher")
+        elif kind == "daemon_kill":
+            self.daemon.kill_all()
+            f.detail = f"daemon down {hold}s"
+            time.sleep(hold)
+            self.daemon.start(timeout=60)
+        elif kind == "pump_worker_kill":
+            f.detail = self._kill_one(self.pump.children(), "pump worker")
+        elif kind == "pump_kill":
+            self.pump.kill_all()
+            f.detail = f"pump down {hold}s"
+            time.sleep(hold)
+            self.pump.start(timeout=60)
+        elif kind == "redis_restart":
+            lagging = self.args.redis_no_persistence and "http" in self.sinks
+            if lagging:
+                # let the http sink fall behind first, so Redis holds records that
+                # not every sink has read when it restarts (the window to show)
+                self.http.mode = "503"
+                time.sleep(1.5)
+            self.redis.kill()
+            f.detail = f"redis kill -9, down {hold}s"
+            time.sleep(hold)
+            self.redis.start()
+            if lagging:
+                self.http.mode = "ok"
+                f.detail += " (http sink answering 503 for 1.5 s before, until it was back)"
+        elif kind == "http_outage":
+            self.http.mode = "503"
+            f.detail = f"http sink answers 503 for {hold}s"
+            time.sleep(hold)
+            self.http.mode = "ok"
+        elif kind == "postgres_outage":
+            f.detail = self._pg_lock(hold)
+        elif kind == "daemon_stop":
+            pgid = self.daemon.pid
+            if pgid is not None:
+                os.killpg(pgid, signal.SIGSTOP)
+                f.detail = f"daemon SIGSTOP for {hold}s"
+                time.sleep(hold)
+                os.killpg(pgid, signal.SIGCONT)
+        else:  # pragma: no cover - KINDS is closed
+            raise ValueError(f"unknown fault kind {kind!r}")
+        f.held_s = round(time.monotonic() - self.t0 - f.at, 2)
+        self.faults.append(f)
+        self.say(f"fault {n:>3} {kind:<17} {f.detail}")
+        return f
+
+    def flushers(self) -> list[psutil.Process]:
+        """The daemon's flusher processes, as its /readyz lists them."""
+        pids: set[int] = set()
+        try:
+            pids = set(self.daemon.flusher_pids())
+        except (ConnectionError, ValueError, TypeError, KeyError):
+            pass
+        kids = self.daemon.children()
+        return [k for k in kids if k.pid in pids] if pids else kids
+
+    def _pg_lock(self, hold: float) -> str:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.args.pg_dsn, connect_timeout=5) as conn:
+                conn.execute("SET lock_timeout = '5s'")
+                conn.execute(f"LOCK TABLE {self.pg_table} IN ACCESS EXCLUSIVE MODE")
+                time.sleep(hold)
+                conn.rollback()
+            return f"postgres table {self.pg_table} locked for {hold}s"
+        except psycopg.Error as exc:
+            return f"could not lock the table ({exc.__class__.__name__}: {exc})"
+
+    def kinds(self) -> list[str]:
+        kinds = [k for k in KINDS if self.args.kinds is None or k in self.args.kinds]
+        if "http" not in self.sinks:
+            kinds = [k for k in kinds if k != "http_outage"]
+        if "postgres" not in self.sinks:
+            kinds = [k for k in kinds if k != "postgres_outage"]
+        return kinds
+
+    # -- healing and reading back ----------------------------------------------
+    def heal(self) -> None:
+        self.http.mode = "ok"
+        if self.daemon.pid is not None:
+            try:
+                os.killpg(self.daemon.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if not self.redis.is_running():
+            self.redis.start()
+        if not self.daemon.alive():
+            self.daemon.start(wait=False)
+        if not self.pump.alive():
+            self.pump.start(wait=False)
+
+    def file_deliveries(self) -> tuple[collections.Counter[tuple[int, int]],
+                                       dict[tuple[int, int], float]]:
+        counts: collections.Counter[tuple[int, int]] = collections.Counter()
+        sent_at: dict[tuple[int, int], float] = {}
+
+        def torn(_line: bytes) -> None:  # counted, as unexpected
+            counts[(-1, -1)] += 1
+
+        for r in jsonl_records(self.workdir / "out" / "file.jsonl", on_error=torn):
+            try:
+                key = record_key(r)
+            except (KeyError, TypeError, ValueError):
+                key = (-1, -1)
+            counts[key] += 1
+            sent_at.setdefault(key, float(r.get("sent_at") or 0.0))
+        return counts, sent_at
+
+    def pg_deliveries(self) -> tuple[collections.Counter[tuple[int, int]],
+                                     dict[tuple[int, int], float]]:
+        import psycopg
+
+        counts: collections.Counter[tuple[int, int]] = collections.Counter()
+        sent_at: dict[tuple[int, int], float] = {}
+        with psycopg.connect(self.args.pg_dsn, connect_timeout=10) as conn:
+            rows = conn.execute(
+                f"SELECT (record->>'producer')::bigint, (record->>'seq')::bigint, "
+                f"(record->>'sent_at')::float8 FROM {self.pg_table}").fetchall()
+        for producer, seq, t in rows:
+            key = (int(producer), int(seq))
+            counts[key] += 1
+            sent_at.setdefault(key, float(t or 0.0))
+        return counts, sent_at
+
+    def dead_letters(self) -> dict[str, set[tuple[int, int]]]:
+        """Records on each sink's dead-letter stream ``<shard>:dead:<sink>``."""
+        import msgpack
+
+        from collector.common.stream import decode_entry
+
+        out: dict[str, set[tuple[int, int]]] = {s: set() for s in self.sinks}
+        client = self.redis.client(socket_timeout=10)
+        for key in client.scan_iter(match="*:dead:*", count=1000):
+            name = key.decode()
+            sink = name.rsplit(":dead:", 1)[1]  # <shard>:dead:<sink> (pump/_worker.py)
+            if sink not in out:
+                continue
+            for _eid, fields in stream_entries(client, [name]):
+                try:  # a dead letter keeps the entry's fields, whatever they were
+                    entry = decode_entry(fields)
+                except Exception:
+                    continue
+                for raw in entry.records:
+                    try:
+                        out[sink].add(record_key(msgpack.unpackb(raw)))
+                    except Exception:
+                        continue
+        return out
+
+    def pg_cleanup(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.args.pg_dsn, connect_timeout=5, autocommit=True) as c:
+                c.execute(f"DROP TABLE IF EXISTS {self.pg_table}")
+        except psycopg.Error:
+            pass
