@@ -18,7 +18,9 @@ from collector.testing import (
     HttpPeer,
     Pump,
     RedisServer,
+    drop_tables,
     jsonl_records,
+    locked_tables,
     record_key,
     stream_entries,
 )
@@ -64,6 +66,13 @@ class Faults:
         victim.kill()
         return f"{what} pid {victim.pid}"
 
+    def _crash(self, service: Daemon | Pump, what: str, hold: float) -> str:
+        """kill -9 of the whole service, down ``hold`` seconds, started again."""
+        service.kill_all()
+        time.sleep(hold)
+        service.start(timeout=60)
+        return f"{what} down {hold}s"
+
     def inject(self, n: int, kind: str) -> Fault:
         f = Fault(n, kind, time.monotonic() - self.t0, time.time())
         rng = self.rng
@@ -82,17 +91,11 @@ class Faults:
         elif kind == "flusher_kill":
             f.detail = self._kill_one(self.flushers(), "flusher")
         elif kind == "daemon_kill":
-            self.daemon.kill_all()
-            f.detail = f"daemon down {hold}s"
-            time.sleep(hold)
-            self.daemon.start(timeout=60)
+            f.detail = self._crash(self.daemon, "daemon", hold)
         elif kind == "pump_worker_kill":
             f.detail = self._kill_one(self.pump.children(), "pump worker")
         elif kind == "pump_kill":
-            self.pump.kill_all()
-            f.detail = f"pump down {hold}s"
-            time.sleep(hold)
-            self.pump.start(timeout=60)
+            f.detail = self._crash(self.pump, "pump", hold)
         elif kind == "redis_restart":
             lagging = self.args.redis_no_persistence and "http" in self.sinks
             if lagging:
@@ -142,11 +145,8 @@ class Faults:
         import psycopg
 
         try:
-            with psycopg.connect(self.args.pg_dsn, connect_timeout=5) as conn:
-                conn.execute("SET lock_timeout = '5s'")
-                conn.execute(f"LOCK TABLE {self.pg_table} IN ACCESS EXCLUSIVE MODE")
+            with locked_tables(self.pg_table, dsn=self.args.pg_dsn, lock_timeout_s=5):
                 time.sleep(hold)
-                conn.rollback()
             return f"postgres table {self.pg_table} locked for {hold}s"
         except psycopg.Error as exc:
             return f"could not lock the table ({exc.__class__.__name__}: {exc})"
@@ -236,7 +236,6 @@ class Faults:
         import psycopg
 
         try:
-            with psycopg.connect(self.args.pg_dsn, connect_timeout=5, autocommit=True) as c:
-                c.execute(f"DROP TABLE IF EXISTS {self.pg_table}")
+            drop_tables(self.pg_table, dsn=self.args.pg_dsn)
         except psycopg.Error:
             pass

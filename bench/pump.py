@@ -31,7 +31,7 @@ import msgpack
 import ormsgpack
 import redis
 
-from collector.testing import RedisServer, authz_record, fill_stream, pg_dsn
+from collector.testing import RedisServer, authz_record, drop_tables, fill_stream, pg_dsn
 from pump._pipeline import RecordPipeline
 from pump.config import Filters
 
@@ -54,13 +54,6 @@ def _pg_dsn() -> str | None:
             return dsn
     except Exception:
         return None
-
-
-def _drop_table(dsn: str, table: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _decode_cost(r: redis.Redis) -> tuple[float, float, float]:
@@ -145,13 +138,13 @@ def main(argv: list[str]) -> int:
                         print("postgres: skipped (no PostgreSQL at COLLECTOR_TEST_PG_DSN)")
                         break
                     meta = {"dsn": dsn, "table": f"bench_pump_{workers}"}
-                    _drop_table(dsn, meta["table"])
+                    drop_tables(meta["table"], dsn=dsn)
                 rate = _run(r, url, work, name, sink, workers, meta, entries, total)
                 results.append((sink, workers, rate))
                 if sink == "file":
                     (work / f"{name}.jsonl").unlink(missing_ok=True)
                 if sink == "postgres" and dsn:
-                    _drop_table(dsn, meta["table"])
+                    drop_tables(meta["table"], dsn=dsn)
     finally:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -32,6 +32,7 @@ from collector.testing import (
     RedisServer,
     account,
     authz_record,
+    drop_tables,
     free_port,
     jsonl_lines,
     jsonl_records,
@@ -67,8 +68,7 @@ class Stack:
         self.http_seen: Seen = Counter()
         self.table = f"e2e_{os.getpid()}_{free_port()}"
         self.file = tmp / "out" / "analytics.jsonl"
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+        drop_tables(self.table)
 
     def write_pump(self, sinks: dict[str, Any], **extra: Any) -> Pump:
         """The pump of this stack, not started (``self.pump``)."""
@@ -157,8 +157,7 @@ class Stack:
                 step()
             except BaseException as exc:  # keep tearing down
                 errors.append(exc)
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+        drop_tables(self.table)
         if errors:
             raise errors[0]
 

@@ -43,6 +43,8 @@ from collector.testing import (
     RedisServer,
     account,
     authz_record,
+    drop_tables,
+    locked_tables,
     pg_dsn,
     record_key,
     wait_until,
@@ -179,8 +181,7 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
     sums made from the source records: nothing counted twice, nothing missing.
     """
     table = f"e2e_agg_{os.getpid()}"
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_applied")
+    drop_tables(table, f"{table}_applied")
     sink = {"type": "aggregate", "workers": 2, "timeout_s": 2,
             "meta": {"dsn": pg_dsn(), "table": table, "bucket": "minute",
                      "dimensions": ["username", "effect"], "numeric_fields": ["latency_ms"]}}
@@ -220,17 +221,14 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
               f"applied but not acknowledged at the kill; they are redelivered now")
         pump.start()
 
-        with psycopg.connect(pg_dsn()) as locker:  # an outage of the aggregate tables
-            locker.execute(f"LOCK TABLE {table}, {table}_applied IN ACCESS EXCLUSIVE MODE")
+        with locked_tables(table, f"{table}_applied"):  # an outage of the aggregate tables
             wait_until(lambda: pump.readyz()[1]["sinks"]["sink"]["workers_in_outage"] >= 1, 60,
                        "a worker to see the outage", interval=0.1)
-            locker.rollback()
         settle(stack, load)
         assert pump.stop() == 0
         got = _stored(table)
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_applied")
+        drop_tables(table, f"{table}_applied")
     want = _expected_aggregates()
     total = sum(v[0] for v in want.values())
     twice = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}

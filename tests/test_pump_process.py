@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from collector.testing import Pump, RedisServer, account, pg_dsn, wait_until
+from collector.testing import (
+    Pump,
+    RedisServer,
+    account,
+    drop_tables,
+    pg_dsn,
+    wait_until,
+)
 from pump.sinks import registry
 
 from .pump_plugins import ROOT, count_jsonl, produce, set_control
@@ -217,8 +224,7 @@ def test_kill_9_with_postgres_and_file_sinks(tmp_path: Path, redis_server: Redis
     psycopg = pytest.importorskip("psycopg")
 
     table = f"pump_kill_{os.getpid()}"
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    drop_tables(table)
 
     def pg_count() -> int:
         with psycopg.connect(pg_dsn(), autocommit=True) as conn:
@@ -251,8 +257,7 @@ def test_kill_9_with_postgres_and_file_sinks(tmp_path: Path, redis_server: Redis
         assert lost == 0
         assert pump.stop() == 0
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        drop_tables(table)
 
 
 def test_list_source_drains_the_seeds_list(tmp_path: Path, redis_server: RedisServer,

@@ -32,7 +32,17 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from collector.testing import HttpPeer, MongoPeer, SilentTcpServer, SyslogPeer, pg_dsn, wait_until
+from collector.testing import (
+    HttpPeer,
+    MongoPeer,
+    SilentTcpServer,
+    SyslogPeer,
+    drop_tables,
+    locked_tables,
+    pg_dsn,
+    unique_table,
+    wait_until,
+)
 from pump.sinks import Batch, Record, RetryableError, Sink, Verdict, build_sink, registry
 
 STALL_S = 30.0  # how long a stalled target would hold a write
@@ -121,7 +131,7 @@ def _mongo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 
 
 def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    table = f"contract_{uuid.uuid4().hex[:12]}"
+    table = unique_table("contract")
 
     def observe(sink: Sink) -> Counter[str]:
         with psycopg.connect(pg_dsn()) as conn:
@@ -129,20 +139,17 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target
 
     @contextmanager
     def stall(sink: Sink) -> Iterator[Sink]:
-        with psycopg.connect(pg_dsn()) as locker:
-            locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # until rollback
+        with locked_tables(table):
             yield sink
-            locker.rollback()
 
     try:
         yield Target({"dsn": pg_dsn(), "table": table}, observe, stall)
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        drop_tables(table)
 
 
 def _aggregate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    table = f"contract_agg_{uuid.uuid4().hex[:12]}"
+    table = unique_table("contract_agg")
 
     def observe(sink: Sink) -> int:
         with psycopg.connect(pg_dsn()) as conn:
@@ -151,16 +158,13 @@ def _aggregate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Targe
 
     @contextmanager
     def stall(sink: Sink) -> Iterator[Sink]:
-        with psycopg.connect(pg_dsn()) as locker:
-            locker.execute(f"LOCK TABLE {table}_applied IN ACCESS EXCLUSIVE MODE")
+        with locked_tables(f"{table}_applied"):
             yield sink
-            locker.rollback()
 
     try:
         yield Target({"dsn": pg_dsn(), "table": table}, observe, stall)
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_applied")
+        drop_tables(table, f"{table}_applied")
 
 
 def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:

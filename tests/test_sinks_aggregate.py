@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,11 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from collector.testing import pg_dsn
+from collector.testing import (
+    drop_tables,
+    pg_dsn,
+    unique_table,
+)
 from pump.sinks import Batch, PermanentError, Record, Verdict, build_sink
 
 ACCURACY = 0.01
@@ -26,12 +29,11 @@ ACCURACY = 0.01
 
 @pytest.fixture
 def agg_table() -> Iterator[str]:
-    name = f"agg_test_{uuid.uuid4().hex[:12]}"
+    name = unique_table("agg_test")
     try:
         yield name
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {name}, {name}_applied")
+        drop_tables(name, f"{name}_applied")
 
 
 def _sink(table: str, **meta: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -15,18 +14,23 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from collector.testing import free_port, pg_dsn
+from collector.testing import (
+    drop_tables,
+    free_port,
+    locked_tables,
+    pg_dsn,
+    unique_table,
+)
 from pump.sinks import Batch, PermanentError, Record, RetryableError, Verdict, build_sink
 
 
 @pytest.fixture
 def pg_table() -> Iterator[str]:
-    name = f"sink_test_{uuid.uuid4().hex[:12]}"
+    name = unique_table("sink_test")
     try:
         yield name
     finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {name}")
+        drop_tables(name)
 
 
 def _batch(lo: int, hi: int) -> Batch:
@@ -97,17 +101,14 @@ def test_lock_wait_is_stopped_by_the_statement_timeout(pg_table: str) -> None:
     """A table locked by another session: the INSERT is cancelled server-side at the deadline."""
     sink = build_sink("postgres", {"dsn": pg_dsn(), "table": pg_table})
     sink.open()
-    locker = psycopg.connect(pg_dsn())
     try:
-        locker.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE")  # held: no commit
-        with pytest.raises(RetryableError, match="statement timeout"):
-            sink.write(_batch(0, 10), deadline=time.monotonic() + 0.5)
-        locker.rollback()
+        with locked_tables(pg_table):  # held until the block ends
+            with pytest.raises(RetryableError, match="statement timeout"):
+                sink.write(_batch(0, 10), deadline=time.monotonic() + 0.5)
         # the connection is usable again right away
         assert sink.write(_batch(0, 10), deadline=time.monotonic() + 10) is Verdict.OK
         sink.health_check(deadline=time.monotonic() + 5)
     finally:
-        locker.close()
         sink.close()
     assert len(_rows(pg_table)) == 10
 

@@ -38,7 +38,12 @@ collector-daemon, collector-pump, gunicorn
     environment (pass ``env=`` for the ones a test means).
     :class:`Gunicorn` ``(app, log=..., workers=2, config=...)`` serves a
     WSGI app on a free port. :func:`write_config`, :func:`http_get`,
-    :func:`kill_tree`, :func:`pg_dsn` (``$COLLECTOR_TEST_PG_DSN``).
+    :func:`kill_tree`.
+
+PostgreSQL (the machine's, shared: never stopped)
+    :func:`pg_dsn` (``$COLLECTOR_TEST_PG_DSN``), :func:`unique_table`,
+    :func:`drop_tables`, and :func:`locked_tables`: an outage of a
+    PostgreSQL sink as exclusive locks held on its tables.
 
 Records and accounting
     :func:`authz_record` ``(producer, seq)``: a deterministic ~450-byte
@@ -87,13 +92,13 @@ Example::
 
 from ._http_peer import HttpPeer
 from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
+from ._postgres import drop_tables, locked_tables, pg_dsn, unique_table
 from ._process import (
     Service,
     clean_environ,
     console_script,
     http_get,
     kill_tree,
-    pg_dsn,
     write_config,
 )
 from ._producers import Producers, record_through_analytics, write_ring
@@ -140,6 +145,7 @@ __all__ = [
     "authz_record",
     "clean_environ",
     "console_script",
+    "drop_tables",
     "fill_stream",
     "free_port",
     "group_lags",
@@ -148,6 +154,7 @@ __all__ = [
     "jsonl_lines",
     "jsonl_records",
     "kill_tree",
+    "locked_tables",
     "make_ca",
     "make_tls_files",
     "parse_rfc5424",
@@ -159,6 +166,7 @@ __all__ = [
     "stream_record_count",
     "stream_records",
     "tally_stream",
+    "unique_table",
     "wait_until",
     "write_config",
     "write_ring",

@@ -20,14 +20,8 @@ import yaml
 
 from ._wait import wait_until
 
-__all__ = ["Service", "clean_environ", "console_script", "http_get", "kill_tree", "pg_dsn",
+__all__ = ["Service", "clean_environ", "console_script", "http_get", "kill_tree",
            "write_config"]
-
-
-def pg_dsn() -> str:
-    """The PostgreSQL to test against: ``$COLLECTOR_TEST_PG_DSN`` or the local socket's
-    ``collector_test`` database (which ``.ci/setup`` creates)."""
-    return os.environ.get("COLLECTOR_TEST_PG_DSN", "dbname=collector_test")
 
 
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import psutil
 import yaml
@@ -39,31 +39,44 @@ QUICK_PUMP: dict[str, Any] = {
 }
 
 
-def _address(config: Path, key: str) -> str:
-    data = yaml.safe_load(config.read_text()) or {}
-    if key not in data:
-        raise ValueError(f"{config} has no {key!r}: pass address= to say where it listens")
-    return str(data[key])
+class _ConfiguredService(Service):
+    """A collector console script run as ``SCRIPT --config FILE [ARGS]``.
 
-
-class Daemon(Service):
-    """``collector-daemon --config FILE [ARGS]``; started once ``/readyz`` answers 200.
-
-    :meth:`write` makes the config file (and the object) for a working
-    directory; ``Daemon(path)`` runs an existing one. ``address`` is the
-    ``health_address`` of the file unless given (when ``args`` override it).
+    ``address`` is the ``health_address`` of the file unless given (when
+    ``args`` override it).
     """
 
-    up_path = "/readyz"
-    health_key = "health_address"
+    script: ClassVar[str]
 
     def __init__(self, config: Path, *, log: Path | None = None, args: list[str] | None = None,
                  env: Mapping[str, str] | None = None, address: str | None = None) -> None:
         self.config = config
-        super().__init__(
-            [*console_script("collector-daemon"), "--config", str(config), *(args or [])],
-            log=log or config.with_suffix(".log"), env=env,
-            address=address or _address(config, self.health_key))
+        if address is None:
+            data = yaml.safe_load(config.read_text()) or {}
+            if "health_address" not in data:
+                raise ValueError(f"{config} has no 'health_address': pass address= to say "
+                                 "where it listens")
+            address = str(data["health_address"])
+        super().__init__([*console_script(self.script), "--config", str(config), *(args or [])],
+                         log=log or config.with_suffix(".log"), env=env, address=address)
+
+    @classmethod
+    def _written(cls, path: Path, config: Mapping[str, Any], log: Path,
+                 env: Mapping[str, str] | None) -> Self:
+        """``config`` with a free loopback ``health_address`` first, written to ``path``."""
+        write_config(path, {"health_address": f"127.0.0.1:{free_port()}", **config})
+        return cls(path, log=log, env=env)
+
+
+class Daemon(_ConfiguredService):
+    """``collector-daemon --config FILE [ARGS]``; started once ``/readyz`` answers 200.
+
+    :meth:`write` makes the config file (and the object) for a working
+    directory; ``Daemon(path)`` runs an existing one.
+    """
+
+    script = "collector-daemon"
+    up_path = "/readyz"
 
     @classmethod
     def write(cls, workdir: Path, redis_url: str | None, *, base: Mapping[str, Any] = QUICK_DAEMON,
@@ -76,41 +89,27 @@ class Daemon(Service):
         a free loopback ``health_address``, then ``base`` (:data:`QUICK_DAEMON`)
         and ``keys``. The same file configures ``collector.Analytics.from_config``.
         """
-        config: dict[str, Any] = {
-            "redis_url": redis_url,
-            "rings_dir": str(workdir / "rings"),
-            "runtime_dir": str(workdir / "run"),
-            cls.health_key: f"127.0.0.1:{free_port()}",
-            **base,
-            **keys,
-        }
-        path = write_config(workdir / "collector.yaml", config)
-        return cls(path, log=log or workdir / "daemon.log", env=env)
+        config = {"redis_url": redis_url, "rings_dir": str(workdir / "rings"),
+                  "runtime_dir": str(workdir / "run"), **base, **keys}
+        return cls._written(workdir / "collector.yaml", config, log or workdir / "daemon.log",
+                            env)
 
     def flusher_pids(self) -> list[int]:
         """The pids of the live flushers, as ``/readyz`` lists them."""
         return [f["pid"] for f in self.readyz()[1]["flushers"] if f["alive"]]
 
 
-class Pump(Service):
-    """``collector-pump --config FILE``; started once ``/healthz`` answers 200.
+class Pump(_ConfiguredService):
+    """``collector-pump --config FILE [ARGS]``; started once ``/healthz`` answers 200.
 
     (``/readyz`` also needs every sink healthy, which a test may prevent on
     purpose.) Workers left behind by a stopped supervisor are killed by
     ``stop()`` and ``close()``.
     """
 
+    script = "collector-pump"
     up_path = "/healthz"
     reap_on_stop = True
-    health_key = "health_address"
-
-    def __init__(self, config: Path, *, log: Path | None = None, args: list[str] | None = None,
-                 env: Mapping[str, str] | None = None, address: str | None = None) -> None:
-        self.config = config
-        super().__init__(
-            [*console_script("collector-pump"), "--config", str(config), *(args or [])],
-            log=log or config.with_suffix(".log"), env=env,
-            address=address or _address(config, self.health_key))
 
     @classmethod
     def write(cls, workdir: Path, redis_url: str, pumps: Mapping[str, Any], *,
@@ -119,18 +118,11 @@ class Pump(Service):
               **keys: Any) -> Pump:
         """Write ``workdir/NAME`` and return its pump (not started).
 
-        The file has ``redis_url``, a free loopback health address, ``pumps``
-        (the sinks), then ``base`` (:data:`QUICK_PUMP`) and ``keys``.
+        The file has ``redis_url``, a free loopback ``health_address``, then
+        ``base`` (:data:`QUICK_PUMP`), ``keys`` and ``pumps`` (the sinks).
         """
-        config: dict[str, Any] = {
-            "redis_url": redis_url,
-            cls.health_key: f"127.0.0.1:{free_port()}",
-            **base,
-            **keys,
-            "pumps": dict(pumps),
-        }
-        path = write_config(workdir / name, config)
-        return cls(path, log=log or workdir / "pump.log", env=env)
+        config = {"redis_url": redis_url, **base, **keys, "pumps": dict(pumps)}
+        return cls._written(workdir / name, config, log or workdir / "pump.log", env)
 
     def workers(self, sink: str) -> list[psutil.Process]:
         """The sink's worker processes: children of the pump that ``/readyz`` names for it."""
