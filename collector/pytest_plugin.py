@@ -38,44 +38,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from . import testing as kit  # its modules load on first use, not with the plugin
 
 __all__ = ["Collected", "Pipeline"]
 
 Record = dict[str, Any]
 
-_DAEMON = "import sys; from collector.daemon.cli import main; sys.argv[0] = 'collector-daemon'; " \
-          "main()"
-_PUMP = "import sys; from pump.cli import main; sys.argv[0] = 'collector-pump'; main()"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
+# The daemon of the pipeline: one flusher, short intervals (a test waits
+# milliseconds for a record), rings of 4 MiB.
+_DAEMON_SETTINGS: dict[str, Any] = {
+    "pool_size": 1, "ring_capacity_bytes": 4 << 20, "flush_interval_ms": 20,
+    "max_flush_interval_ms": 100, "scan_interval_ms": 50,
+    "retry_initial_ms": 20, "retry_max_ms": 500, "shutdown_timeout_s": 20,
+}
+_PUMP_SETTINGS: dict[str, Any] = {"read_block_s": 0.2, "retry_initial_ms": 20,
+                                  "retry_max_ms": 500}
 
 
 class Pipeline:
@@ -84,6 +68,8 @@ class Pipeline:
     ``Pipeline(workdir).start()`` ... ``stop()``; usable outside pytest too.
     ``collector`` are extra keys for ``collector.yaml`` (the daemon and the
     app clients), ``pump`` extra top-level keys for the pump's config.
+    ``daemon`` and ``pump`` are their :class:`collector.testing.Daemon` and
+    :class:`collector.testing.Pump` launchers.
     """
 
     def __init__(self, workdir: Path, *, collector: dict[str, Any] | None = None,
@@ -96,31 +82,21 @@ class Pipeline:
         self.rings_dir = self.workdir / "rings"
         self.rings_dir.mkdir(mode=0o700, exist_ok=True)
         self.sink_path = self.workdir / "sink" / "records.jsonl"
-        self.daemon_address = f"127.0.0.1:{_free_port()}"
-        self.pump_address = f"127.0.0.1:{_free_port()}"
-        self.config_path = self.workdir / "collector.yaml"
-        cfg: dict[str, Any] = {
-            "rings_dir": str(self.rings_dir), "runtime_dir": str(self.runtime_dir),
-            "health_address": self.daemon_address, "pool_size": 1,
-            "ring_capacity_bytes": 4 << 20, "flush_interval_ms": 20,
-            "max_flush_interval_ms": 100, "scan_interval_ms": 50,
-            "retry_initial_ms": 20, "retry_max_ms": 500, "shutdown_timeout_s": 20,
-        }
-        cfg.update(collector or {})
-        self.config_path.write_text(yaml.safe_dump(cfg))
-        self.pump_config_path = self.workdir / "pump.yaml"
-        pcfg: dict[str, Any] = {
-            "redis_url": f"unix://{self.runtime_dir / 'redis.sock'}",
-            "health_address": self.pump_address, "read_block_s": 0.2,
-            "retry_initial_ms": 20, "retry_max_ms": 500,
-            "pumps": {"file": {"type": "file", "workers": 1,
-                               "meta": {"path": str(self.sink_path), "format": "jsonl",
-                                        "fsync": "never"}}},
-        }
-        pcfg.update(pump or {})
-        self.pump_config_path.write_text(yaml.safe_dump(pcfg))
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.pump: subprocess.Popen[bytes] | None = None
+        env = {"COLLECTOR_CONFIG": str(self.workdir / "collector.yaml")}  # as an app's
+        self.daemon = kit.Daemon.write(self.workdir, None, base=_DAEMON_SETTINGS,
+                                   log=self.workdir / "daemon.log", env=env,
+                                       **{"runtime_dir": str(self.runtime_dir),
+                                          **(collector or {})})
+        extra = dict(pump or {})
+        redis_url = extra.pop("redis_url", f"unix://{self.runtime_dir / 'redis.sock'}")
+        sinks = extra.pop("pumps", {"file": {"type": "file", "workers": 1, "meta": {
+            "path": str(self.sink_path), "format": "jsonl", "fsync": "never"}}})
+        self.pump = kit.Pump.write(self.workdir, redis_url, sinks, base=_PUMP_SETTINGS,
+                               log=self.workdir / "pump.log", env=env, **extra)
+        self.config_path = self.daemon.config
+        self.pump_config_path = self.pump.config
+        self.daemon_address = self.daemon.address
+        self.pump_address = self.pump.address
         self._offset = 0
         self._partial = b""
         self._records: list[Record] = []
@@ -128,63 +104,35 @@ class Pipeline:
     @property
     def env(self) -> dict[str, str]:
         """``os.environ`` for an app subprocess recording into this pipeline."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-        env["COLLECTOR_CONFIG"] = str(self.config_path)
-        return env
-
-    def _spawn(self, code: str, config: Path, log_name: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / log_name, "ab") as log:
-            return subprocess.Popen([sys.executable, "-c", code, "--config", str(config)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                    cwd=self.workdir)
+        return kit.clean_environ({"COLLECTOR_CONFIG": str(self.config_path)})
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.workdir / name
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], url: str, what: str,
-                    log_name: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while _status(url) != 200:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {proc.returncode}:\n"
-                                   + self.log_tail(log_name))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not ready after {timeout_s:.0f}s:\n"
-                                   + self.log_tail(log_name))
-            time.sleep(0.05)
-
     def start(self, timeout_s: float = 60.0) -> Pipeline:
+        """Start the daemon, then the pump; return once both answer ``/readyz`` with 200."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("the collector pipeline needs redis-server on PATH "
                                "(Debian: apt-get install redis-server)")
-        self.daemon = self._spawn(_DAEMON, self.config_path, "daemon.log")
-        self._wait_ready(self.daemon, f"http://{self.daemon_address}/readyz",
-                         "collector-daemon", "daemon.log", timeout_s)
-        self.pump = self._spawn(_PUMP, self.pump_config_path, "pump.log")
-        self._wait_ready(self.pump, f"http://{self.pump_address}/readyz",
-                         "collector-pump", "pump.log", timeout_s)
+        self.daemon.start(timeout=timeout_s)
+        self.pump.start(timeout=timeout_s)
+        kit.wait_until(self.pump.ready, timeout_s, f"collector-pump /readyz (log {self.pump.log})",
+                   interval=0.05)
         return self
 
     def check_running(self) -> None:
-        for proc, name, log in ((self.daemon, "collector-daemon", "daemon.log"),
-                                (self.pump, "collector-pump", "pump.log")):
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n"
-                                     + self.log_tail(log))
+        """``AssertionError`` with the end of its log if the daemon or the pump exited."""
+        for service in (self.daemon, self.pump):
+            if service.proc is not None:
+                service.check_running()
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """SIGTERM the pump (it finishes its batch), then the daemon (it drains every ring
         into Redis, whose append-only file keeps them); idempotent."""
-        for proc in (self.pump, self.daemon):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        for service in (self.pump, self.daemon):
+            service.stop(timeout_s)
+            service.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     # -- the sink ------------------------------------------------------------
@@ -203,14 +151,7 @@ class Pipeline:
 
     def metrics(self) -> dict[str, float]:
         """The daemon's ``/metrics`` samples as ``{"name{labels}": value}``."""
-        with urllib.request.urlopen(f"http://{self.daemon_address}/metrics", timeout=3) as r:
-            body = r.read().decode()
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return self.daemon.metrics()
 
     def rings(self) -> list[Any]:
         """``ringbuf.RingStats`` of the rings now in the rings directory."""
@@ -236,17 +177,24 @@ class Collected:
 
         Fails the test (``AssertionError``) after ``timeout_s`` with what did arrive.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            got = [r for r in self.records if where is None or where(r)]
-            if len(got) >= n:
-                return got
-            self.pipeline.check_running()
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"expected {n} records at the sink within {timeout_s:g}s, got "
-                    f"{len(got)} (of {len(self.records)} delivered since the test started)")
-            time.sleep(0.02)
+        def matching() -> list[Record]:
+            return [r for r in self.records if where is None or where(r)]
+
+        def enough() -> list[Record] | None:
+            self.pipeline.check_running()  # AssertionError at once if one exited
+            got = matching()
+            return got if len(got) >= n else None
+
+        if n <= 0:
+            return matching()
+        try:
+            return kit.wait_until(enough, timeout_s, f"{n} records at the sink")
+        except kit.WaitTimeout:
+            got = matching()
+            raise AssertionError(
+                f"expected {n} records at the sink within {timeout_s:g}s, got "
+                f"{len(got)} (of {len(self.records)} delivered since the test started)"
+            ) from None
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,14 @@ import pytest
 import yaml
 
 import ringbuf
-from collector.testing import Daemon, Gunicorn, RedisServer, stream_records, wait_until
+from collector.testing import (
+    Daemon,
+    Gunicorn,
+    RedisServer,
+    in_threads,
+    stream_records,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = 300
@@ -57,31 +64,21 @@ def send_requests(port: int, ids: range, threads: int = 4) -> dict[str, dict[str
     """POST one decision per i in ids with X-Request-ID req-<i>; return the answers by id."""
     answers: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     def worker(k: int) -> None:
-        try:
-            for i in ids[k::threads]:
-                body = json.dumps(BODIES[i % len(BODIES)]).encode()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                conn.request("POST", "/v1/authz", body=body, headers={
-                    "Content-Type": "application/json", "X-Request-ID": f"req-{i}"})
-                resp = conn.getresponse()
-                data = json.loads(resp.read())
-                conn.close()
-                assert resp.status == 200, data
-                with lock:
-                    answers[f"req-{i}"] = data
-        except BaseException as exc:
-            errors.append(exc)
+        for i in ids[k::threads]:
+            body = json.dumps(BODIES[i % len(BODIES)]).encode()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v1/authz", body=body, headers={
+                "Content-Type": "application/json", "X-Request-ID": f"req-{i}"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read())
+            conn.close()
+            assert resp.status == 200, data
+            with lock:
+                answers[f"req-{i}"] = data
 
-    ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    if errors:
-        raise errors[0]
+    in_threads(worker, threads)
     return answers
 
 

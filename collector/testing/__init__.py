@@ -5,7 +5,8 @@ application's own tests too. Everything here starts real programs on free
 loopback ports in a directory the caller gives (a pytest ``tmp_path``),
 captures their output in a log file and stops them again; nothing is a
 mock. Waiting is always on a condition with a deadline. Importing this
-package imports neither pytest nor any sink driver.
+package imports neither pytest nor any sink driver, and each name loads its
+module on first use.
 
 Waiting and ports
     :func:`wait_until` ``(cond, timeout, what)`` polls until ``cond()`` is
@@ -90,39 +91,107 @@ Example::
         redis.kill()
 """
 
-from ._http_peer import HttpPeer
-from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
-from ._postgres import drop_tables, locked_tables, pg_dsn, unique_table
-from ._process import (
-    Service,
-    clean_environ,
-    console_script,
-    http_get,
-    kill_tree,
-    write_config,
-)
-from ._producers import Producers, record_through_analytics, write_ring
-from ._records import (
-    Accounting,
-    account,
-    authz_record,
-    jsonl_lines,
-    jsonl_records,
-    producer_ids,
-    record_key,
-)
-from ._redis_server import RedisServer, TlsFiles, make_ca, make_tls_files
-from ._services import QUICK_DAEMON, QUICK_PUMP, Daemon, Gunicorn, Pump
-from ._streams import (
-    StreamRecord,
-    fill_stream,
-    group_lags,
-    stream_entries,
-    stream_record_count,
-    stream_records,
-    tally_stream,
-)
-from ._wait import WaitTimeout, free_port, in_threads, wait_until
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._http_peer import HttpPeer
+    from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
+    from ._postgres import drop_tables, locked_tables, pg_dsn, unique_table
+    from ._process import (
+        Service,
+        clean_environ,
+        console_script,
+        http_get,
+        kill_tree,
+        write_config,
+    )
+    from ._producers import Producers, record_through_analytics, write_ring
+    from ._records import (
+        Accounting,
+        account,
+        authz_record,
+        jsonl_lines,
+        jsonl_records,
+        producer_ids,
+        record_key,
+    )
+    from ._redis_server import RedisServer, TlsFiles, make_ca, make_tls_files
+    from ._services import QUICK_DAEMON, QUICK_PUMP, Daemon, Gunicorn, Pump
+    from ._streams import (
+        StreamRecord,
+        fill_stream,
+        group_lags,
+        stream_entries,
+        stream_record_count,
+        stream_records,
+        tally_stream,
+    )
+    from ._wait import WaitTimeout, free_port, in_threads, wait_until
+
+# name -> the private module that defines it; imported on first use (PEP 562), so
+# that importing the kit (the pytest plugin does, in every session) costs nothing
+_WHERE = {
+    "Accounting": "_records",
+    "Daemon": "_services",
+    "Gunicorn": "_services",
+    "HttpPeer": "_http_peer",
+    "MongoPeer": "_peers",
+    "Producers": "_producers",
+    "Pump": "_services",
+    "QUICK_DAEMON": "_services",
+    "QUICK_PUMP": "_services",
+    "RedisServer": "_redis_server",
+    "Service": "_process",
+    "SilentTcpServer": "_peers",
+    "StreamRecord": "_streams",
+    "SyslogPeer": "_peers",
+    "TlsFiles": "_redis_server",
+    "WaitTimeout": "_wait",
+    "account": "_records",
+    "authz_record": "_records",
+    "clean_environ": "_process",
+    "console_script": "_process",
+    "drop_tables": "_postgres",
+    "fill_stream": "_streams",
+    "free_port": "_wait",
+    "group_lags": "_streams",
+    "http_get": "_process",
+    "in_threads": "_wait",
+    "jsonl_lines": "_records",
+    "jsonl_records": "_records",
+    "kill_tree": "_process",
+    "locked_tables": "_postgres",
+    "make_ca": "_redis_server",
+    "make_tls_files": "_redis_server",
+    "parse_rfc5424": "_peers",
+    "pg_dsn": "_postgres",
+    "producer_ids": "_records",
+    "record_key": "_records",
+    "record_through_analytics": "_producers",
+    "stream_entries": "_streams",
+    "stream_record_count": "_streams",
+    "stream_records": "_streams",
+    "tally_stream": "_streams",
+    "unique_table": "_postgres",
+    "wait_until": "_wait",
+    "write_config": "_process",
+    "write_ring": "_producers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "QUICK_DAEMON",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from contextlib import suppress
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -44,15 +44,21 @@ def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def console_script(name: str) -> list[str]:
-    """The command of an installed console script: next to this Python, else on PATH."""
+    """The command that runs console script ``name`` of this Python's installation.
+
+    The script next to ``sys.executable`` (a virtualenv's ``bin/``), else this
+    interpreter running the script's entry point (never a script of the same
+    name on ``PATH``, which may belong to another installation).
+    """
     sibling = Path(sys.executable).with_name(name)
     if sibling.exists():
         return [str(sibling)]
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is installed neither next to {sys.executable} nor on "
-                           "PATH: install the collector package (pip install -e .)")
-    return [found]
+    for ep in entry_points(group="console_scripts", name=name):
+        module, _, attr = ep.value.partition(":")
+        return [sys.executable, "-c", f"import sys; from {module} import {attr} as main; "
+                f"sys.argv[0] = {name!r}; sys.exit(main())"]
+    raise RuntimeError(f"{name} is not installed for {sys.executable}: install the "
+                       "collector package (pip install collector)")
 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
