@@ -15,7 +15,8 @@ for one. ::
     ``collector-pump`` writing every record into a JSON Lines file sink.
     An app in a subprocess records into it with ``pipeline.env`` (its
     ``COLLECTOR_CONFIG``: a gunicorn you start). At the end both are
-    stopped with SIGTERM (the daemon drains every ring first).
+    stopped with SIGTERM (the pump first, then the daemon,
+    which drains every ring into Redis).
 ``collected`` (function scope)
     A :class:`Collected` view of the records the sink received since the
     test started. ``collected.wait_for(n, timeout_s=5, where=...)`` waits
