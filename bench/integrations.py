@@ -7,16 +7,16 @@ the record the middleware would send (what users write by hand today).
 Requests are called the way a server calls them (WSGI:
 ``app(environ, start_response)``, iterate, ``close()``; ASGI: ``await
 app(scope, receive, send)`` on one event loop; Django through its own
-``WSGIHandler`` and ``ASGIHandler``). Rounds of ``--requests`` requests
-alternate the three, in reversed order every other round (so drift and
-order effects hit all three alike); each figure is the median over rounds
-of the mean ns per request. The middleware's cost is *with - without*; the
+``WSGIHandler`` and ``ASGIHandler``). The three are interleaved request by
+request (in reversed order every other request), each request timed on its
+own, so load on a shared machine hits all three alike; the figures are
+medians of those times. The middleware's cost is *with - without*; the
 bare ``record_hit`` is *by hand - without*: measured inside a request, with
 the caches the framework leaves behind, where it costs several times its
 tight-loop figure (``python -m bench record_hit``).
 
 The records go into a real ring in a private directory, drained by the
-benchmark between rounds (outside the timed loops); no daemon runs, so
+benchmark every 1,000 requests (outside the timed calls); no daemon runs, so
 the figures are the app process's own cost. Frameworks: a plain WSGI app,
 Flask, Django under WSGI and under ASGI, a plain ASGI app, Starlette, FastAPI.
 Django under ASGI runs its sync middleware and ``response.close()`` in
@@ -40,11 +40,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-
-Runner = Callable[[int], None]  # serve n requests
 
 
 def _environ(path: str) -> dict[str, Any]:
@@ -62,49 +60,86 @@ def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any =
     return None
 
 
-def wsgi_runner(app: Any, path: str) -> Runner:
-    def run(n: int) -> None:
-        for _ in range(n):
-            result = app(_environ(path), _start_response)
+class Served(NamedTuple):
+    """One variant: an app and the path requested from it."""
+
+    kind: str  # "wsgi" | "asgi"
+    app: Any
+    path: str
+
+
+def wsgi_runner(app: Any, path: str) -> Served:
+    return Served("wsgi", app, path)
+
+
+def asgi_runner(app: Any, path: str) -> Served:
+    return Served("asgi", app, path)
+
+
+def _measure_wsgi(variants: tuple[Served, ...], n: int, drain: _Drain) -> list[list[int]]:
+    lat: list[list[int]] = [[] for _ in variants]
+    ns = time.perf_counter_ns
+    order = list(enumerate(variants))
+    for i in range(n):
+        if i % 1000 == 0:
+            drain()  # outside the timed calls, like a daemon on another core
+            gc.collect()
+        for k, (_, app, path) in order if i % 2 == 0 else order[::-1]:
+            environ = _environ(path)
+            t = ns()
+            result = app(environ, _start_response)
             for _chunk in result:
                 pass
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-    return run
+            lat[k].append(ns() - t)
+    return lat
 
 
-def asgi_runner(app: Any, path: str) -> Runner:
+def _measure_asgi(variants: tuple[Served, ...], n: int, drain: _Drain) -> list[list[int]]:
+    lat: list[list[int]] = [[] for _ in variants]
+    ns = time.perf_counter_ns
     headers = [(b"host", b"localhost"), (b"x-request-id", b"bench-0123456789")]
-    loop = asyncio.new_event_loop()
-
-    never = loop.create_future()  # after the body: no disconnect comes (like a keep-alive)
-
-    def receiver() -> Callable[[], Any]:
-        first = [True]
-
-        async def receive() -> dict[str, Any]:
-            if first[0]:
-                first[0] = False
-                return {"type": "http.request", "body": b"", "more_body": False}
-            return await asyncio.shield(never)
-        return receive
+    order = list(enumerate(variants))
 
     async def send(message: dict[str, Any]) -> None:
         return None
 
-    async def serve(n: int) -> None:
-        for _ in range(n):
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                     "method": "GET", "scheme": "http", "path": path,
-                     "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                     "headers": headers, "client": ("127.0.0.1", 50000),
-                     "server": ("127.0.0.1", 8000)}
-            await app(scope, receiver(), send)
+    async def serve() -> None:
+        never = asyncio.get_running_loop().create_future()  # no disconnect (keep-alive)
 
-    def run(n: int) -> None:
-        loop.run_until_complete(serve(n))
-    return run
+        def receiver() -> Callable[[], Any]:
+            first = [True]
+
+            async def receive() -> dict[str, Any]:
+                if first[0]:
+                    first[0] = False
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                return await asyncio.shield(never)
+            return receive
+
+        for i in range(n):
+            if i % 1000 == 0:
+                drain()
+                gc.collect()
+            for k, (_, app, path) in order if i % 2 == 0 else order[::-1]:
+                scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                         "method": "GET", "scheme": "http", "path": path,
+                         "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                         "headers": headers, "client": ("127.0.0.1", 50000),
+                         "server": ("127.0.0.1", 8000)}
+                receive = receiver()
+                t = ns()
+                await app(scope, receive, send)
+                lat[k].append(ns() - t)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    return lat
 
 
 # -- the apps: without the middleware, with it, and recording by hand --------------
@@ -114,7 +149,7 @@ RECORD = {"timestamp": 0.0, "method": "GET", "route": "/orders/{order_id}", "pat
           "client_addr": "127.0.0.1", "user_id": None, "request_id": "bench-0123456789"}
 BODY = b'{"order_id": 7, "state": "shipped"}'
 
-Variants = tuple[Runner, Runner, Runner]  # without, with the middleware, by hand
+Variants = tuple[Served, Served, Served]  # without, with the middleware, by hand
 
 
 def _by_hand(analytics: Any) -> Callable[[], None]:
@@ -314,7 +349,7 @@ FRAMEWORKS: dict[str, Callable[[Any], Variants]] = {
 
 
 class _Drain:
-    """Empties the benchmark's ring between rounds (what the daemon would do)."""
+    """Empties the benchmark's ring now and then (what the daemon would do)."""
 
     def __init__(self, rings_dir: Path) -> None:
         self.rings_dir = rings_dir
@@ -338,30 +373,16 @@ class _Drain:
             reader.close()
 
 
-def _timed(run: Runner, n: int, drain: _Drain) -> float:
-    drain()
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = time.perf_counter_ns()
-        run(n)
-        return (time.perf_counter_ns() - t0) / n
-    finally:
-        gc.enable()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench integrations", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer rounds (about 20 s)")
-    ap.add_argument("--requests", type=int, default=None, help="requests per round")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per variant")
+    ap.add_argument("--quick", action="store_true", help="fewer requests (about 30 s)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per variant")
     ap.add_argument("--only", action="append", default=None, choices=sorted(FRAMEWORKS),
                     help="measure only this framework (repeatable)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    n = args.requests or (1000 if args.quick else 3000)
-    rounds = args.rounds or (5 if args.quick else 15)
+    n = args.requests or (2000 if args.quick else 20_000)
     sys.path.insert(0, str(ROOT))
 
     from collector import Analytics
@@ -375,30 +396,26 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": {"python": platform.python_version(),
                                            "cpus": os.cpu_count(),
                                            "platform": platform.platform()},
-                               "requests_per_round": n, "rounds": rounds, "frameworks": {}}
+                               "requests_per_variant": n, "frameworks": {}}
     try:
         names = args.only or list(FRAMEWORKS)
-        runners = {name: FRAMEWORKS[name](analytics) for name in names}
+        benches = {name: FRAMEWORKS[name](analytics) for name in names}
         print(f"middleware cost per request: python {platform.python_version()}, "
-              f"{os.cpu_count()} cpus, {rounds} rounds x {n} requests per variant")
-        for variants in runners.values():  # warm up (imports, caches)
-            for run in variants:
-                run(200)
+              f"{os.cpu_count()} cpus, {n:,} requests per variant, interleaved")
         keys = ("without", "with", "by_hand")
-        samples: dict[str, dict[str, list[float]]] = {
-            name: {k: [] for k in keys} for name in runners}
-        for i in range(rounds):
-            for name, variants in runners.items():
-                order = list(zip(keys, variants, strict=True))
-                for key, run in order if i % 2 == 0 else order[::-1]:  # no order effect
-                    samples[name][key].append(_timed(run, n, drain))
-        drain()
         print(f"\n{'framework':<15} {'without':>10} {'with':>10} {'by hand':>10} "
               f"{'middleware':>11} {'record_hit':>11} {'with/':>7}")
-        print(f"{'':<15} {'(ns/req)':>10} {'middleware':>10} {'(ns/req)':>10} "
-              f"{'(ns/req)':>11} {'(ns/req)':>11} {'without':>7}")
-        for name, s in samples.items():
-            med = {k: statistics.median(v) for k, v in s.items()}
+        print(f"{'(median ns)':<15} {'':>10} {'middleware':>10} {'':>10} "
+              f"{'':>11} {'':>11} {'without':>7}")
+        for name, variants in benches.items():
+            measure = _measure_wsgi if variants[0].kind == "wsgi" else _measure_asgi
+            measure(variants, min(500, n), drain)  # warm up: imports, caches, the ring
+            gc.disable()
+            try:
+                lat = measure(variants, n, drain)
+            finally:
+                gc.enable()
+            med = {k: statistics.median(v) for k, v in zip(keys, lat, strict=True)}
             cost = med["with"] - med["without"]
             bare = med["by_hand"] - med["without"]
             row = {"without_ns": med["without"], "with_ns": med["with"],
@@ -407,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             results["frameworks"][name] = row
             print(f"{name:<15} {med['without']:>10,.0f} {med['with']:>10,.0f} "
                   f"{med['by_hand']:>10,.0f} {cost:>11,.0f} {bare:>11,.0f} "
-                  f"{row['ratio']:>6.3f}x")
+                  f"{row['ratio']:>6.3f}x", flush=True)
+        drain()
         print("\nmiddleware = with - without; record_hit = by hand - without (the same "
               "record, one\nrecord_hit in the handler: what users do without the middleware)")
         print(f"{drain.count:,} records went through the ring")

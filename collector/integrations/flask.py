@@ -7,7 +7,9 @@
     instrument(app, skip_paths=["/healthz"])     # options: HttpRecordOptions
 
 ``route`` is the ``url_rule`` Flask matched (``"/orders/<int:order_id>"``),
-``None`` for a 404. Imports Flask and nothing else of any framework.
+``None`` for a 404: a ``before_request`` hook (the first) copies it into
+``environ["collector.route"]``, since Flask's request context is gone by the
+time the body has been sent. Imports Flask and nothing else of any framework.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ __all__ = ["instrument"]
 
 
 def _note_route() -> None:
-    rule = request.url_rule
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    rule = req.url_rule
     if rule is not None:
-        request.environ[ROUTE_KEY] = rule.rule
+        req.environ[ROUTE_KEY] = rule.rule
 
 
 def instrument(app: Flask, analytics: Analytics | None = None,
@@ -37,12 +40,10 @@ def instrument(app: Flask, analytics: Analytics | None = None,
     Without ``analytics`` the process's shared client
     (:func:`collector.integrations.default_analytics`) is made on the first
     request. The ``user_id`` hook and the record builder get the WSGI environ
-    (Flask's ``request`` is still bound while they run only for a streamed
-    response, so read what they need from the environ, or use ``add_fields``
-    in the view).
+    (Flask's request context is gone when they run): read what they need from
+    it, or use ``add_fields`` in the view.
     """
-    existing = app.extensions.get("collector")
-    if existing is not None:
+    if "collector" in app.extensions:
         raise RuntimeError("instrument() was already called for this app: it would record "
                            "every request twice")
     middleware = AnalyticsMiddleware(app.wsgi_app, analytics, **options)
