@@ -152,6 +152,13 @@ BODY = b'{"order_id": 7, "state": "shipped"}'
 Variants = tuple[Served, Served, Served]  # without, with the middleware, by hand
 
 
+def _variants(runner: Callable[[Any, str], Served],
+              build: Callable[[bool, bool], Any]) -> Variants:
+    """``build(with_middleware, by_hand)`` three times: without, with, by hand."""
+    return (runner(build(False, False), "/orders/7"), runner(build(True, False), "/orders/7"),
+            runner(build(False, True), "/orders/7"))
+
+
 def _by_hand(analytics: Any) -> Callable[[], None]:
     hit = analytics.record_hit
 
@@ -165,17 +172,15 @@ def plain_wsgi(analytics: Any) -> Variants:
 
     record = _by_hand(analytics)
 
-    def build(by_hand: bool) -> Any:
+    def build(with_mw: bool, by_hand: bool) -> Any:
         def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             if by_hand:
                 record()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [BODY]
-        return app
+        return AnalyticsMiddleware(app, analytics) if with_mw else app
 
-    return (wsgi_runner(build(False), "/orders/7"),
-            wsgi_runner(AnalyticsMiddleware(build(False), analytics), "/orders/7"),
-            wsgi_runner(build(True), "/orders/7"))
+    return _variants(wsgi_runner, build)
 
 
 def flask_app(analytics: Any) -> Variants:
@@ -198,9 +203,7 @@ def flask_app(analytics: Any) -> Variants:
             instrument(app, analytics)
         return app
 
-    return (wsgi_runner(build(False, False), "/orders/7"),
-            wsgi_runner(build(True, False), "/orders/7"),
-            wsgi_runner(build(False, True), "/orders/7"))
+    return _variants(wsgi_runner, build)
 
 
 _django_record: list[Callable[[], None]] = []
@@ -272,18 +275,16 @@ def plain_asgi(analytics: Any) -> Variants:
 
     record = _by_hand(analytics)
 
-    def build(by_hand: bool) -> Any:
+    def build(with_mw: bool, by_hand: bool) -> Any:
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if by_hand:
                 record()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": BODY})
-        return app
+        return AnalyticsMiddleware(app, analytics) if with_mw else app
 
-    return (asgi_runner(build(False), "/orders/7"),
-            asgi_runner(AnalyticsMiddleware(build(False), analytics), "/orders/7"),
-            asgi_runner(build(True), "/orders/7"))
+    return _variants(asgi_runner, build)
 
 
 def starlette_app(analytics: Any) -> Variants:
@@ -307,9 +308,7 @@ def starlette_app(analytics: Any) -> Variants:
             app.add_middleware(AnalyticsMiddleware, analytics=analytics)
         return app
 
-    return (asgi_runner(build(False, False), "/orders/7"),
-            asgi_runner(build(True, False), "/orders/7"),
-            asgi_runner(build(False, True), "/orders/7"))
+    return _variants(asgi_runner, build)
 
 
 def fastapi_app(analytics: Any) -> Variants:
@@ -332,9 +331,7 @@ def fastapi_app(analytics: Any) -> Variants:
             app.add_middleware(AnalyticsMiddleware, analytics=analytics)
         return app
 
-    return (asgi_runner(build(False, False), "/orders/7"),
-            asgi_runner(build(True, False), "/orders/7"),
-            asgi_runner(build(False, True), "/orders/7"))
+    return _variants(asgi_runner, build)
 
 
 FRAMEWORKS: dict[str, Callable[[Any], Variants]] = {

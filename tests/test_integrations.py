@@ -570,3 +570,33 @@ def test_event_loop_workers_are_recognised() -> None:
              for cls in (SyncWorker, ThreadWorker, GeventWorker, UvicornWorker)}
     assert kinds["SyncWorker"] is None and kinds["ThreadWorker"] is None
     assert kinds["GeventWorker"] and kinds["UvicornWorker"]
+
+
+def test_file_wrapper_bodies_pass_through_and_flask_is_instrumented_once(ring: Ring) -> None:
+    """A ``wsgi.file_wrapper`` body is handed back untouched (the server may sendfile it)."""
+    from flask import Flask
+
+    from collector.integrations.flask import instrument
+
+    class FileWrapper:  # what a server puts in environ["wsgi.file_wrapper"]
+        def __init__(self, f: Any, block: int = 8192) -> None:
+            self.f = f
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(lambda: self.f.read(4), b"")
+
+    def app(env: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "10")])
+        return env["wsgi.file_wrapper"](io.BytesIO(b"0123456789"))
+
+    env = environ("/download")
+    env["wsgi.file_wrapper"] = FileWrapper
+    result = WSGIMiddleware(app, ring.analytics)(env, lambda *a: None)
+    assert type(result) is FileWrapper and b"".join(result) == b"0123456789"
+    [rec] = ring.records()
+    assert (rec["path"], rec["status"], rec["response_bytes"]) == ("/download", 200, 10)
+
+    flask = Flask("once")
+    instrument(flask, ring.analytics)
+    with pytest.raises(RuntimeError, match="already called"):
+        instrument(flask, ring.analytics)
