@@ -31,12 +31,14 @@ collector-daemon, collector-pump, gunicorn
     pumps, **keys)`` does the same for ``pump.yaml`` (:data:`QUICK_PUMP`).
     ``start()`` waits for ``/readyz`` (daemon) or ``/healthz`` (pump) and
     fails at once with the end of the log if the process exits; then
-    ``get()``, ``readyz()``, ``metrics()``, ``log_text()``, ``signal()``,
+    ``get()``, ``get_json()``, ``readyz()``, ``metrics()`` (samples by name),
+    ``metrics_text()``, ``log_text()``, ``children()``, ``signal()``,
     ``wait()``, ``stop()`` (SIGTERM, bounded), ``kill_all()`` (``kill -9``
     of the whole process tree), ``close()`` (teardown),
     ``Daemon.flusher_pids()``, ``Pump.workers(sink)``. Services run in
     their own session with ``COLLECTOR_*`` variables removed from their
-    environment (pass ``env=`` for the ones a test means).
+    environment (pass ``env=`` for the ones a test means); ``base=`` replaces
+    the quick settings (``{}``: the shipped defaults).
     :class:`Gunicorn` ``(app, log=..., workers=2, config=...)`` serves a
     WSGI app on a free port. :func:`write_config`, :func:`http_get`,
     :func:`kill_tree`.
@@ -56,7 +58,8 @@ Records and accounting
     expected set of ``n`` producers x ``count`` records.
     :class:`Producers` ``.ring(rings_dir, n, count)`` / ``.analytics(config,
     n, count)``: spawned producer processes writing those records into
-    rings directly or through ``collector.Analytics``.
+    rings directly or through ``collector.Analytics`` (``pace=``, and
+    ``record=`` for a generator of your own).
     :func:`jsonl_records` / :func:`jsonl_lines` read a file sink's output.
 
 The stream
