@@ -39,6 +39,7 @@ class DeadReason(StrEnum):
 
     UNDECODABLE_ENTRY = "undecodable_entry"    # the stream entry is not in the format
     UNDECODABLE_RECORD = "undecodable_record"  # one record is not a msgpack map
+    UNCONVERTIBLE_RECORD = "unconvertible_record"  # not what its format says (pump/iam)
     PERMANENT = "permanent"                    # the sink said it can never take it
     MAX_DELIVERIES = "max_deliveries"          # failed max_deliveries times, sink healthy
 

@@ -56,7 +56,8 @@ class Delivery:
         self.retry_at = retry_at  # re-read the pending entries by then
         self.pipeline = RecordPipeline(
             spec.filters, omit=config.omit_for(sink_name),
-            detail_fields=config.detail_fields, max_record_size=spec.max_record_bytes)
+            detail_fields=config.detail_fields, max_record_size=spec.max_record_bytes,
+            sink=sink_name)
         self.dead = DeadLetters(r, sink_name, self.group, counters)
 
     def handle(self, key: str, entries: list[tuple[Any, Any]],

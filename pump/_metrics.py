@@ -23,7 +23,7 @@ WORKER_COUNTERS = Layout(
         "records_out": "Records the sink accepted.",
         "records_filtered": "Records dropped by the sink's filters.",
         "records_dead_lettered": "Records sent to the sink's dead-letter stream.",
-        "decode_errors": "Stream entries or records that did not decode.",
+        "decode_errors": "Stream entries or records that did not decode or convert.",
         "records_trimmed": "Records whose string fields were trimmed to max_record_bytes.",
         "write_retries": "Write attempts after the first.",
         "write_errors": "Failed write attempts.",

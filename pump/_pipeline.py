@@ -1,9 +1,11 @@
-"""Stream entries -> sink records: decode, filter, omit detail, trim.
+"""Stream entries -> sink records: decode, convert iam's records, filter, omit
+detail, trim.
 
 This is the per-record hot path of a worker; it avoids Python work beyond
 one ``ormsgpack.unpackb`` (Rust; ``msgpack.unpackb`` for the records it
-rejects, such as maps with non-string keys) and the filters that are
-configured.
+rejects, such as maps with non-string keys; ``pump/sinks/_values.py``) and
+the steps that are configured. A record that cannot be decoded or converted
+becomes a dead letter of its own (``pump/_deadletter.py``); its neighbours go on.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgpack
-import ormsgpack
-
-from collector.common.stream import BadEntry, decode_entry, encode_entry
+from collector.common.log import get_logger
+from collector.common.stream import BadEntry, Entry, decode_entry, encode_entry
 
 from ._deadletter import DeadItem, DeadReason
 from .config import Filters
+from .iam.record import NotAnIamRecord, is_iam, to_iam
 from .sinks._base import Record
+from .sinks._values import UndecodableRecord, pack_record, unpack_record
 
-_unpackb = msgpack.unpackb
-_fast_unpackb = ormsgpack.unpackb  # ~40% faster; rejects e.g. non-str map keys
-_packb = msgpack.Packer(use_bin_type=True).pack
+log = get_logger(__name__)
+
+#: Records a filter field may be missing from before the pipeline warns about it.
+FILTER_FIELD_PROBE = 100
 
 Fields = dict[Any, Any]
 
@@ -102,7 +105,7 @@ def trim_record(data: dict[str, Any], raw: bytes, limit: int) -> tuple[dict[str,
             cut = min(len(value), excess)  # a char is at least one byte
             data[key] = value[: len(value) - cut]
             excess -= cut
-        raw = _packb(data)
+        raw = pack_record(data)
     return data, raw
 
 
@@ -110,19 +113,19 @@ class RecordPipeline:
     """Per-sink settings applied to every record, in the seed's order."""
 
     def __init__(self, filters: Filters, *, omit: bool, detail_fields: Sequence[str],
-                 max_record_size: int | None) -> None:
+                 max_record_size: int | None, sink: str = "") -> None:
         self.keep = compile_filter(filters)
         self.omit_fields = tuple(detail_fields) if omit else ()
         self.max_record_size = max_record_size
+        self.sink = sink
+        include, exclude = filters.effective()
+        # Filter fields not seen in any record yet (warned about after FILTER_FIELD_PROBE).
+        self._unseen = set(include) | set(exclude)
+        self._probed = 0
 
     def prepare(self, entries: Sequence[tuple[Any, Fields]]) -> Prepared:
         out = Prepared()
-        keep = self.keep
-        omit_fields = self.omit_fields
-        limit = self.max_record_size
-        fast = _fast_unpackb
-        slow = _unpackb
-        plain = keep is None and not omit_fields and limit is None
+        plain = self.keep is None and not self.omit_fields and self.max_record_size is None
         for eid_raw, fields in entries:
             eid = eid_raw.decode() if isinstance(eid_raw, bytes) else eid_raw
             try:
@@ -132,55 +135,85 @@ class RecordPipeline:
                 out.dead.append(DeadItem(dict(fields), DeadReason.UNDECODABLE_ENTRY, str(exc),
                                          eid))
                 continue
-            first = entry.first_seq
-            raws = entry.records
-            ids = entry.ids()
-            out.n_in += len(raws)
-            if plain:  # no filters, omissions or size limit: one comprehension per entry
-                try:
-                    datas = list(map(fast, raws))
-                except Exception:
-                    datas = None
-                if datas is not None and all(type(d) is dict for d in datas):
-                    recs = list(map(Record, ids, datas, raws))
-                    if recs:
-                        out.entries.append(EntryRecords(eid, recs, fields))
-                    else:
-                        out.ack_only.append(eid)
-                    continue
-            recs = []
-            for i, raw in enumerate(raws):
-                try:
-                    data = fast(raw)
-                except Exception:
-                    try:
-                        data = slow(raw, raw=False)
-                    except Exception as exc:
-                        data = exc
-                if type(data) is not dict:
-                    out.n_decode_errors += 1
-                    err = (f"record does not decode: {data}" if isinstance(data, Exception)
-                           else f"record is a msgpack {type(data).__name__}, not a map")
-                    out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw]),
-                                             DeadReason.UNDECODABLE_RECORD, err, eid))
-                    continue
-                if keep is not None and not keep(data):
-                    out.n_filtered += 1
-                    continue
-                changed = False
-                if omit_fields:
-                    for name in omit_fields:
-                        if data.get(name):
-                            data[name] = ""
-                            changed = True
-                if changed:
-                    raw = _packb(data)
-                if limit is not None and len(raw) > limit:
-                    data, raw = trim_record(data, raw, limit)
-                    out.n_trimmed += 1
-                recs.append(Record(ids[i], data, raw))
+            out.n_in += len(entry.records)
+            recs = None
+            if plain and not entry.fmt:
+                recs = _plain_records(entry)
+            if recs is None:
+                recs = self._records(entry, eid, out)
             if recs:
                 out.entries.append(EntryRecords(eid, recs, fields))
             else:
                 out.ack_only.append(eid)
+        if self._unseen and self.keep is not None:
+            self._probe_filter_fields(out)
         return out
+
+    def _records(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
+        """The entry's records one by one: decode, convert, filter, omit, trim."""
+        keep = self.keep
+        omit_fields = self.omit_fields
+        limit = self.max_record_size
+        fmt = entry.fmt
+        ids = entry.ids()
+        first = entry.first_seq
+        recs = []
+        for i, raw in enumerate(entry.records):
+            try:
+                data = unpack_record(raw)
+                if type(data) is not dict:
+                    raise UndecodableRecord(
+                        f"record is a msgpack {type(data).__name__}, not a map")
+            except UndecodableRecord as exc:
+                out.n_decode_errors += 1
+                out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
+                                         DeadReason.UNDECODABLE_RECORD, str(exc), eid))
+                continue
+            changed = False
+            if fmt == "iam" or (fmt == "auto" and is_iam(data)):
+                try:
+                    data = to_iam(data)
+                except NotAnIamRecord as exc:
+                    out.n_decode_errors += 1
+                    out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
+                                             DeadReason.UNCONVERTIBLE_RECORD, str(exc), eid))
+                    continue
+                changed = True
+            if keep is not None:
+                if self._unseen:
+                    self._unseen.difference_update(data)
+                if not keep(data):
+                    out.n_filtered += 1
+                    continue
+            if omit_fields:
+                for name in omit_fields:
+                    if data.get(name):
+                        data[name] = ""
+                        changed = True
+            if changed:
+                raw = pack_record(data)
+            if limit is not None and len(raw) > limit:
+                data, raw = trim_record(data, raw, limit)
+                out.n_trimmed += 1
+            recs.append(Record(ids[i], data, raw))
+        return recs
+
+    def _probe_filter_fields(self, out: Prepared) -> None:
+        if self._probed >= FILTER_FIELD_PROBE:
+            return
+        self._probed += out.n_in
+        if self._probed >= FILTER_FIELD_PROBE:
+            log.warning("A filter names a field that none of the first records has; "
+                        "the filter drops every record that lacks it.", sink=self.sink,
+                        fields=",".join(sorted(self._unseen)), records=self._probed)
+
+
+def _plain_records(entry: Entry) -> list[Record] | None:
+    """No steps configured: one comprehension per entry; None if a record needs care."""
+    try:
+        datas = list(map(unpack_record, entry.records))
+    except UndecodableRecord:
+        return None
+    if not all(type(d) is dict for d in datas):
+        return None
+    return list(map(Record, entry.ids(), datas, entry.records))

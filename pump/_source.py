@@ -10,7 +10,10 @@ We close that window on the pump side: one Lua script moves up to
 (the format of ``collector/common/stream.py``) *atomically* -- LRANGE, LTRIM and
 XADD run as one script, so a record is either still in the list or in the
 stream, never in neither. From there only the stream path writes sinks,
-with its at-least-once guarantees. Record ids are ``list-<list_key>:<n>``
+with its at-least-once guarantees. The entry says the records' format
+(``source.format``: ``auto`` by default, ``iam``, or ``raw`` for none), so
+workers convert iam-authz-server's records to what iam-pump stores
+(``pump/iam/record.py``). Record ids are ``list-<list_key>:<n>``
 with ``n`` from a counter key ``<list_key>:collector-seq`` bumped in the
 same script. What remains at-most-once is outside the pump: a producer
 whose RPUSH did not reach Redis, or a Redis that loses its last second of
@@ -32,14 +35,18 @@ from .config import PumpConfig
 
 log = get_logger(__name__)
 
-# KEYS: list, stream, counter. ARGV: records per call, ring id.
-MOVE_SCRIPT = f"""
+def move_script(fmt: str | None) -> str:
+    """The Lua moving up to ARGV[1] records of list KEYS[1] into stream KEYS[2] as one
+    entry of ring ARGV[2] (records of format ``fmt``), numbered by counter KEYS[3]."""
+    xadd = lua_xadd_entry("KEYS[2]", "ARGV[2]", "tostring(first)", "tostring(n)",
+                          "cmsgpack.pack(recs)", fmt)
+    return f"""
 local recs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 local n = #recs
 if n == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], n, -1)
 local first = redis.call('INCRBY', KEYS[3], n) - n
-{lua_xadd_entry("KEYS[2]", "ARGV[2]", "tostring(first)", "tostring(n)", "cmsgpack.pack(recs)")}
+{xadd}
 return n
 """
 
@@ -61,7 +68,7 @@ class ListMover:
         self.seq_key = f"{src.list_key}:collector-seq"
         self.interval = config.read_block_s
         self.r = r
-        self.script = r.register_script(MOVE_SCRIPT)
+        self.script = r.register_script(move_script(None if src.format == "raw" else src.format))
         self.stop = threading.Event()
         self.moved = 0
         self.limited = RateLimited(10.0, log)

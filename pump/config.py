@@ -117,6 +117,9 @@ class SourceConfig(Settings):
     type: Literal["stream", "list"] = "stream"
     list_key: str = Field(default="analytics-iam-system-analytics", min_length=1)
     list_batch_size: int = Field(default=1000, ge=1, le=100_000)  # records per script call
+    # The list's records: iam-authz-server's (converted to what iam-pump stores),
+    # detected by their Go field names (auto), or passed on as they are (raw).
+    format: Literal["auto", "iam", "raw"] = "auto"
 
 
 class PumpConfig(ServiceSettings):
@@ -188,10 +191,10 @@ class PumpConfig(ServiceSettings):
         return self.pumps[name].type or name
 
     def omit_for(self, name: str) -> bool:
-        spec = self.pumps[name]
-        if spec.omit_detailed_recording is None:
-            return self.omit_detailed_recording
-        return spec.omit_detailed_recording
+        """Whether sink ``name`` gets records without detail: the top-level
+        ``omit_detailed_recording`` applies before every sink (as in iam-pump), a
+        sink's own flag can only add blanking."""
+        return self.omit_detailed_recording or bool(self.pumps[name].omit_detailed_recording)
 
 
 def import_plugins(modules: list[str]) -> None:

@@ -188,7 +188,23 @@ def test_filters_and_omit_detailed_recording(redis_server: RedisServer) -> None:
     assert ws[0].counters.get("records_filtered") == 70 - len(inc.records)
     assert all(rec.data["policies"] == "" and rec.data["deciders"] == "" for rec in skip.records)
     assert all(msgpack.unpackb(rec.raw)["policies"] == "" for rec in skip.records)
-    assert all(rec.data["policies"] == "p1,p2" for rec in users.records)
+    # iam-pump's rule: a sink's own false does not undo the top-level omission
+    assert all(rec.data["policies"] == "" for rec in users.records)
+
+
+def test_a_sinks_omit_flag_only_adds_blanking(redis_server: RedisServer) -> None:
+    r = redis_server.client()
+    pumps = {"plain": memory("plain"),
+             "blank": {**memory("blank"), "omit_detailed_recording": True}}
+    cfg = config(redis_server, pumps, omit_detailed_recording=False)
+    ws = [make_worker(cfg, n) for n in pumps]
+    _ready(r, *ws)
+    produce(r, 20, per_entry=10)
+    plain, blank = MemorySink.instances["plain"], MemorySink.instances["blank"]
+    run_until(ws, lambda: all(group_lag(r, KEY, n) == (0, 0) for n in pumps))
+    assert len(plain.records) == len(blank.records) == 20
+    assert all(rec.data["policies"] == "p1,p2" for rec in plain.records)
+    assert all(rec.data["policies"] == "" for rec in blank.records)
 
 
 def test_sink_outage_holds_its_group_only_and_drains_after_recovery(

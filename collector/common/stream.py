@@ -18,6 +18,10 @@ One stream entry is one batch from one ring, with these fields::
     recs   msgpack array of bin      each element is one record's own
                                      msgpack bytes, exactly as record_hit
                                      encoded it (never decoded by the daemon)
+    fmt    (optional) record format  absent: records as record_hit wrote them;
+                                     ``iam`` / ``auto``: records from
+                                     iam-authz-server (the pump's list source,
+                                     ``pump/iam/``), converted by the pump
 
 Record ``i`` of an entry has the stable id ``f"{ring}:{seq + i}"``
 (:func:`record_id`). Ring ids are random per ring and sequence numbers
@@ -40,8 +44,9 @@ import msgpack
 
 FORMAT_VERSION = b"1"
 DEFAULT_STREAM_KEY = "collector:analytics"
-#: The fields of an entry, in the order they are written.
+#: The fields of an entry, in the order they are written (then the optional ``fmt``).
 ENTRY_FIELDS = ("v", "ring", "seq", "n", "recs")
+RECORD_FORMATS = ("iam", "auto")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -60,22 +65,36 @@ def shard_for(ring_id: str, shards: int) -> int:
     return zlib.crc32(ring_id.encode()) % shards
 
 
-def encode_entry(ring_id: str, first_seq: int, records: Sequence[bytes]) -> dict[str, bytes]:
+def encode_entry(ring_id: str, first_seq: int, records: Sequence[bytes],
+                 fmt: str | None = None) -> dict[str, bytes]:
     """The fields of one stream entry for a batch of raw msgpack records."""
     values = (FORMAT_VERSION, ring_id.encode(), str(first_seq).encode(),
               str(len(records)).encode(), _packb(list(records)))
-    return dict(zip(ENTRY_FIELDS, values, strict=True))
+    fields = dict(zip(ENTRY_FIELDS, values, strict=True))
+    if fmt:
+        fields["fmt"] = _record_format(fmt).encode()
+    return fields
 
 
-def lua_xadd_entry(key: str, ring: str, seq: str, n: str, recs: str) -> str:
+def lua_xadd_entry(key: str, ring: str, seq: str, n: str, recs: str,
+                   fmt: str | None = None) -> str:
     """A Lua ``XADD`` of one entry in the format above, for scripts that make entries
     inside Redis (the pump's list source). The arguments are Lua expressions: the
     stream key, the ring id, the first sequence number and the record count as
-    strings, and ``recs`` as the packed array (``cmsgpack.pack`` of the records)."""
+    strings, and ``recs`` as the packed array (``cmsgpack.pack`` of the records);
+    ``fmt`` is the records' format (a Python string, not an expression)."""
     values = (f"'{FORMAT_VERSION.decode()}'", ring, seq, n, recs)
     args = ", ".join(f"'{name}', {value}" for name, value in zip(ENTRY_FIELDS, values,
                                                                   strict=True))
+    if fmt:
+        args += f", 'fmt', '{_record_format(fmt)}'"
     return f"redis.call('XADD', {key}, '*', {args})"
+
+
+def _record_format(fmt: str) -> str:
+    if fmt not in RECORD_FORMATS:
+        raise ValueError(f"record format {fmt!r} is not one of {', '.join(RECORD_FORMATS)}")
+    return fmt
 
 
 def parse_entry_id(entry_id: str) -> tuple[int, int]:
@@ -97,6 +116,7 @@ class Entry:
     ring: str
     first_seq: int
     records: list[bytes]  # raw msgpack bytes of each record
+    fmt: str = ""  # the records' format: "" (record_hit's), "iam" or "auto"
 
     def ids(self) -> list[str]:
         """The record id of each record, in order."""
@@ -132,7 +152,12 @@ def decode_entry(fields: dict[bytes, bytes] | dict[str, bytes]) -> Entry:
         raise BadEntry(f"stream entry does not decode: {exc}") from exc
     if not isinstance(recs, list) or len(recs) != n or not all(isinstance(r, bytes) for r in recs):
         raise BadEntry(f"stream entry 'recs' is not an array of {n} byte strings")
-    return Entry(ring, first, recs)
+    fmt = fields.get(b"fmt", fields.get("fmt", b""))  # type: ignore[call-overload]
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    if fmt and fmt not in RECORD_FORMATS:
+        raise BadEntry(f"stream entry has record format {fmt!r}; known: "
+                       f"{', '.join(RECORD_FORMATS)}")
+    return Entry(ring, first, recs, fmt)
 
 
 def default_runtime_dir() -> Path:

@@ -1,24 +1,19 @@
-"""Encoding helpers shared by the sinks that write JSON (file, stdout, http, syslog)."""
+"""Encoding helpers shared by the sinks that write JSON (file, stdout, http, syslog).
+
+Times (the msgpack timestamp, ``pump/sinks/_values.py``) are ISO 8601 in UTC
+with ``Z``; bytes UTF-8 text; sets and tuples lists; Decimal text.
+"""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from ._base import PermanentError, Record
+from ._values import json_default as _default
 
-
-def _default(value: Any) -> Any:
-    """Values msgpack can carry but JSON cannot: bytes as UTF-8 text, sets as lists."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+_BASE = orjson.OPT_PASSTHROUGH_DATETIME  # every datetime through _default: one format
 
 
 def dumps(value: Any, *, indent: bool = False) -> bytes:
@@ -27,7 +22,7 @@ def dumps(value: Any, *, indent: bool = False) -> bytes:
     Maps with non-string keys (msgpack allows them) are retried with
     ``OPT_NON_STR_KEYS``, which costs more than the plain call.
     """
-    option = orjson.OPT_INDENT_2 if indent else 0
+    option = _BASE | orjson.OPT_INDENT_2 if indent else _BASE
     try:
         return orjson.dumps(value, default=_default, option=option)
     except orjson.JSONEncodeError:

@@ -62,6 +62,7 @@ import math
 import re
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -70,6 +71,7 @@ from collector.common.log import get_logger
 
 from ._base import Batch, PermanentError, Record, RetryableError, Sink, Verdict, register
 from ._time import entry_seconds, epoch_seconds
+from ._values import time_text
 from .postgres import PgConnectionConfig, _classify, _set_timeout, close_quietly, open_connection
 
 log = get_logger(__name__)
@@ -410,6 +412,8 @@ def _dim(value: Any) -> str:
         return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "backslashreplace")
+    elif isinstance(value, datetime):
+        value = time_text(value)
     return str(value).replace("\x00", "\ufffd")
 
 

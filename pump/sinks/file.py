@@ -10,7 +10,7 @@ Formats
     (default: the seed's analytics fields ``timestamp, username, effect,
     conclusion, request, policies, deciders`` and ``_id``). A missing field is
     an empty cell; non-scalar values (lists, maps) are JSON-encoded; booleans
-    are ``true``/``false``.
+    are ``true``/``false``; times are ISO 8601 in UTC with ``Z``.
 
 Paths and rotation
 ------------------
@@ -61,6 +61,7 @@ import fcntl
 import io
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +71,7 @@ from collector.common.log import get_logger
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps, json_line
+from ._values import time_text
 
 log = get_logger(__name__)
 
@@ -368,6 +370,8 @@ def _csv_cell(value: Any) -> str:
         return repr(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, datetime):
+        return time_text(value)
     try:
         return dumps(value).decode()
     except PermanentError:

@@ -1,7 +1,9 @@
 """``mongo`` sink (the seed's): pymongo ``insert_many(ordered=False)``.
 
 Each document is the record's own fields with ``_id`` set to the record's
-stable id. A redelivered batch fails only with duplicate-key errors (code
+stable id. Times are BSON dates (milliseconds: a msgpack timestamp's finer
+digits are cut); an ``Int64`` (iam's ``timestamp``) is a BSON int64, other
+integers are int32 when they fit. A redelivered batch fails only with duplicate-key errors (code
 11000) for the documents already stored; a ``BulkWriteError`` made of
 nothing else counts as success, so the sink deduplicates.
 
@@ -33,7 +35,17 @@ from pydantic import Field, SecretStr, field_validator
 from collector.common.log import get_logger
 from collector.common.redact import SecretUrl
 
-from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._base import (
+    Batch,
+    PermanentError,
+    Record,
+    RetryableError,
+    Sink,
+    SinkConfig,
+    Verdict,
+    register,
+)
+from ._values import Int64
 
 log = get_logger(__name__)
 
@@ -163,11 +175,7 @@ class MongoSink(Sink):
         if not batch.records:
             return Verdict.OK
         coll = self._connect()
-        docs = []
-        for r in batch.records:
-            doc = dict(r.data)
-            doc["_id"] = r.id
-            docs.append(doc)
+        docs = [_document(r) for r in batch.records]
         try:
             with pymongo.timeout(left):
                 coll.insert_many(docs, ordered=False)
@@ -222,6 +230,15 @@ class MongoSink(Sink):
         if isinstance(exc, OperationFailure) and exc.code in RETRYABLE_CODES:
             return RetryableError(detail)
         return PermanentError(detail)
+
+
+def _document(record: Record) -> dict[str, Any]:
+    """The record's fields with ``_id``; an :class:`~pump.sinks.Int64` as a BSON int64."""
+    from bson.int64 import Int64 as BsonInt64
+
+    doc = {k: BsonInt64(v) if type(v) is Int64 else v for k, v in record.data.items()}
+    doc["_id"] = record.id
+    return doc
 
 
 def _redact(text: str, uri: SecretUrl, password: str | None) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from collector.common.log import get_logger
 
 from ._base import Batch, RetryableError, Sink, SinkConfig, Verdict, register
+from ._values import time_text
 
 log = get_logger(__name__)
 
@@ -206,6 +208,8 @@ def _label(value: Any) -> str:
         return ""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return time_text(value)
     return str(value)
 
 

@@ -14,7 +14,8 @@ Modes
     iam-pump (or anything reading ``analytics-...`` lists) can consume it.
 
 Records are re-encoded from their (filtered) fields, so omissions applied by
-the pump are honoured. ``max_entries > 0`` trims a stream approximately.
+the pump are honoured; times go back as the msgpack timestamp extension.
+``max_entries > 0`` trims a stream approximately.
 
 Deduplication: the batch is written by one Lua script that first adds each
 id to a sorted set ``{<key>}:seen`` (scored by time, in the same cluster
@@ -40,6 +41,7 @@ from pydantic import Field, field_validator
 from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._values import pack_record
 
 # KEYS: target, seen-set. ARGV: mode, now_s, window_s, max_entries, then id, rec pairs.
 _SCRIPT = """
@@ -78,6 +80,17 @@ else
 end
 return #ids
 """
+def _pack(data: dict[str, Any]) -> bytes:
+    """ormsgpack, or msgpack for what it cannot write (times: the timestamp extension)."""
+    import ormsgpack
+
+    try:
+        return ormsgpack.packb(data, option=ormsgpack.OPT_NON_STR_KEYS
+                               | ormsgpack.OPT_PASSTHROUGH_DATETIME)
+    except (TypeError, ormsgpack.MsgpackEncodeError):
+        return pack_record(data)
+
+
 _RETRYABLE_PREFIXES = ("BUSY", "LOADING", "READONLY", "TRYAGAIN", "OOM", "MASTERDOWN",
                        "CLUSTERDOWN", "NOREPLICAS")
 
@@ -154,8 +167,6 @@ class RedisSink(Sink):
             client.close()
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
-        import ormsgpack
-
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
@@ -164,8 +175,8 @@ class RedisSink(Sink):
         try:
             for r in batch.records:
                 args.append(r.id)
-                args.append(ormsgpack.packb(r.data, option=ormsgpack.OPT_NON_STR_KEYS))
-        except (TypeError, ormsgpack.MsgpackEncodeError) as exc:
+                args.append(_pack(r.data))
+        except (TypeError, ValueError) as exc:
             raise PermanentError(f"redis sink: a record cannot be msgpack-encoded: {exc}") from exc
         self._call(deadline, "write", lambda: self._script(
             keys=[self.cfg.key, self.cfg.seen_key], args=args, client=self._client))
