@@ -1,22 +1,38 @@
 """Delivering prepared entries to a sink: write with retries, ack, hold an outage,
-dead-letter what can never be delivered.
+dead-letter only the records that cannot be delivered.
 
-- ``PermanentError``: a batch of several entries is split and each entry is
-  written alone; an entry that is still rejected is dead-lettered at once.
-- retries exhausted and the sink's health check fails: an *outage*. The
-  worker keeps the batch, keeps its entries claimed (``XCLAIM JUSTID``
-  resets their idle time without counting a delivery) and retries with
-  backoff until the sink is back. Only this sink's group waits.
+Poison is per record; an outage is not poison:
+
+- ``PermanentError`` naming records (``rejected``): the sink wrote the others;
+  the named records are dead-lettered, one dead letter each, and the entries
+  acknowledged.
+- ``PermanentError`` naming none: if the sink's health check (which does what
+  a write does) fails, it is an outage (below). Otherwise the worker looks
+  for the records at fault by writing halves of the batch (whole entries
+  first, then halves of an entry) down to single records (:meth:`Delivery.isolate`):
+  a record that fails alone is dead-lettered, the others are written. If
+  every record of a batch of several fails alone, the error is one any record
+  would hit: an outage, not poison.
+- retries exhausted with an ``OutageError`` (a full disk, a missing table), or
+  while the health check fails: an *outage*. The worker keeps the batch, keeps
+  its entries claimed (``XCLAIM JUSTID`` resets their idle time without
+  counting a delivery), marks its slot (``/readyz`` says 503 with the reason)
+  and retries with backoff until the sink takes it. Nothing is dead-lettered
+  for an outage. Only this sink's group waits.
 - retries exhausted while the sink is healthy: the batch may be poison. Its
   entries stay pending and are re-read later one at a time; the PEL delivery
-  counter counts the attempts, and an entry delivered ``max_deliveries``
-  times without success is dead-lettered (``pump/_deadletter.py``).
+  counter counts the attempts, and once an entry has been delivered
+  ``max_deliveries`` times its records are isolated as above (one attempt per
+  part), and only those that fail alone are dead-lettered.
+
+Dead letters: ``pump/_deadletter.py``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 import redis
@@ -24,15 +40,24 @@ import redis
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 
-from ._deadletter import DeadItem, DeadLetters, DeadReason
+from ._deadletter import DeadItem, DeadLetters, DeadReason, record_item
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
 from ._pipeline import EntryRecords, Prepared, RecordPipeline
 from ._retry import RetryPolicy, WriteFailed, write_with_retries
 from ._stop import Stopper
 from .config import PumpConfig, PumpSpec
-from .sinks import Batch, PermanentError, Sink
+from .sinks import Batch, OutageError, PermanentError, Record, Sink
 
 log = get_logger(__name__)
+
+#: A part of a batch: (entry, its records in the part) pairs.
+Part = list[tuple[EntryRecords, list[Record]]]
+
+
+class Isolated(Enum):
+    DONE = "done"        # every record written or dead-lettered, entries acknowledged
+    OUTAGE = "outage"    # every record failed alone: not poison
+    ABORTED = "aborted"  # stopped, or the sink went down on the way: entries stay pending
 
 
 class Delivery:
@@ -41,7 +66,8 @@ class Delivery:
     def __init__(self, *, config: PumpConfig, spec: PumpSpec, sink_name: str, sink: Sink,
                  r: redis.Redis, consumer: str, counters: Slot, stopper: Stopper,
                  policy: RetryPolicy, limited: RateLimited,
-                 retry_at: Callable[[float], None]) -> None:
+                 retry_at: Callable[[float], None],
+                 on_outage: Callable[[str | None], None] = lambda reason: None) -> None:
         self.config = config
         self.spec = spec
         self.sink_name = sink_name
@@ -54,11 +80,13 @@ class Delivery:
         self.policy = policy
         self.limited = limited
         self.retry_at = retry_at  # re-read the pending entries by then
+        self.on_outage = on_outage  # the outage's reason, None when it is over
         self.pipeline = RecordPipeline(
             spec.filters, omit=config.omit_for(sink_name),
             detail_fields=config.detail_fields, max_record_size=spec.max_record_bytes,
             sink=sink_name)
         self.dead = DeadLetters(r, sink_name, self.group, counters)
+        self.first_failure: dict[str, float] = {}  # entry id -> time.time() it first failed
 
     def handle(self, key: str, entries: list[tuple[Any, Any]],
                deliveries: dict[str, int] | None) -> None:
@@ -73,7 +101,7 @@ class Delivery:
         if prep.dead:
             c.add("decode_errors", prep.n_decode_errors)
             ack = [d.entry_id for d in prep.dead if d.reason is DeadReason.UNDECODABLE_ENTRY]
-            self.dead.write(key, prep.dead, ack, deliveries, records=len(prep.dead))
+            self.dead.write(key, prep.dead, ack, deliveries)
             self.limited.warning("decode", "Dead-lettered what did not decode.",
                                  sink=self.sink_name, stream=key, items=len(prep.dead),
                                  error=prep.dead[0].error)
@@ -83,55 +111,76 @@ class Delivery:
         if prep.entries:
             self.deliver(key, prep.entries, deliveries)
 
+    # -- one delivery ------------------------------------------------------------
     def deliver(self, key: str, entries: list[EntryRecords],
                 deliveries: dict[str, int] | None) -> None:
         max_d = self.config.max_deliveries
-        if deliveries:
+        if deliveries:  # delivered past the limit (a crash before giving up): isolate
             over = [e for e in entries if deliveries.get(e.entry_id, 1) - 1 >= max_d]
             if over:
-                self._dead_letter_entries(key, over, DeadReason.MAX_DELIVERIES,
-                                          f"delivered {max_d} times without success",
-                                          deliveries)
-                entries = [e for e in entries if deliveries.get(e.entry_id, 1) - 1 < max_d]
+                entries = [e for e in entries if e not in over]
+                self._isolate_or_hold(key, over, deliveries, DeadReason.MAX_DELIVERIES)
                 if not entries:
                     return
         batch = _batch(key, entries)
         try:
-            self._write(batch)
+            self.write(batch)
         except PermanentError as exc:
-            if len(entries) > 1:
-                for e in entries:  # find the entry the sink rejects
-                    self.deliver(key, [e], deliveries)
-                return
-            self._dead_letter_entries(key, entries, DeadReason.PERMANENT, str(exc), deliveries)
+            self._failed(entries)
+            self._permanent(key, entries, exc, deliveries)
             return
         except WriteFailed as exc:
+            self._failed(entries)
             if self.stopper.is_set():
                 return  # left pending; redelivered on the next start
-            if not self.sink_healthy():
-                self._outage(key, entries, batch, deliveries)
+            if isinstance(exc.error, OutageError) or not self.sink_healthy():
+                self._outage(key, entries, deliveries, exc.error)
                 return
-            due = []
-            for e in entries:
-                d = (deliveries or {}).get(e.entry_id, 1)
-                if d >= max_d:
-                    self._dead_letter_entries(key, [e], DeadReason.MAX_DELIVERIES,
-                                              f"delivered {d} times; last error: {exc.error}",
-                                              deliveries)
-                else:
-                    due.append(d)
-            if due:
-                pause = self.policy.backoff(min(due))
-                self.retry_at(time.monotonic() + pause)
-                self.limited.warning("retry-later",
-                                     "Batch failed while the sink is healthy; retrying it later.",
-                                     sink=self.sink_name, entries=len(due), error=exc.error)
+            self._retry_later(key, entries, deliveries, exc)
             return
         self._acked(key, batch)
 
-    def _write(self, batch: Batch) -> None:
+    def _permanent(self, key: str, entries: list[EntryRecords], exc: PermanentError,
+                   deliveries: dict[str, int] | None) -> None:
+        if exc.rejected:
+            self._rejected(key, entries, exc.rejected, deliveries)
+        elif not self.sink_healthy():
+            self._outage(key, entries, deliveries, exc)
+        else:
+            self._isolate_or_hold(key, entries, deliveries, DeadReason.PERMANENT)
+
+    def _retry_later(self, key: str, entries: list[EntryRecords],
+                     deliveries: dict[str, int] | None, exc: WriteFailed) -> None:
+        max_d = self.config.max_deliveries
+        due, spent = [], []
+        for e in entries:
+            d = (deliveries or {}).get(e.entry_id, 1)
+            (spent if d >= max_d else due).append((e, d))
+        if spent:
+            self._isolate_or_hold(key, [e for e, _ in spent], deliveries,
+                                  DeadReason.MAX_DELIVERIES)
+        if due:
+            self.retry_at(time.monotonic() + self.policy.backoff(min(d for _, d in due)))
+            self.limited.warning("retry-later",
+                                 "Batch failed while the sink is healthy; retrying it later.",
+                                 sink=self.sink_name, entries=len(due), error=exc.error)
+
+    def _isolate_or_hold(self, key: str, entries: list[EntryRecords],
+                         deliveries: dict[str, int] | None, reason: DeadReason) -> None:
+        """Isolate the records at fault; hold as an outage if every one failed."""
+        result = self.isolate(key, entries, deliveries, reason)
+        if result is Isolated.OUTAGE:
+            self._outage(key, entries, deliveries,
+                         "every record of the batch fails alone: an error any record hits")
+        elif result is Isolated.ABORTED:
+            self.retry_at(time.monotonic() + self.policy.backoff(3))
+
+    # -- writing -------------------------------------------------------------------
+    def write(self, batch: Batch, *, single_attempt: bool = False) -> None:
+        """Write ``batch`` with retries under ``batch_deadline_s`` (or one attempt)."""
         c = self.counters
-        overall = time.monotonic() + self.config.batch_deadline_s
+        now = time.monotonic()
+        overall = now + (self.spec.timeout_s if single_attempt else self.config.batch_deadline_s)
         stopper = self.stopper
         shutdown_s = self.config.shutdown_timeout_s
 
@@ -148,14 +197,13 @@ class Delivery:
             self.limited.warning("write", "Sink write failed.",
                                  sink=self.sink_name, attempt=attempt, error=err)
 
-        t0 = time.monotonic()
         try:
             attempts = write_with_retries(self.sink, batch, self.policy, deadline=deadline,
                                           stop=stopper, on_attempt=on_attempt,
                                           on_failure=on_failure)
         finally:
             c.set("write_deadline", 0.0)
-        c.observe("write_seconds", time.monotonic() - t0)
+        c.observe("write_seconds", time.monotonic() - now)
         if attempts > 1:
             c.add("write_retries", attempts - 1)
 
@@ -165,6 +213,15 @@ class Delivery:
         c.add("records_out", len(batch.records))
         c.add("batches_written")
         c.add("entries_acked", len(batch.entry_ids))
+        for eid in batch.entry_ids:
+            self.first_failure.pop(eid, None)
+
+    def _failed(self, entries: Sequence[EntryRecords]) -> None:
+        now = time.time()
+        for e in entries:
+            self.first_failure.setdefault(e.entry_id, now)
+        if len(self.first_failure) > 100_000:  # entries we gave up on long ago
+            self.first_failure.clear()
 
     def sink_healthy(self) -> bool:
         try:
@@ -175,13 +232,93 @@ class Delivery:
                                  sink=self.sink_name, error=exc)
             return False
 
-    def _outage(self, key: str, entries: list[EntryRecords], batch: Batch,
-                deliveries: dict[str, int] | None) -> None:
-        """Hold the batch until the sink is back (or we are told to stop)."""
+    # -- per record ------------------------------------------------------------------
+    def _rejected(self, key: str, entries: Sequence[EntryRecords], rejected: dict[str, str],
+                  deliveries: dict[str, int] | None) -> None:
+        """The sink wrote every record but ``rejected``: dead-letter those, ack the rest."""
+        items = []
+        n = 0
+        for e in entries:
+            for rec in e.records:
+                n += 1
+                why = rejected.get(rec.id)
+                if why is not None:
+                    items.append(self._item(e, rec, DeadReason.REJECTED, why))
+        self._finish(key, entries, items, n - len(items), deliveries)
+
+    def isolate(self, key: str, entries: list[EntryRecords],
+                deliveries: dict[str, int] | None, reason: DeadReason) -> Isolated:
+        """Find the records that fail alone by writing ever smaller parts (module doc)."""
+        single = reason is DeadReason.MAX_DELIVERIES  # one attempt per part
+        total = sum(len(e.records) for e in entries)
+        todo: list[Part] = [[(e, e.records) for e in entries]]
+        bad: list[DeadItem] = []
+        written = 0
+        tries = 0
+        while todo:
+            if self.stopper.is_set():
+                return Isolated.ABORTED
+            part = todo.pop()
+            n = sum(len(recs) for _, recs in part)
+            tries += 1
+            try:
+                self.write(_part_batch(key, part), single_attempt=single)
+                written += n
+                continue
+            except PermanentError as exc:
+                if exc.rejected:
+                    for e, recs in part:
+                        bad += [self._item(e, r, DeadReason.REJECTED, exc.rejected[r.id])
+                                for r in recs if r.id in exc.rejected]
+                    written += n - sum(1 for e, recs in part for r in recs
+                                       if r.id in exc.rejected)
+                    continue
+                error: BaseException = exc
+            except WriteFailed as exc:
+                if isinstance(exc.error, OutageError) or not single:
+                    return Isolated.ABORTED  # the sink went down: not this part's fault
+                error = exc.error
+            if n == 1:
+                e, recs = part[0]
+                bad.append(self._item(e, recs[0], reason, str(error)))
+            else:
+                todo.extend(reversed(_halves(part)))
+        if total > 1 and len(bad) == total:
+            return Isolated.OUTAGE
+        log.info("Isolated the records a batch failed for.", sink=self.sink_name,
+                 records=total, dead_lettered=len(bad), writes=tries)
+        self._finish(key, entries, bad, written, deliveries)
+        return Isolated.DONE
+
+    def _item(self, e: EntryRecords, rec: Record, reason: DeadReason, error: str) -> DeadItem:
+        return record_item(e.fields, e.entry_id, rec.id, reason, error,
+                           self.first_failure.get(e.entry_id))
+
+    def _finish(self, key: str, entries: Sequence[EntryRecords], items: list[DeadItem],
+                written: int, deliveries: dict[str, int] | None) -> None:
+        """Dead-letter ``items`` and acknowledge ``entries`` (one MULTI)."""
+        ids = [e.entry_id for e in entries]
+        self.dead.write(key, items, ids, deliveries)
+        self.counters.add("records_out", written)
+        for eid in ids:
+            self.first_failure.pop(eid, None)
+        if items:
+            self.limited.warning("dead", "Dead-lettered records the sink cannot take.",
+                                 sink=self.sink_name, stream=key, records=len(items),
+                                 delivered=written, reason=items[0].reason.value,
+                                 error=items[0].error)
+
+    # -- outages -------------------------------------------------------------------
+    def _outage(self, key: str, entries: list[EntryRecords],
+                deliveries: dict[str, int] | None, error: object) -> None:
+        """Hold the batch until the sink takes it (or we are told to stop)."""
         c = self.counters
         c.set("state", STATE_OUTAGE)
+        self.on_outage(f"{type(error).__name__}: {error}" if isinstance(error, Exception)
+                       else str(error))
         log.warning("Sink is down; holding the batch until it is back.",
-                    sink=self.sink_name, entries=len(entries))
+                    sink=self.sink_name, entries=len(entries), error=error)
+        batch = _batch(key, entries)
         ids = [e.entry_id for e in entries]
         attempt = 0
         try:
@@ -197,33 +334,30 @@ class Delivery:
                                          sink=self.sink_name, error=exc)
                     continue
                 try:
-                    self._write(batch)
-                except PermanentError:
-                    c.set("state", STATE_RUNNING)
-                    self.deliver(key, entries, deliveries)
-                    return
-                except WriteFailed:
-                    if self.sink_healthy():
-                        c.set("state", STATE_RUNNING)
-                        self.deliver(key, entries, deliveries)  # poison path now
+                    self.write(batch)
+                except PermanentError as exc:
+                    if exc.rejected:
+                        self._rejected(key, entries, exc.rejected, deliveries)
+                        return
+                    if not self.sink_healthy():
+                        continue
+                    result = self.isolate(key, entries, deliveries, DeadReason.PERMANENT)
+                    if result is Isolated.DONE:
                         return
                     continue
+                except WriteFailed as exc:
+                    if isinstance(exc.error, OutageError) or not self.sink_healthy():
+                        self.on_outage(f"{type(exc.error).__name__}: {exc.error}")
+                        continue
+                    self._retry_later(key, entries, deliveries, exc)  # poison path now
+                    return
                 self._acked(key, batch)
                 log.info("Sink is back.", sink=self.sink_name)
                 return
         finally:
             if c.get("state") == STATE_OUTAGE:
                 c.set("state", STATE_RUNNING)
-
-    def _dead_letter_entries(self, key: str, entries: Sequence[EntryRecords],
-                             reason: DeadReason, error: str,
-                             deliveries: dict[str, int] | None) -> None:
-        items = [DeadItem(dict(e.fields), reason, error, e.entry_id) for e in entries]
-        self.dead.write(key, items, [e.entry_id for e in entries], deliveries,
-                        records=sum(len(e.records) for e in entries))
-        self.limited.warning("dead", "Dead-lettered entries.",
-                             sink=self.sink_name, stream=key, entries=len(entries),
-                             reason=reason.value, error=error)
+            self.on_outage(None)
 
 
 def _batch(key: str, entries: Sequence[EntryRecords]) -> Batch:
@@ -234,3 +368,23 @@ def _batch(key: str, entries: Sequence[EntryRecords]) -> Batch:
         records = [r for e in entries for r in e.records]
     return Batch(records, stream=key, entry_ids=[e.entry_id for e in entries],
                  entry_sizes=[len(e.records) for e in entries])
+
+
+def _part_batch(key: str, part: Part) -> Batch:
+    """A part's batch. Entry ids only when it holds whole entries: a sink that records
+    the entries it applied (aggregate) must not take part of an entry for all of it."""
+    records = [r for _, recs in part for r in recs]
+    if all(recs is e.records for e, recs in part):
+        return Batch(records, stream=key, entry_ids=[e.entry_id for e, _ in part],
+                     entry_sizes=[len(recs) for _, recs in part])
+    return Batch(records, stream=key)
+
+
+def _halves(part: Part) -> list[Part]:
+    """Whole entries split first, then the records of one entry."""
+    if len(part) > 1:
+        mid = len(part) // 2
+        return [part[:mid], part[mid:]]
+    e, recs = part[0]
+    mid = len(recs) // 2
+    return [[(e, recs[:mid])], [(e, recs[mid:])]]

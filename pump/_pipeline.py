@@ -167,7 +167,7 @@ class RecordPipeline:
             except UndecodableRecord as exc:
                 out.n_decode_errors += 1
                 out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
-                                         DeadReason.UNDECODABLE_RECORD, str(exc), eid))
+                                         DeadReason.UNDECODABLE_RECORD, str(exc), eid, ids[i]))
                 continue
             changed = False
             if fmt == "iam" or (fmt == "auto" and is_iam(data)):
@@ -176,7 +176,8 @@ class RecordPipeline:
                 except NotAnIamRecord as exc:
                     out.n_decode_errors += 1
                     out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
-                                             DeadReason.UNCONVERTIBLE_RECORD, str(exc), eid))
+                                             DeadReason.UNCONVERTIBLE_RECORD, str(exc), eid,
+                                             ids[i]))
                     continue
                 changed = True
             if keep is not None:

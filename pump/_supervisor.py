@@ -47,16 +47,25 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _HEALTH_CACHE_S = 1.0
 
 
+OUTAGE_REASON_BYTES = 512
+
+
 class _Slot:
-    def __init__(self, sink: str, index: int, counters: Slot) -> None:
+    def __init__(self, sink: str, index: int, counters: Slot, outage_reason: Any) -> None:
         self.sink = sink
         self.index = index
         self.counters = counters
+        self.outage_reason = outage_reason  # shared chars: why the worker holds a batch
         self.proc: BaseProcess | None = None
         self.started = 0.0
         self.streak = 0
         self.restart_at = 0.0
         self.restarts = 0
+
+
+def _text(shared: Any) -> str:
+    """A shared char array's text (written by a worker; a torn read only garbles it)."""
+    return bytes(shared.value).decode("utf-8", "replace")
 
 
 class Supervisor:
@@ -70,7 +79,8 @@ class Supervisor:
         for sink, spec in config.pumps.items():
             for i in range(spec.workers):
                 counters = WORKER_COUNTERS.new_slot(self.ctx)
-                self.slots.append(_Slot(sink, i, counters))
+                reason = self.ctx.Array("c", OUTAGE_REASON_BYTES)
+                self.slots.append(_Slot(sink, i, counters, reason))
                 by_sink.setdefault(sink, []).append(counters)
         self.r = connect(config)
         self.stopping = False
@@ -144,12 +154,17 @@ class Supervisor:
         for sink, spec in self.config.pumps.items():
             err = self._sink_health(sink)
             alive = self._alive_count(sink)
+            held = [s for s in self.slots if s.sink == sink
+                    and s.counters.get("state") == STATE_OUTAGE]
             info: dict[str, Any] = {
-                "healthy": err is None, "workers": spec.workers, "workers_alive": alive,
-                "workers_in_outage": sum(1 for s in self.slots if s.sink == sink
-                                         and s.counters.get("state") == STATE_OUTAGE),
+                "healthy": err is None and not held, "workers": spec.workers,
+                "workers_alive": alive, "workers_in_outage": len(held),
                 "pids": self.worker_pids().get(sink, []),
             }
+            if held:  # a worker holds a batch the sink refuses to everybody
+                reasons = sorted({_text(s.outage_reason) for s in held} - {""})
+                info["outage"] = reasons or ["a worker holds a batch the sink does not take"]
+                err = err or info["outage"][0]
             if err is not None:
                 info["error"] = err
             ok = err is None and alive == spec.workers
@@ -193,7 +208,8 @@ class Supervisor:
         slot.counters.set("write_deadline", 0.0)  # a killed worker cannot clear its own
         slot.counters.set("state", STATE_STARTING)
         proc = self.ctx.Process(target=worker_main,
-                                args=(self.config, slot.sink, slot.index, slot.counters),
+                                args=(self.config, slot.sink, slot.index, slot.counters,
+                                      slot.outage_reason),
                                 name=f"pump-{slot.sink}-{slot.index}", daemon=False)
         proc.start()
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)

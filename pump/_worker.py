@@ -27,6 +27,7 @@ import os
 import socket
 import sys
 import time
+from typing import Any
 
 import redis
 
@@ -58,7 +59,7 @@ class Worker:
     def __init__(self, config: PumpConfig, sink_name: str, index: int = 0, *,
                  counters: Slot | None = None, stopper: Stopper | None = None,
                  sink: Sink | None = None, r: redis.Redis | None = None,
-                 consumer: str | None = None) -> None:
+                 consumer: str | None = None, outage_reason: Any = None) -> None:
         self.config = config
         self.sink_name = sink_name
         self.spec = config.pumps[sink_name]
@@ -75,15 +76,23 @@ class Worker:
         self.parent_pid = os.getppid()
         self.limited = RateLimited(10.0, log)
         self.redis_failures = 0
+        self.outage_reason = outage_reason  # a shared char array the supervisor reads
         self.delivery = Delivery(
             config=config, spec=self.spec, sink_name=sink_name, sink=self.sink, r=self.r,
             consumer=self.consumer, counters=self.counters, stopper=self.stopper,
-            policy=self.policy, limited=self.limited, retry_at=self._retry_at)
+            policy=self.policy, limited=self.limited, retry_at=self._retry_at,
+            on_outage=self._outage_reason)
         self.reader = EntryReader(self.r, config, self.group, self.consumer, self.stopper,
                                   self.delivery.handle)
 
     def _retry_at(self, when: float) -> None:
         self.reader.pending_at(when)
+
+    def _outage_reason(self, reason: str | None) -> None:
+        """Publish why the sink is down (None: it is not) for the supervisor's /readyz."""
+        if self.outage_reason is not None:
+            self.outage_reason.value = (reason or "").encode("utf-8", "replace")[
+                :len(self.outage_reason) - 1]
 
     # -- life cycle --------------------------------------------------------
     def run(self) -> int:
@@ -158,13 +167,15 @@ class Worker:
         self.stopper.wait(self.policy.backoff(min(self.redis_failures, 6)))
 
 
-def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Slot) -> None:
+def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Slot,
+                outage_reason: Any = None) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
     stopper = SignalStopper()
     setup_logging(config.log_format, config.log_level, proc=f"worker-{sink_name}-{index}")
     try:
         import_plugins(config.plugins)
-        worker = Worker(config, sink_name, index, counters=slot, stopper=stopper)
+        worker = Worker(config, sink_name, index, counters=slot, stopper=stopper,
+                        outage_reason=outage_reason)
         code = worker.run()
     except Exception as exc:
         log.exception("Worker failed.", sink=sink_name, error=repr(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._base import (
     Batch,
+    OutageError,
     PermanentError,
     Record,
     RetryableError,
@@ -23,6 +24,7 @@ from ._registry import BUILTIN_MODULES, build_sink, registry, sink_class
 __all__ = [
     "BUILTIN_MODULES",
     "Batch",
+    "OutageError",
     "PermanentError",
     "Record",
     "RetryableError",

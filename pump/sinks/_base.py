@@ -8,6 +8,7 @@ registered by a lowercase protocol noun with :func:`register`.
 
     SinkError                    base of errors a sink raises on purpose
      +-- RetryableError          try again later (network, timeout, 5xx, 429)
+     |    +-- OutageError        the target takes no record now (disk full, ...)
      +-- PermanentError          this batch will never succeed (bad data, 4xx)
 
 The shared layer (``pump/_worker.py``) owns filtering, retries with backoff,
@@ -36,6 +37,12 @@ class RetryableError(SinkError):
     """The write may succeed if tried again later."""
 
 
+class OutageError(RetryableError):
+    """The target cannot take any record now (a full disk, a missing table): an error
+    every record would hit. The worker holds the batch, marks the sink unready and
+    retries with backoff; it never dead-letters for it."""
+
+
 class PermanentError(SinkError):
     """The write will never succeed for this batch.
 
@@ -44,13 +51,20 @@ class PermanentError(SinkError):
     When it is not empty the sink has written every *other* record of the
     batch, idempotently where it can, so the batch without those records
     succeeds; an empty ``rejected`` means the sink cannot tell which records
-    are at fault. Today's worker still dead-letters the whole entry that holds
-    a rejected record (issue 9 makes that per record).
+    are at fault, and the worker finds them by writing halves of the batch.
+    The worker dead-letters the rejected records alone, one dead letter each.
     """
 
     def __init__(self, message: str, *, rejected: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.rejected: dict[str, str] = dict(rejected or {})
+
+    @classmethod
+    def for_records(cls, sink: str, rejected: Mapping[str, str], done: str) -> PermanentError:
+        """The error for records the target refused, the others being ``done``."""
+        rid, why = next(iter(rejected.items()))
+        return cls(f"{sink} sink: {len(rejected)} record(s) rejected, the others {done}; "
+                   f"first {rid}: {why}", rejected=rejected)
 
 
 class Verdict(Enum):
@@ -182,6 +196,7 @@ def register(cls: type[Sink]) -> type[Sink]:
 
 __all__ = [
     "Batch",
+    "OutageError",
     "PermanentError",
     "Record",
     "RetryableError",

@@ -6,13 +6,15 @@ with ``Z``; bytes UTF-8 text; sets and tuples lists; Decimal text.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
 from ._base import PermanentError, Record
 from ._values import json_default as _default
 
+T = TypeVar("T")
 _BASE = orjson.OPT_PASSTHROUGH_DATETIME  # every datetime through _default: one format
 
 
@@ -31,6 +33,24 @@ def dumps(value: Any, *, indent: bool = False) -> bytes:
         return orjson.dumps(value, default=_default, option=option | orjson.OPT_NON_STR_KEYS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise PermanentError(f"a record cannot be encoded as JSON: {exc}") from exc
+
+
+def encode_each(records: Sequence[Record], encode: Callable[[Record], T]
+                ) -> tuple[list[T], dict[str, str]]:
+    """``encode`` applied to each record: what it gave, and the ids of the records it
+    refused (a ``PermanentError``) with the reason, for ``PermanentError.rejected``."""
+    try:
+        return [encode(r) for r in records], {}
+    except PermanentError:
+        pass
+    out: list[T] = []
+    rejected: dict[str, str] = {}
+    for r in records:
+        try:
+            out.append(encode(r))
+        except PermanentError as exc:
+            rejected[r.id] = str(exc)
+    return out, rejected
 
 
 def record_object(record: Record, id_key: str) -> dict[str, Any]:

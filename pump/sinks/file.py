@@ -11,6 +11,14 @@ Formats
     conclusion, request, policies, deciders`` and ``_id``). A missing field is
     an empty cell; non-scalar values (lists, maps) are JSON-encoded; booleans
     are ``true``/``false``; times are ISO 8601 in UTC with ``Z``.
+    ``csv_style: iam`` writes iam-pump's csv files instead: ``path`` is the
+    directory (iam's ``csv_dir``), one file per UTC hour named like iam-pump's
+    (``2026-December-1-21.csv``), its header, its cell text and Go's quoting
+    (``pump/sinks/_csv.py``); workers of the sink append to the hour's file.
+
+A record that cannot be encoded (JSON refuses a value nested too deep) is
+left out and named in ``PermanentError.rejected`` after the others are
+written, so the pump dead-letters it alone.
 
 Paths and rotation
 ------------------
@@ -52,28 +60,42 @@ after a crash is appended again (``deduplicates = False``); readers drop
 duplicates by the id key. Local disk writes are not interruptible: the
 deadline is checked before each batch and, with ``fsync: always``, before
 each record.
+
+Outages: a full file system or quota (``ENOSPC``, ``EDQUOT``) raises
+``OutageError``: the pump holds the batch and retries; the health check
+writes and ``fsync``s a small probe file (``.collector-probe-<pid>``, removed
+at once) in the directory, as a write would.
 """
 
 from __future__ import annotations
 
-import csv
+import errno
 import fcntl
-import io
 import os
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from collector.common.log import get_logger
 
-from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import dumps, json_line
-from ._values import time_text
+from . import _csv
+from ._base import (
+    Batch,
+    OutageError,
+    PermanentError,
+    RetryableError,
+    Sink,
+    SinkConfig,
+    Verdict,
+    register,
+)
+from ._encode import encode_each, json_line
 
 log = get_logger(__name__)
+
+_PROBE_BYTES = 4096  # one page: a file system without room for it takes no record
 
 DEFAULT_CSV_COLUMNS = (
     "timestamp", "username", "effect", "conclusion", "request", "policies", "deciders", "_id",
@@ -93,6 +115,7 @@ class FileConfig(SinkConfig):
     fsync: Literal["always", "batch", "never"] = "batch"
     file_mode: int = Field(default=0o600, ge=0, le=0o777)
     filename_prefix: str = Field(default="analytics", min_length=1)
+    csv_style: Literal["collector", "iam"] = "collector"  # see the module docstring
 
     @field_validator("filename_prefix")
     @classmethod
@@ -101,9 +124,23 @@ class FileConfig(SinkConfig):
             raise ValueError(f"filename_prefix {value!r} must not contain '/'")
         return value
 
+    @model_validator(mode="after")
+    def _iam_style(self) -> FileConfig:
+        if self.csv_style == "iam" and (self.format != "csv" or self.rotating):
+            raise ValueError("csv_style iam needs format csv and names its own hourly files: "
+                             "no max_bytes or rotate_hourly")
+        return self
+
     @property
     def rotating(self) -> bool:
         return self.max_bytes > 0 or self.rotate_hourly
+
+    @property
+    def directory(self) -> Path:
+        """Where the files are."""
+        if self.rotating or self.csv_style == "iam":
+            return Path(self.path)
+        return Path(self.path).parent
 
 
 @register
@@ -136,10 +173,20 @@ class FileSink(Sink):
         self._close_file()
 
     def health_check(self, *, deadline: float) -> None:
+        """Write and fsync a probe file where the records go, then remove it."""
         self.time_left(deadline)
-        directory = Path(self.cfg.path) if self.cfg.rotating else Path(self.cfg.path).parent
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise RetryableError(f"file sink directory {str(directory)!r} is not writable")
+        probe = self.cfg.directory / f".collector-probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"\0" * _PROBE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _write_error(f"file sink cannot write in {str(self.cfg.directory)!r}",
+                               exc) from exc
         if self._fd is not None:
             try:
                 os.fstat(self._fd)
@@ -151,7 +198,14 @@ class FileSink(Sink):
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        lines = self._lines(batch)
+        lines, rejected = self._lines(batch)
+        if lines:
+            self._append(lines, deadline)
+        if rejected:
+            raise PermanentError.for_records("file", rejected, "written")
+        return Verdict.OK
+
+    def _append(self, lines: list[bytes], deadline: float) -> None:
         shared = not self.cfg.rotating
         locked = False
         try:
@@ -185,49 +239,39 @@ class FileSink(Sink):
                 os.fsync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
             self._close_file()  # reopen (and re-check the path) on the next batch
-            raise RetryableError(f"file sink cannot write {self._describe()}: {exc}") from exc
+            raise _write_error(f"file sink cannot write {self._describe()}", exc) from exc
         finally:
             if locked and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return Verdict.OK
 
     def _prepare_shared(self) -> int:
         """Under the lock: cut a torn last line, write the CSV header if empty; the size."""
         assert self._fd is not None
         size = _repair_tail(self._fd, self._file_path)
         if self.cfg.format == "csv" and size == 0:
-            header = io.StringIO()
-            csv.writer(header, lineterminator="\n").writerow(self.cfg.csv_columns)
-            data = header.getvalue().encode()
+            data = self._csv_header()
             os.write(self._fd, data)
             size = len(data)
         return size
+
+    def _csv_header(self) -> bytes:
+        if self.cfg.csv_style == "iam":
+            return _csv.iam_header()
+        return _csv.collector_header(self.cfg.csv_columns)
 
     def _rotate_if_full(self, next_bytes: int) -> None:
         limit = self.cfg.max_bytes
         if limit and self._size and self._size + next_bytes > limit:
             self._rotate()
 
-    def _lines(self, batch: Batch) -> list[bytes]:
-        """One encoded line per record."""
+    def _lines(self, batch: Batch) -> tuple[list[bytes], dict[str, str]]:
+        """One encoded line per record, and the records that cannot be encoded."""
         if self.cfg.format == "jsonl":
-            return [json_line(r, self.cfg.id_key) for r in batch.records]
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        ends = []
-        cols = self.cfg.csv_columns
-        id_at = cols.index(self.cfg.id_key) if self.cfg.id_key in cols else None
-        for r in batch.records:
-            get = r.data.get
-            row = [get(col) for col in cols]
-            if id_at is not None:
-                row[id_at] = r.id
-            writer.writerow([v if type(v) is str else _csv_cell(v) for v in row])
-            ends.append(buf.tell())
-        text = buf.getvalue()
-        starts = [0, *ends[:-1]]
-        return [text[a:b].encode("utf-8", "backslashreplace") for a, b in zip(starts, ends,
-                                                                               strict=True)]
+            id_key = self.cfg.id_key
+            return encode_each(batch.records, lambda r: json_line(r, id_key))
+        if self.cfg.csv_style == "iam":
+            return _csv.iam_lines(batch.records), {}
+        return _csv.collector_lines(batch.records, self.cfg.csv_columns, self.cfg.id_key), {}
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -245,15 +289,23 @@ class FileSink(Sink):
             if self.cfg.rotate_hourly and _utc_hour() != self._hour:
                 self._rotate()
         else:
+            target = self._shared_path()
             try:
-                st = os.stat(self.cfg.path)
+                st = os.stat(target)
                 moved = (st.st_dev, st.st_ino) != self._inode
             except FileNotFoundError:
                 moved = True
             if moved:
-                log.info("The file was moved away; opening a new one.", path=self.cfg.path)
+                if target == self._file_path:
+                    log.info("The file was moved away; opening a new one.", path=target)
                 self._close_file()
                 self._open_file()
+
+    def _shared_path(self) -> Path:
+        """The file every worker of the sink appends to now (not rotating)."""
+        if self.cfg.csv_style == "iam":
+            return Path(self.cfg.path) / _csv.iam_file_name()
+        return Path(self.cfg.path)
 
     def _rotate(self) -> None:
         self._close_file()
@@ -266,7 +318,7 @@ class FileSink(Sink):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, path = self._create_rotated(directory, flags)
         else:
-            path = Path(self.cfg.path)
+            path = self._shared_path()
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, flags, self.cfg.file_mode)
         st = os.fstat(fd)
@@ -279,9 +331,7 @@ class FileSink(Sink):
             # A file of our own: hold it for its whole life (see "Torn lines").
             fcntl.flock(fd, fcntl.LOCK_EX)
         if self.cfg.rotating and self.cfg.format == "csv" and st.st_size == 0:
-            header = io.StringIO()
-            csv.writer(header, lineterminator="\n").writerow(self.cfg.csv_columns)
-            self._write_all(header.getvalue().encode())
+            self._write_all(self._csv_header())
 
     def _create_rotated(self, directory: Path, flags: int) -> tuple[int, Path]:
         """A new file of its own (O_EXCL), so several workers never share one."""
@@ -359,23 +409,11 @@ def _repair_tail(fd: int, path: Path | None) -> int:
     return keep
 
 
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, datetime):
-        return time_text(value)
-    try:
-        return dumps(value).decode()
-    except PermanentError:
-        return str(value)
+def _write_error(what: str, exc: OSError) -> RetryableError:
+    """A full file system or quota is an outage (every record would hit it)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutageError(f"{what}: {exc}")
+    return RetryableError(f"{what}: {exc}")
 
 
 def _utc_hour() -> int:
