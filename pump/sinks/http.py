@@ -14,6 +14,9 @@ the wait fits before the deadline the sink waits (interrupted by
 ``retry_after_s`` attribute tells the retry layer how long the server asked
 for.
 
+A record that cannot be encoded as JSON is left out of the body and named in
+``PermanentError.rejected``. Health: see :meth:`HttpSink.health_check`.
+
 Deadline: every socket operation (connect, send, each read) gets the time
 left as its timeout, so a stalled server stops the write. httpx has no
 total timeout: a server trickling bytes just fast enough could stretch one
@@ -40,7 +43,7 @@ from collector.common.log import get_logger
 from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import dumps
+from ._encode import dumps, encode_each
 
 log = get_logger(__name__)
 
@@ -110,11 +113,19 @@ class HttpSink(Sink):
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        body = dumps([{"id": r.id, "record": r.data} for r in batch.records])
+        items, rejected = encode_each(batch.records,
+                                      lambda r: dumps({"id": r.id, "record": r.data}))
+        if items:
+            self._post_all(b"[" + b",".join(items) + b"]", deadline)
+        if rejected:
+            raise PermanentError.for_records("http", rejected, "posted")
+        return Verdict.OK
+
+    def _post_all(self, body: bytes, deadline: float) -> None:
         while True:
             retry_after = self._post(body, deadline)
             if retry_after is None:
-                return Verdict.OK
+                return
             if self._closing.wait(retry_after) or self._client is None:
                 raise RetryableError("http sink closed while waiting for Retry-After")
 
@@ -153,30 +164,30 @@ class HttpSink(Sink):
         raise PermanentError(message)
 
     def health_check(self, *, deadline: float) -> None:
-        import socket
-        from urllib.parse import urlsplit
-
+        """A real request with the write's timeout: GET ``health_url``, or else POST an
+        empty batch (``[]``: no record) to ``url``. Healthy on 2xx (and 400/422, a
+        receiver refusing the empty batch itself); a timeout, 5xx, 408 or 429 is not."""
         import httpx
 
         left = min(self.time_left(deadline), self.cfg.max_request_s)
-        if self.cfg.health_url:
-            if self._client is None:
-                self.open()
-            try:
+        if self._client is None:
+            self.open()
+        try:
+            if self.cfg.health_url:
                 resp = self._client.get(self.cfg.health_url.get_secret_value(),
                                         timeout=httpx.Timeout(left))
-            except httpx.HTTPError as exc:
-                raise RetryableError(f"http sink health check failed: {exc}") from exc
-            if not 200 <= resp.status_code < 300:
-                raise RetryableError(f"http sink health URL answered {resp.status_code}")
-            return
-        parts = urlsplit(self.cfg.url.get_secret_value())
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            socket.create_connection((parts.hostname or "localhost", port), timeout=left).close()
-        except OSError as exc:
-            raise RetryableError(f"http sink cannot connect to {parts.hostname}:{port}: "
-                                 f"{exc}") from exc
+            else:
+                resp = self._client.post(self.cfg.url.get_secret_value(), content=b"[]",
+                                         timeout=httpx.Timeout(left))
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"http sink health check: no answer within {left:.1f} s: "
+                                 f"{type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"http sink health check: cannot connect to the server: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        status = resp.status_code
+        if not (200 <= status < 300 or (not self.cfg.health_url and status in (400, 422))):
+            raise RetryableError(f"http sink health check: the server answered {status}")
 
 
 def _retry_after(value: str | None) -> float | None:

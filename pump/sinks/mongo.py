@@ -3,7 +3,9 @@
 Each document is the record's own fields with ``_id`` set to the record's
 stable id. Times are BSON dates (milliseconds: a msgpack timestamp's finer
 digits are cut); an ``Int64`` (iam's ``timestamp``) is a BSON int64, other
-integers are int32 when they fit. A redelivered batch fails only with duplicate-key errors (code
+integers are int32 when they fit. A record BSON cannot hold (an integer
+beyond 64 bits, a key that is not a string) is left out and named in
+``PermanentError.rejected``. A redelivered batch fails only with duplicate-key errors (code
 11000) for the documents already stored; a ``BulkWriteError`` made of
 nothing else counts as success, so the sink deduplicates.
 
@@ -169,6 +171,7 @@ class MongoSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         import pymongo
+        from bson.errors import InvalidDocument
         from pymongo.errors import BulkWriteError, PyMongoError
 
         left = self.time_left(deadline)
@@ -176,9 +179,15 @@ class MongoSink(Sink):
             return Verdict.OK
         coll = self._connect()
         docs = [_document(r) for r in batch.records]
+        rejected: dict[str, str] = {}
         try:
             with pymongo.timeout(left):
-                coll.insert_many(docs, ordered=False)
+                try:
+                    coll.insert_many(docs, ordered=False)
+                except InvalidDocument:  # BSON cannot hold a record: insert the others
+                    docs, rejected = _encodable(docs)
+                    if docs:
+                        coll.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             details = exc.details or {}
             others = [e for e in details.get("writeErrors", [])
@@ -187,8 +196,10 @@ class MongoSink(Sink):
                 raise RetryableError(
                     f"mongo sink write concern not satisfied: "
                     f"{details['writeConcernErrors'][0].get('errmsg')}") from exc
-            if not others:
-                return Verdict.OK  # only documents already stored: a redelivery
+            if not others:  # only documents already stored: a redelivery
+                if rejected:
+                    raise PermanentError.for_records("mongo", rejected, "stored") from exc
+                return Verdict.OK
             first = others[0]
             message = (f"mongo sink: {len(others)} of {len(docs)} documents rejected, first: "
                        f"code {first.get('code')}: {first.get('errmsg')}")
@@ -197,6 +208,8 @@ class MongoSink(Sink):
             raise PermanentError(message) from exc
         except PyMongoError as exc:
             raise self._classify(exc, "write") from exc
+        if rejected:
+            raise PermanentError.for_records("mongo", rejected, "stored")
         return Verdict.OK
 
     def health_check(self, *, deadline: float) -> None:
@@ -239,6 +252,21 @@ def _document(record: Record) -> dict[str, Any]:
     doc = {k: BsonInt64(v) if type(v) is Int64 else v for k, v in record.data.items()}
     doc["_id"] = record.id
     return doc
+
+
+def _encodable(docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The documents BSON can hold, and the ids of the others with the reason."""
+    import bson
+
+    good, rejected = [], {}
+    for doc in docs:
+        try:
+            bson.encode(doc)
+        except (bson.errors.InvalidDocument, OverflowError) as exc:
+            rejected[str(doc["_id"])] = f"not a BSON document: {exc}"
+        else:
+            good.append(doc)
+    return good, rejected
 
 
 def _redact(text: str, uri: SecretUrl, password: str | None) -> str:

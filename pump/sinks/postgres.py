@@ -38,7 +38,15 @@ minimum is 2 s. ``tcp_user_timeout_ms`` bounds a write into a dead network.
 Errors: connection problems, cancelled statements, serialisation failures
 (``OperationalError``, ``InterfaceError``, ``InternalError``) are retryable;
 bad data and bad SQL (``DataError``, ``ProgrammingError``, ``IntegrityError``,
-``NotSupportedError``) are permanent.
+``NotSupportedError``) are permanent. A record that cannot be encoded (JSON
+refuses it) is left out and named in ``PermanentError.rejected``. A table
+dropped while the pump runs is created again (``create_table: true``; the
+write is retried) or, without ``create_table``, an ``OutageError``: the pump
+holds the batch until the table is back.
+
+Health check: the write's own ``COPY`` of one probe row into the table, in a
+transaction that is rolled back: a missing table, a column whose type no
+longer takes the rows, a lock or a full disk fail it, and nothing is stored.
 
 Credentials: ``dsn`` is a libpq connection string or URI; the password comes
 from ``password`` or the environment variable ``COLLECTOR_POSTGRES_PASSWORD``
@@ -60,8 +68,17 @@ from pydantic import Field, SecretStr, field_validator
 from collector.common.log import get_logger
 from collector.common.redact import SecretUrl
 
-from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import dumps
+from ._base import (
+    Batch,
+    OutageError,
+    PermanentError,
+    RetryableError,
+    Sink,
+    SinkConfig,
+    Verdict,
+    register,
+)
+from ._encode import dumps, encode_each
 from ._time import epoch_seconds
 
 log = get_logger(__name__)
@@ -69,6 +86,8 @@ log = get_logger(__name__)
 PASSWORD_ENV = "COLLECTOR_POSTGRES_PASSWORD"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _STAGING = "collector_pump_staging"
+_COLUMNS = "(id, ts, username, effect, record)"
+PROBE_ID = "collector-health-probe"
 _NULL = "\\N"
 # A JSON \u0000 escape not itself escaped: jsonb and text cannot hold NUL.
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -159,6 +178,7 @@ class PostgresSink(Sink):
 
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
+            self._ensure_table(conn)
             return conn
         self._drop()
         conn = open_connection(self.cfg, deadline)
@@ -167,14 +187,27 @@ class PostgresSink(Sink):
                 cur.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (id text, ts timestamptz, "
                     "username text, effect text, record jsonb) ON COMMIT DELETE ROWS")
-                if self.cfg.create_table and not self._table_ready:
-                    self._create_table(cur)
             conn.commit()
         except psycopg.Error as exc:
             close_quietly(conn)
             raise _classify(exc, "connect") from exc
         self._conn = conn
+        self._ensure_table(conn)
         return conn
+
+    def _ensure_table(self, conn: Any) -> None:
+        """Create the table unless it is known to be there (again after it was dropped)."""
+        import psycopg
+
+        if not self.cfg.create_table or self._table_ready:
+            return
+        try:
+            with conn.cursor() as cur:
+                self._create_table(cur)
+            conn.commit()
+        except psycopg.Error as exc:
+            self._drop()
+            raise _classify(exc, "create table") from exc
 
     def _create_table(self, cur: Any) -> None:
         table = self.cfg.table
@@ -196,14 +229,23 @@ class PostgresSink(Sink):
 
     # writing
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
-        import psycopg
 
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        data = "".join([self._row(r.id, r.data) for r in batch.records]).encode()
+        rows, rejected = encode_each(batch.records, lambda r: self._row(r.id, r.data))
+        if rows:
+            self._copy("".join(rows).encode(), deadline)
+        if rejected:
+            raise PermanentError.for_records("postgres", rejected, "stored")
+        return Verdict.OK
+
+    def _copy(self, data: bytes, deadline: float) -> None:
+        """COPY rows into the table in one transaction, deduplicating a redelivery."""
+        import psycopg
+
         conn = self._connection(deadline)
-        columns = "(id, ts, username, effect, record)"
+        columns = _COLUMNS
         try:
             try:
                 with conn.cursor() as cur:
@@ -211,7 +253,7 @@ class PostgresSink(Sink):
                     with cur.copy(f"COPY {self.cfg.table} {columns} FROM STDIN") as copy:
                         copy.write(data)
                 conn.commit()
-                return Verdict.OK
+                return
             except psycopg.errors.UniqueViolation:
                 conn.rollback()  # some ids are stored already: a redelivery
             with conn.cursor() as cur:
@@ -233,8 +275,19 @@ class PostgresSink(Sink):
                 raise
             if conn.broken or conn.closed:
                 self._drop()
-            raise _classify(exc, "write") from exc
-        return Verdict.OK
+            raise self._table_error(exc, "write") from exc
+
+    def _table_error(self, exc: Exception, what: str) -> Exception:
+        """A missing table is created again on the next attempt, or an outage."""
+        import psycopg
+
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            self._table_ready = False
+            detail = f"postgres sink {what}: table {self.cfg.table} does not exist"
+            if self.cfg.create_table:
+                return RetryableError(f"{detail}; creating it again")
+            return OutageError(f"{detail} (create_table is off)")
+        return _classify(exc, what)
 
     def _row(self, record_id: str, data: dict[str, Any]) -> str:
         """One line of COPY text format: tab-separated, backslash escapes, \\N for NULL."""
@@ -252,18 +305,31 @@ class PostgresSink(Sink):
                 f"{record}\n")
 
     def health_check(self, *, deadline: float) -> None:
+        """The write's COPY of a probe row, rolled back (module docstring)."""
         import psycopg
 
+        cfg = self.cfg
+        probe = {cfg.timestamp_field: datetime.now(UTC), cfg.username_field: "probe",
+                 cfg.effect_field: "probe"}
+        row = self._row(PROBE_ID, probe).encode()
         conn = self._connection(deadline)
         try:
             with conn.cursor() as cur:
                 cur.execute(_set_timeout(deadline))
-                cur.execute(f"SELECT 1 FROM {self.cfg.table} LIMIT 0")
+                with cur.copy(f"COPY {cfg.table} {_COLUMNS} FROM STDIN") as copy:
+                    copy.write(row)
             conn.rollback()
-        except psycopg.Error as exc:
+        except (psycopg.Error, RetryableError) as exc:
+            try:
+                if not conn.closed:
+                    conn.rollback()
+            except psycopg.Error:
+                self._drop()
+            if isinstance(exc, RetryableError):
+                raise
             if conn.broken or conn.closed:
                 self._drop()
-            raise _classify(exc, "health check") from exc
+            raise self._table_error(exc, "health check") from exc
 
 
 def _set_timeout(deadline: float) -> str:

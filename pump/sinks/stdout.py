@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ._base import Batch, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import dumps, json_line, record_object
+from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
+from ._encode import dumps, encode_each, json_line, record_object
 
 
 class StdoutConfig(SinkConfig):
@@ -49,13 +49,19 @@ class StdoutSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
+        id_key = self.cfg.id_key
         if self.cfg.pretty:
-            data = b"".join(
-                dumps(record_object(r, self.cfg.id_key), indent=True) + b"\n"
-                for r in batch.records
-            )
+            lines, rejected = encode_each(
+                batch.records, lambda r: dumps(record_object(r, id_key), indent=True) + b"\n")
         else:
-            data = b"".join(json_line(r, self.cfg.id_key) for r in batch.records)
+            lines, rejected = encode_each(batch.records, lambda r: json_line(r, id_key))
+        if lines:
+            self._out(b"".join(lines))
+        if rejected:
+            raise PermanentError.for_records("stdout", rejected, "written")
+        return Verdict.OK
+
+    def _out(self, data: bytes) -> None:
         stream = sys.stdout if self.cfg.stream == "stdout" else sys.stderr
         try:
             stream.flush()  # keep order with anything printed through sys.stdout
@@ -65,7 +71,6 @@ class StdoutSink(Sink):
                 view = view[os.write(fd, view):]
         except OSError as exc:
             raise RetryableError(f"stdout sink cannot write to {self.cfg.stream}: {exc}") from exc
-        return Verdict.OK
 
     def health_check(self, *, deadline: float) -> None:
         self.time_left(deadline)

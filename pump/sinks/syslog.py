@@ -10,7 +10,8 @@ JSON object with its id under ``id_key`` (UTF-8, with a BOM only when
 ``utf8_bom`` is set).
 
 Transports: ``udp`` (one datagram per message, ``address`` ``host:port``;
-a message longer than ``max_datagram_bytes`` is a permanent error),
+a message longer than ``max_datagram_bytes`` is rejected alone:
+``PermanentError.rejected`` names it after the others are sent),
 ``tcp`` (octet-counted framing of RFC 6587, ``LEN SP MSG``, one
 ``sendall`` per batch) and ``unix`` (a datagram socket such as
 ``/dev/log``; ``address`` is its path).
@@ -34,7 +35,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import dumps, record_object
+from ._encode import dumps, encode_each, record_object
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
@@ -155,8 +156,24 @@ class SyslogSink(Sink):
             return Verdict.OK
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
         tail = self._header_tail()
-        messages = [self._message(now, tail, record_object(r, self.cfg.id_key))
-                    for r in batch.records]
+        id_key = self.cfg.id_key
+        messages, rejected = encode_each(
+            batch.records, lambda r: self._message(now, tail, record_object(r, id_key)))
+        if self.cfg.transport != "tcp":  # a datagram too large for the socket: that record
+            limit = self.cfg.max_datagram_bytes
+            ids = [r.id for r in batch.records if r.id not in rejected]
+            for rid, m in zip(ids, messages, strict=True):
+                if len(m) > limit:
+                    rejected[rid] = (f"a message of {len(m)} bytes exceeds "
+                                     f"max_datagram_bytes={limit}")
+            messages = [m for m in messages if len(m) <= limit]
+        if messages:
+            self._send(messages, deadline)
+        if rejected:
+            raise PermanentError.for_records("syslog", rejected, "sent")
+        return Verdict.OK
+
+    def _send(self, messages: list[bytes], deadline: float) -> None:
         sock = self._connect(deadline)
         try:
             if self.cfg.transport == "tcp":
@@ -164,11 +181,6 @@ class SyslogSink(Sink):
                 sock.settimeout(self.time_left(deadline))
                 sock.sendall(frames)
             else:
-                too_big = [len(m) for m in messages if len(m) > self.cfg.max_datagram_bytes]
-                if too_big:
-                    raise PermanentError(
-                        f"syslog sink: a message of {max(too_big)} bytes exceeds "
-                        f"max_datagram_bytes={self.cfg.max_datagram_bytes}")
                 for m in messages:
                     sock.settimeout(self.time_left(deadline))
                     sock.send(m)
@@ -179,7 +191,6 @@ class SyslogSink(Sink):
             what = "timed out" if isinstance(exc, TimeoutError) else "failed"
             raise RetryableError(f"syslog sink send over {self.cfg.transport} {what}: "
                                  f"{exc}") from exc
-        return Verdict.OK
 
     def health_check(self, *, deadline: float) -> None:
         sock = self._connect(deadline)
