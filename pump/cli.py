@@ -18,13 +18,15 @@ from .config import ConfigError, load_config
               envvar="COLLECTOR_PUMP_CONFIG",
               help="YAML config file (see configs/pump.yaml); env COLLECTOR_PUMP_CONFIG.")
 @click.option("--check", is_flag=True, help="Validate the configuration and exit.")
-def main(config_path: str | None, check: bool) -> None:
+@click.option("--iam/--no-iam", "iam", default=None,
+              help="The file is iam-pump's iam-pump.yaml (default: told apart by its keys).")
+def main(config_path: str | None, check: bool, iam: bool | None) -> None:
     """Read analytics from the Redis stream into the configured sinks."""
     if config_path is None:
         raise click.UsageError("give --config FILE (or set COLLECTOR_PUMP_CONFIG)")
     try:
         with deprecations() as renamed:
-            config = load_config(config_path)
+            config = load_config(config_path, iam=iam)
     except ConfigError as exc:
         click.echo(f"collector-pump: bad configuration:\n{exc}", err=True)
         sys.exit(2)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +49,7 @@ from pydantic import Field, field_validator, model_validator
 from collector.common.service import ServiceSettings
 from collector.common.settings import (
     ConfigError,
+    ConfigWarning,
     EnvKey,
     HostPort,
     Settings,
@@ -217,8 +219,13 @@ def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | PumpConfig | None,
     *,
     environ: Mapping[str, str] | None = None,
+    iam: bool | None = None,
 ) -> PumpConfig:
-    """Load and validate the pump configuration, including every sink's ``meta``."""
+    """Load and validate the pump configuration, including every sink's ``meta``.
+
+    ``iam``: the file is iam-pump's ``iam-pump.yaml`` (True), ours (False), or
+    either, told apart by its keys (None; :func:`pump.iam.config.is_iam_config`).
+    """
     if isinstance(source, PumpConfig):
         return source
     label = "<mapping>"
@@ -230,6 +237,10 @@ def load_config(
     else:
         label = str(source)
         data = read_yaml_mapping(source)
+    from .iam.config import from_iam, is_iam_config
+
+    if iam or (iam is None and is_iam_config(data)):
+        data = from_iam(data, label)
     pumps = data.get("pumps")
     if isinstance(pumps, Mapping):
         data["pumps"] = {k: (dict(v) if isinstance(v, Mapping) else v) if v is not None else {}
@@ -302,7 +313,27 @@ def load_config(
             lines.extend(str(exc).splitlines())
     if lines:
         raise ConfigError("\n".join(lines))
+    _warn_filter_fields(config, label)
     return config
+
+
+def _warn_filter_fields(config: PumpConfig, label: str) -> None:
+    """A filter on a field iam's records do not have drops every record: say so."""
+    if config.source.type != "list" or config.source.format == "raw":
+        return
+    from .iam.record import STORED_NAMES
+
+    for name, spec in config.pumps.items():
+        include, exclude = spec.filters.effective()
+        for field in sorted(set(include) | set(exclude)):
+            if field not in STORED_NAMES:
+                hint = field.lower() if field.lower() in {n.lower() for n in STORED_NAMES} else ""
+                warnings.warn(ConfigWarning(label, (
+                    f"pumps.{name}.filters names the field {field!r}, which records from "
+                    f"iam-authz-server do not have (they have {', '.join(STORED_NAMES)})"
+                    + (f"; did you mean {hint!r}?" if hint else "")
+                    + ("; every record would be filtered out" if field in include else ""))),
+                    stacklevel=2)
 
 
 def _import_plugins(plugins: Any, label: str) -> str | None:

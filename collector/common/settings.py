@@ -53,6 +53,7 @@ __all__ = [
     "RESERVED_ENV_PREFIXES",
     "ConfigDeprecationWarning",
     "ConfigError",
+    "ConfigWarning",
     "EnvKey",
     "HostPort",
     "Settings",
@@ -92,6 +93,15 @@ class ConfigDeprecationWarning(FutureWarning):
     def __init__(self, source: str, old: str, new: str) -> None:
         super().__init__(f"{source}: {old!r} is deprecated; use {new!r} (same meaning)")
         self.source, self.old, self.new = source, old, new
+
+
+class ConfigWarning(UserWarning):
+    """Something in a config that works but deserves a line in the log (a key with
+    no equivalent, a filter on a field the records do not have)."""
+
+    def __init__(self, source: str, text: str) -> None:
+        super().__init__(f"{source}: {text}")
+        self.source, self.text = source, text
 
 
 def _host_port(v: str) -> str:
@@ -136,24 +146,31 @@ def _renamed(model: type[BaseModel], data: dict[str, Any], where: str) -> dict[s
 
 
 @contextmanager
-def deprecations() -> Iterator[list[ConfigDeprecationWarning]]:
-    """Collect the renamed keys a load reports (to log them once logging is set up)."""
+def deprecations() -> Iterator[list[ConfigDeprecationWarning | ConfigWarning]]:
+    """Collect the renamed keys and other warnings a load reports (to log them once
+    logging is set up)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigDeprecationWarning)
-        found: list[ConfigDeprecationWarning] = []
+        warnings.simplefilter("always", ConfigWarning)
+        found: list[ConfigDeprecationWarning | ConfigWarning] = []
         yield found
     for w in caught:
-        if isinstance(w.message, ConfigDeprecationWarning):
+        if isinstance(w.message, ConfigDeprecationWarning | ConfigWarning):
             found.append(w.message)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def log_deprecations(found: Sequence[ConfigDeprecationWarning], log: Any) -> None:
-    """One warning line per renamed key (``log`` is a :class:`collector.common.log.Logger`)."""
+def log_deprecations(found: Sequence[ConfigDeprecationWarning | ConfigWarning],
+                     log: Any) -> None:
+    """One warning line per renamed key or other warning (``log`` is a
+    :class:`collector.common.log.Logger`)."""
     for w in found:
-        log.warning("A config key was renamed; its old name still works.", source=w.source,
-                    old=w.old, new=w.new)
+        if isinstance(w, ConfigDeprecationWarning):
+            log.warning("A config key was renamed; its old name still works.",
+                        source=w.source, old=w.old, new=w.new)
+        else:
+            log.warning(w.text, source=w.source)
 
 
 # -- types ---------------------------------------------------------------------
