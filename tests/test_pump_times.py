@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from collector.common.stream import encode_entry
+from collector.testing import MongoPeer, RedisServer, SyslogPeer, pg_dsn, wait_until
 from pump._metrics import WORKER_COUNTERS
 from pump._redis import ensure_groups, group_lag
 from pump._worker import Stopper, Worker
@@ -29,9 +30,6 @@ from pump.config import load_config
 from pump.sinks import Batch, Record, build_sink
 from pump.sinks._values import Int64, Timestamp, UndecodableRecord, pack_record, unpack_record
 from pump.sinks.memory import MemorySink
-
-from ._sink_servers import MongoPeer, SyslogPeer
-from ._support import RedisServer, pg_dsn, wait_until
 
 KEY = "collector:analytics"
 # (seconds, nanoseconds, the extension's payload length): the 32-, 64- and 96-bit forms
