@@ -201,6 +201,9 @@ class Delivery:
             attempts = write_with_retries(self.sink, batch, self.policy, deadline=deadline,
                                           stop=stopper, on_attempt=on_attempt,
                                           on_failure=on_failure)
+        except PermanentError:
+            c.add("write_errors")  # a failed attempt too
+            raise
         finally:
             c.set("write_deadline", 0.0)
         c.observe("write_seconds", time.monotonic() - now)
