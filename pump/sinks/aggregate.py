@@ -72,7 +72,14 @@ from collector.common.log import get_logger
 from ._base import Batch, PermanentError, Record, RetryableError, Sink, Verdict, register
 from ._time import entry_seconds, epoch_seconds
 from ._values import time_text
-from .postgres import PgConnectionConfig, _classify, _set_timeout, close_quietly, open_connection
+from .postgres import (
+    PgConnectionConfig,
+    _classify,
+    _set_timeout,
+    close_quietly,
+    open_connection,
+    rollback_after,
+)
 
 log = get_logger(__name__)
 
@@ -274,15 +281,7 @@ class AggregateSink(Sink):
                     cur.execute(self._upsert, self._columns(rows))
             conn.commit()
         except (psycopg.Error, RetryableError) as exc:
-            try:
-                if not conn.closed:
-                    conn.rollback()
-            except psycopg.Error:
-                self._drop()
-            if isinstance(exc, RetryableError):
-                raise
-            if conn.broken or conn.closed:
-                self._drop()
+            rollback_after(conn, exc, self._drop)
             raise _classify(exc, "write") from exc
         self._maybe_prune(deadline)
         if rejected:

@@ -60,6 +60,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +145,22 @@ def open_connection(cfg: PgConnectionConfig, deadline: float) -> Any:
         return psycopg.connect(cfg.dsn.get_secret_value(), **kwargs)
     except psycopg.Error as exc:
         raise _classify(exc, "connect") from exc
+
+
+def rollback_after(conn: Any, exc: Exception, drop: Callable[[], None]) -> None:
+    """After a failed statement: roll back, or ``drop`` a broken connection; a
+    ``RetryableError`` (a deadline) is raised again as it is."""
+    import psycopg
+
+    try:
+        if not conn.closed:
+            conn.rollback()
+    except psycopg.Error:
+        drop()
+    if isinstance(exc, RetryableError):
+        raise exc
+    if conn.broken or conn.closed:
+        drop()
 
 
 def close_quietly(conn: Any) -> None:
@@ -266,15 +283,7 @@ class PostgresSink(Sink):
                     f"FROM {_STAGING} ON CONFLICT (id) DO NOTHING")
             conn.commit()
         except (psycopg.Error, RetryableError) as exc:
-            try:
-                if not conn.closed:
-                    conn.rollback()
-            except psycopg.Error:
-                self._drop()
-            if isinstance(exc, RetryableError):
-                raise
-            if conn.broken or conn.closed:
-                self._drop()
+            rollback_after(conn, exc, self._drop)
             raise self._table_error(exc, "write") from exc
 
     def _table_error(self, exc: Exception, what: str) -> Exception:
@@ -320,15 +329,7 @@ class PostgresSink(Sink):
                     copy.write(row)
             conn.rollback()
         except (psycopg.Error, RetryableError) as exc:
-            try:
-                if not conn.closed:
-                    conn.rollback()
-            except psycopg.Error:
-                self._drop()
-            if isinstance(exc, RetryableError):
-                raise
-            if conn.broken or conn.closed:
-                self._drop()
+            rollback_after(conn, exc, self._drop)
             raise self._table_error(exc, "health check") from exc
 
 
