@@ -35,6 +35,10 @@ Where drops are counted
 - the ring cannot be created (rings directory unusable): an error is
   logged (at most once a minute), ``stats().dropped_no_ring`` counts, and
   creation is retried at most once a second. ``start()`` raises instead.
+- the ring's file was removed or replaced while in use: the records it held
+  that the daemon had not committed are counted in ``stats().lost_ring_gone``
+  (they were buffered, so ``record_hit`` had returned ``True``), an error is
+  logged and a new ring takes the next records (``collector._core``).
 
 Fork safety
 -----------
@@ -42,7 +46,9 @@ One ``os.register_at_fork(after_in_child=...)`` hook, run by ``os.fork()``
 and by anything that forks through CPython (multiprocessing's ``fork``
 context, gunicorn), resets every live client in the child: a fresh lock
 (another thread may have held the parent's), the inherited writer is
-*abandoned* (unmapped without marking the parent's ring closed), and the
+*abandoned* (unmapped without marking the parent's ring closed; its
+descriptor is closed too, so the child does not hold the parent's liveness
+lock and keep its ring alive after the parent died), and the
 child's first ``record_hit`` (or ``start()``, or the gunicorn ``post_fork``
 hook) creates the child's own ring named after its pid. The hook costs
 nothing per call; a per-call ``os.getpid()`` check would be a system call

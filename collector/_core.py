@@ -15,6 +15,14 @@ always with the lock held (or, after a fork, before any other thread runs).
 the ring's writer    running: ``RingWriter.write_unlocked`` (the ring counts
                      full and oversize drops in its header)
 ``_stopped_write``   after ``stop()``: drop and count ``dropped_after_stop``
+
+If the ring's file is removed or replaced while this process writes into
+it (an operator, a tmpfs clean-up, a daemon that quarantined it), the
+writer notices within about ``RING_CHECK_S`` (:mod:`ringbuf._writer`: on its
+careful path, never per call) and hands the write to ``_ring_gone``: the
+records the old ring held that the daemon had not committed are counted in
+``lost_ring_gone`` and logged, the old ring is abandoned (which releases its
+lock) and the record goes into a new ring.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ _BLOCK_FIRST_SLEEP_S = 50e-6
 _BLOCK_MAX_SLEEP_S = 1e-3
 _OPEN_RETRY_S = 1.0
 _LOG_EVERY_S = 60.0
+RING_CHECK_S = 1.0  # how often a writer looks whether its ring file is still there
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,7 @@ class AnalyticsStats:
     dropped_after_stop: int  # refused after stop(); visible only here
     dropped_no_ring: int  # the ring could not be created; visible only here
     rings_opened: int
+    lost_ring_gone: int = 0  # in rings removed or replaced under this process, uncommitted
 
 
 class _Core:
@@ -76,6 +86,8 @@ class _Core:
             "checksum": cfg.ring_checksum,
             "thread_safe": False,  # the client's own lock serialises the writes
             "count_full_drops": not block,  # the block policy counts its final drop itself
+            "on_gone": self._ring_gone,
+            "check_interval_s": RING_CHECK_S,
         }
         self._block_timeout_s = cfg.block_timeout_ms / 1000.0
         self.state: State = NEW
@@ -100,6 +112,7 @@ class _Core:
         self.dropped_block_timeout = 0
         self.block_waits = 0
         self.dropped_no_ring = 0
+        self.lost_ring_gone = 0
 
     def _install(self, write: Write) -> None:
         """Make ``write`` the hot path's write function (lock held)."""
@@ -132,6 +145,24 @@ class _Core:
                           "rings_dir=%s error=%r", self._rings_dir, exc)
             return False
         return w.write_unlocked(payload)
+
+    def _ring_gone(self, payload: bytes, why: str) -> bool:
+        """The ring's file was removed or replaced under this process (lock held)."""
+        w, self._writer = self._writer, None
+        lost = 0
+        if w is not None:
+            lost = max(0, w.uncommitted)
+            w.abandon()  # releases its lock; nobody reads that file any more
+            self.lost_ring_gone += lost
+            held = self._limiter.hit("gone")
+            if held is not None:
+                log.error("analytics ring file was removed or replaced while in use; "
+                          "records the daemon had not taken are lost, opening a new ring "
+                          "path=%s why=%r lost=%d lost_ring_gone=%d pid=%d", w.path, why,
+                          lost, self.lost_ring_gone, os.getpid())
+        self._install(self._open_and_write)
+        self._next_open_try = 0.0
+        return self._open_and_write(payload)
 
     def _stopped_write(self, payload: bytes) -> bool:
         self.dropped_after_stop += 1
@@ -229,6 +260,7 @@ class _Core:
                 dropped_after_stop=self.dropped_after_stop,
                 dropped_no_ring=self.dropped_no_ring,
                 rings_opened=self.rings_opened,
+                lost_ring_gone=self.lost_ring_gone,
             )
 
 

@@ -1,16 +1,18 @@
 """Lock-free single-producer/single-consumer rings in shared memory files.
 
 The public surface: :class:`RingWriter` (the producer), :class:`RingReader`
-(the consumer), :func:`discover`, :func:`check_capacity` (the capacity rule
-every ring size must follow) and the exception tree of
-:mod:`ringbuf._errors`.
+(the consumer), :class:`RingProbe` (a ring's header and liveness, read
+without mapping it), :func:`discover`, :func:`check_capacity` (the capacity
+rule every ring size must follow), the private-directory check, the
+liveness locks and the exception tree of :mod:`ringbuf._errors`.
 
 Modules::
 
     _layout     the binary layout, its constants and the capacity rule (the contract)
-    _files      the private directory, creating and opening ring files, producer liveness
+    _files      private directories, creating and opening ring files, the liveness locks
     _writer     RingWriter and its hot path
     _reader     RingReader, RecordBatch and the frame scanners
+    _probe      RingProbe: header and liveness by pread, never mapped
     _discovery  the rings of a directory
     _errors     the exception tree
 """
@@ -24,7 +26,13 @@ from ._errors import (
     RingPermissionError,
     RingVersionMismatch,
 )
-from ._files import default_directory, ensure_private_directory, producer_alive
+from ._files import (
+    check_private_directory,
+    default_directory,
+    ensure_private_directory,
+    lock_consumer,
+    producer_alive,
+)
 from ._layout import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_RECORD_BYTES,
@@ -33,6 +41,7 @@ from ._layout import (
     RingStats,
     check_capacity,
 )
+from ._probe import RingProbe
 from ._reader import RecordBatch, RingReader
 from ._writer import RingWriter
 
@@ -47,14 +56,17 @@ __all__ = [
     "RingCorrupted",
     "RingError",
     "RingPermissionError",
+    "RingProbe",
     "RingReader",
     "RingStats",
     "RingVersionMismatch",
     "RingWriter",
     "check_capacity",
+    "check_private_directory",
     "default_directory",
     "discover",
     "ensure_private_directory",
     "is_ring_name",
+    "lock_consumer",
     "producer_alive",
 ]

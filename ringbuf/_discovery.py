@@ -8,7 +8,7 @@ from pathlib import Path
 from ._errors import NotARing, RingCorrupted
 from ._files import default_directory
 from ._layout import RING_SUFFIX, RingStats
-from ._reader import RingReader
+from ._probe import RingProbe
 
 
 def is_ring_name(name: str) -> bool:
@@ -20,7 +20,8 @@ def discover(directory: str | os.PathLike[str] | None = None) -> list[RingStats]
     """The rings in ``directory`` (default: this user's) with their stats.
 
     Files that are not valid rings are skipped here; open them with
-    :meth:`RingReader.open` to learn why.
+    :meth:`RingReader.open` to learn why. Rings are read with
+    :class:`RingProbe` (``pread``, never mapped).
     """
     directory = Path(directory or default_directory())
     out: list[RingStats] = []
@@ -32,7 +33,7 @@ def discover(directory: str | os.PathLike[str] | None = None) -> list[RingStats]
         if not is_ring_name(name):
             continue
         try:
-            with RingReader.open(directory / name) as r:
+            with RingProbe.open(directory / name) as r:
                 out.append(r.stats())
         except (OSError, NotARing, RingCorrupted):
             continue

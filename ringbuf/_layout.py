@@ -69,6 +69,26 @@ recommended. A producer killed while copying a frame never published it:
 its bytes lie beyond ``tail`` and are never read. A consumer that dies
 before it stores ``head`` leaves the records for the next reader.
 
+Locks: who is alive. Two byte-range OFD locks (``fcntl`` ``F_OFD_SETLK``,
+write locks of one byte each, never the data) say who uses the file::
+
+    byte 0  PRODUCER_LOCK  taken by the producer on the new file before it
+                           appears under its final name, held for the
+                           producer's life; the kernel drops it when the
+                           process dies (``kill -9`` included)
+    byte 1  CONSUMER_LOCK  taken by the one consumer serving the ring
+
+An OFD lock belongs to the open file description, not to a pid, so it
+holds across PID namespaces (a producer in a sidecar container sharing
+only the rings directory's tmpfs) and cannot be confused by a reused pid:
+"producer gone" is read from byte 0 with ``F_OFD_GETLK``, and the header's
+``producer_pid`` / ``producer_start_time`` are only a hint, meaningful in
+the producer's own PID namespace. A forked child inherits the descriptor
+(and so the lock) and must close it (the client's at-fork hook abandons
+the inherited writer), or the parent's ring would look alive for as long
+as the child runs. The two locks are on different bytes, so the
+consumer's never conflicts with the producer's.
+
 Room rule. A frame of ``frame_size(len(payload))`` bytes goes at ``off =
 tail & (capacity - 1)``. If it does not fit before the end of the data area
 (``off + frame > capacity``) the producer writes one PAD word at ``off`` and
@@ -103,6 +123,10 @@ STATIC = struct.Struct("<8sIIQII16sQdd")
 assert STATIC.size == 72
 
 FLAG_CHECKSUM = 1
+
+# The liveness locks (byte offsets of one-byte OFD write locks, see the module doc).
+PRODUCER_LOCK = 0
+CONSUMER_LOCK = 1
 
 # Word indexes into the header viewed as uint64 (offset // 8).
 W_TAIL = 128 // 8

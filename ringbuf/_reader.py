@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from ._errors import RingCorrupted
-from ._files import open_ring_file, producer_alive, unmap
+from ._files import open_ring_file, ring_file_problem, unmap
 from ._layout import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -42,8 +42,6 @@ from ._layout import (
     TAG,
     W_CLOSED,
     W_COMMITTED,
-    W_DROPPED_FULL,
-    W_DROPPED_OVERSIZE,
     W_HEAD,
     W_TAIL,
     W_WRITTEN,
@@ -51,6 +49,7 @@ from ._layout import (
     RingStats,
     align8,
 )
+from ._probe import read_stats
 
 _FRAME_UNPACK = FRAME_HEADER.unpack_from
 _WORD_UNPACK = WORD.unpack_from
@@ -160,6 +159,7 @@ class RingReader:
             raise
         self = object.__new__(cls)
         self.path = path
+        self.header = header
         self.ring_id = header.ring_id
         self.capacity = header.capacity
         self.max_record_bytes = header.max_record_bytes
@@ -352,34 +352,15 @@ class RingReader:
 
     # -- stats and lifecycle ----------------------------------------------
     def stats(self) -> RingStats:
-        """A snapshot of the header.
+        """A snapshot of the header, read with ``pread`` (:func:`ringbuf._probe.read_stats`:
+        ``closed``, then the producer's lock, then the positions and counts)."""
+        return read_stats(self._fd, self.path, self.header)
 
-        Whether the producer is finished (``closed``, then alive) is read
-        before the positions and counts: a producer that writes a last record
-        and exits meanwhile then shows that record as unread, never as a
-        finished, drained ring (the daemon removes those).
-        """
-        q = self._q
-        closed = bool(q[W_CLOSED])
-        alive = producer_alive(self.producer_pid, self.producer_start_time)
-        head = q[W_HEAD]
-        tail = q[W_TAIL]
-        return RingStats(
-            path=self.path,
-            ring_id=self.ring_id,
-            written=q[W_WRITTEN],
-            dropped_full=q[W_DROPPED_FULL],
-            dropped_oversize=q[W_DROPPED_OVERSIZE],
-            committed=q[W_COMMITTED],
-            bytes_used=max(0, tail - head),
-            capacity=self.capacity,
-            max_record_bytes=self.max_record_bytes,
-            producer_pid=self.producer_pid,
-            producer_start_time=self.producer_start_time,
-            producer_alive=alive,
-            closed=closed,
-            created_at=self.created_at,
-        )
+    def problem(self) -> tuple[str, str] | None:
+        """None while the mapped file is whole and still at its path, else ``(kind, why)``
+        (:func:`ringbuf._files.ring_file_problem`): check it before touching the
+        mapping of a file others may truncate."""
+        return ring_file_problem(self._fd, self.path, HEADER_SIZE + self.capacity)
 
     def close(self) -> None:
         """Unmap the ring. Uncommitted records stay for the next reader."""

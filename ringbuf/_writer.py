@@ -21,6 +21,18 @@ between threads is used: a thread switch can happen between any two
 bytecodes, so the lock is what makes the read-modify-write of the producer
 state safe. ``python -m bench ring`` prints what a write costs.
 
+A ring file removed or replaced under its live producer (by an operator,
+a tmpfs clean-up, a daemon that quarantined it) would take every later
+record into a file nobody reads. With ``on_gone`` the writer looks at its
+file (:func:`ringbuf._files.ring_file_problem`: two ``stat`` calls) at most
+every ``check_interval_s``, in ``careful`` only: the fast path's bound
+``stop`` is also capped by the bytes the measured write rate would put
+before the next look is due, so a busy producer takes ``careful`` about
+once per interval and a slow one on every write (which a slow producer can
+afford). Nothing is added per call. When the file is gone, ``on_gone(payload,
+why)`` gets the write (the client opens a new ring and counts what the old
+one held unread).
+
 Payloads are ``bytes`` (or ``bytearray``); anything else is a ``TypeError``
 and a payload over ``max_record_bytes`` is :class:`RecordTooLarge`
 (counted in ``dropped_oversize``). Neither changes the ring. A full ring
@@ -37,6 +49,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 
 from ._errors import RecordTooLarge
 from ._files import (
@@ -45,6 +58,7 @@ from ._files import (
     ensure_private_directory,
     prefault,
     process_start_time,
+    ring_file_problem,
     unmap,
 )
 from ._layout import (
@@ -55,6 +69,7 @@ from ._layout import (
     RING_SUFFIX,
     TAG,
     W_CLOSED,
+    W_COMMITTED,
     W_DROPPED_FULL,
     W_DROPPED_OVERSIZE,
     W_HEAD,
@@ -68,9 +83,14 @@ _TAG = TAG << 32
 _CACHE_LIMIT = 4096  # payload sizes whose frame packer the fast path keeps
 
 
+OnGone = Callable[[bytes, str], bool]
+
+
 def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
                   checksum: bool, lock: threading.Lock | None,
-                  count_full: bool = True):  # type: ignore[no-untyped-def]
+                  count_full: bool = True, check: Callable[[], str | None] | None = None,
+                  on_gone: OnGone | None = None,
+                  check_interval_s: float = 1.0):  # type: ignore[no-untyped-def]
     """Build the producer's write functions as closures over one shared state.
 
     Returns ``(try_write, write_unlocked, written)``. Every piece of state the
@@ -93,6 +113,12 @@ def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
     the cached value says the ring is full; the fast path handles only the
     common case (no wrap, room known, payload size already seen) and hands
     everything else to ``careful``.
+
+    With ``check`` (None while the file is fine, else why not), ``careful``
+    calls it at most every ``check_interval_s`` and hands the write to
+    ``on_gone`` when it answers; ``stop`` is then also capped so that the fast
+    path, at the rate measured between two ``careful`` calls, reaches it about
+    when the next check is due (cells ``next_check``, ``mark_t``, ``mark_pos``).
     """
     base = HEADER_SIZE
     dend = HEADER_SIZE + capacity
@@ -104,9 +130,20 @@ def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
     # payload size -> (pack_into of "<QQ{n}s", frame size, header word)
     packers: dict[int, tuple] = {}  # type: ignore[type-arg]
     crc32 = zlib.crc32
+    monotonic = time.monotonic
+    next_check = 0.0  # the first careful write looks at the file
+    mark_t = 0.0
+    mark_pos = 0
 
     def careful(payload: bytes) -> bool:
-        nonlocal off, tbase, seq, head, stop
+        nonlocal off, tbase, seq, head, stop, next_check, mark_t, mark_pos
+        if check is not None:
+            now = monotonic()
+            if now >= next_check:
+                why = check()
+                if why is not None:
+                    return on_gone(payload, why)  # type: ignore[misc]
+                next_check = now + check_interval_s
         if not isinstance(payload, (bytes, bytearray)):
             raise TypeError(
                 f"payload must be bytes (or bytearray), got {type(payload).__name__}"
@@ -146,7 +183,16 @@ def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
         seq += 1
         off += frame
         free = capacity - (tbase + off - head)
-        stop = off + min(free, dend - off)
+        room = min(free, dend - off)
+        if check is not None:
+            # Bytes the fast path may write before the next check is due, at the
+            # rate since the last careful write (0: careful again next time).
+            pos = tbase + off
+            dt = now - mark_t
+            if dt > 0:
+                room = min(room, int((pos - mark_pos) * (next_check - now) / dt))
+            mark_t, mark_pos = now, pos
+        stop = off + room
         # Publish: one aligned 8-byte store makes the frame (and any padding
         # before it) visible; then the record counter.
         q[W_TAIL] = tbase + off
@@ -256,12 +302,21 @@ class RingWriter:
         checksum: bool = False,
         thread_safe: bool = True,
         count_full_drops: bool = True,
+        on_gone: OnGone | None = None,
+        check_interval_s: float = 1.0,
     ) -> RingWriter:
         """Create a new ring file (mode 0600, exclusively) in ``directory``.
 
+        The writer holds the producer's lock on it (:mod:`ringbuf._layout`)
+        until :meth:`close` or :meth:`abandon`, or until the process exits.
         ``count_full_drops=False`` stops ``try_write`` from counting a full
         ring in ``dropped_full``: for a caller that retries (a blocking
         policy) and counts the final drop itself with :meth:`count_drop`.
+        With ``on_gone``, a write that finds the file removed or replaced
+        (looked at every ``check_interval_s``, module doc) is handed to
+        ``on_gone(payload, why)``, whose result it returns; ``on_gone`` may
+        :meth:`abandon` this writer (not :meth:`close` it: the write holds
+        the lock of a ``thread_safe`` writer).
         """
         check_capacity(capacity_bytes, max_record_bytes)
         directory = ensure_private_directory(directory or default_directory())
@@ -288,9 +343,15 @@ class RingWriter:
         self._closed = False
         self._pid = pid
         self._lock = threading.Lock() if thread_safe else None
+        size = HEADER_SIZE + capacity_bytes
+        check = None
+        if on_gone is not None:
+            def check() -> str | None:
+                problem = ring_file_problem(fd, self.path, size)
+                return None if problem is None else problem[1]
         self.try_write, self.write_unlocked, self._written_fn = _make_writers(
             self._q, self._mv, capacity_bytes, max_record_bytes, checksum,
-            self._lock, count_full_drops)
+            self._lock, count_full_drops, check, on_gone, check_interval_s)
         return self
 
     def try_write(self, payload: bytes) -> bool:  # replaced per instance in create()
@@ -318,6 +379,11 @@ class RingWriter:
     @property
     def dropped(self) -> int:
         return self._q[W_DROPPED_FULL] + self._q[W_DROPPED_OVERSIZE]
+
+    @property
+    def uncommitted(self) -> int:
+        """Records written that the consumer has not committed (yet)."""
+        return self._written_fn() - self._q[W_COMMITTED]
 
     def free_bytes(self) -> int:
         return self.capacity - (self._q[W_TAIL] - self._q[W_HEAD])

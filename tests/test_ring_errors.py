@@ -170,17 +170,60 @@ def test_new_ring_is_private(rings_dir: Path) -> None:
 
 # -- liveness ------------------------------------------------------------------
 
-def test_pid_reuse_is_reported_dead(rings_dir: Path) -> None:
-    """A live pid whose start time differs from the header's is not the producer."""
+def _producer_as_seen_from_another_namespace(path: str) -> None:
+    """What a producer in another PID namespace looks like here: pid 1 (our init),
+    another start time."""
+    poke(path, 48, struct.pack("<Qd", 1, 12345.0))
+
+
+def test_liveness_is_the_producers_lock_not_its_pid(rings_dir: Path) -> None:
+    """A live producer is alive whatever its header's pid says (another PID
+    namespace, a reused pid); once its lock is gone and the pid is no hint, dead."""
     w = ring_with(rings_dir, [b"a"])
-    with ringbuf.RingReader.open(w.path) as r:
-        assert r.stats().producer_alive
+    _producer_as_seen_from_another_namespace(w.path)
+    with ringbuf.RingReader.open(w.path) as r, ringbuf.RingProbe.open(w.path) as p:
+        assert r.stats().producer_alive and p.stats().producer_alive
+        assert r.stats().producer_pid == 1
+        w.abandon()  # unmaps and closes: the lock is released
+        assert not r.stats().producer_alive and not p.stats().producer_alive
+
+
+def test_pid_reuse_is_no_hint(rings_dir: Path) -> None:
+    """Lock released, and this pid now belongs to a process with another start time."""
+    w = ring_with(rings_dir, [b"a"])
     real = struct.unpack_from("<d", Path(w.path).read_bytes(), 56)[0]
     poke(w.path, 56, struct.pack("<d", real - 3600.0))  # this pid, another start time
-    with ringbuf.RingReader.open(w.path) as r:
-        s = r.stats()
+    w.abandon()
+    with ringbuf.RingProbe.open(w.path) as p:
+        s = p.stats()
         assert s.producer_pid == os.getpid()
         assert not s.producer_alive
+
+
+def test_a_producer_without_its_lock_but_running_here_is_kept(rings_dir: Path) -> None:
+    """The pid and start time are a hint only, and only ever keep a ring: a producer in
+    this namespace that lost its lock (it closed its descriptors) is still alive."""
+    w = ring_with(rings_dir, [b"a"])
+    w.abandon()
+    with ringbuf.RingProbe.open(w.path) as p:
+        assert p.stats().producer_alive
+
+
+def test_consumer_lock_does_not_conflict_with_the_producers(rings_dir: Path) -> None:
+    w = ring_with(rings_dir, [b"a"])
+    fd1 = os.open(w.path, os.O_RDWR)
+    fd2 = os.open(w.path, os.O_RDWR)
+    try:
+        assert ringbuf.lock_consumer(fd1)  # the producer holds byte 0, this takes byte 1
+        assert not ringbuf.lock_consumer(fd2)  # one consumer only
+        assert _files.producer_locked(fd2)  # the producer's lock is untouched
+        os.close(fd1)
+        fd1 = -1
+        assert ringbuf.lock_consumer(fd2)  # released with the consumer's descriptor
+    finally:
+        for fd in (fd1, fd2):
+            if fd >= 0:
+                os.close(fd)
     w.close()
 
 

@@ -279,7 +279,7 @@ def test_stats_never_show_a_finished_producer_with_an_unread_last_record(
     w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=256)
     r = ringbuf.RingReader.open(w.path)
 
-    def last_record_then_exit(pid: int, start_time: float) -> bool:
+    def last_record_then_exit(fd: int, pid: int, start_time: float) -> bool:
         assert w.try_write(payload(0, 0))
         if exit_as == "closed":
             w.close()
@@ -287,7 +287,7 @@ def test_stats_never_show_a_finished_producer_with_an_unread_last_record(
         w.abandon()
         return False
 
-    monkeypatch.setattr(ringbuf._reader, "producer_alive", last_record_then_exit)
+    monkeypatch.setattr(ringbuf._probe, "producer_alive", last_record_then_exit)
     st = r.stats()
     finished = st.closed or not st.producer_alive
     assert not (finished and st.bytes_used == 0 and st.pending == 0), st
