@@ -36,7 +36,7 @@ from .common.settings import (
     rename_keys,
     validate,
 )
-from .common.stream import default_runtime_dir
+from .common.stream import SOCKET_NAME, default_runtime_dir
 
 ENV_PREFIX = "COLLECTOR_"
 
@@ -64,7 +64,6 @@ class CollectorConfig(ServiceSettings):
 
     # -- daemon: Redis (and the shared redis_* / stream_* keys) ------------
     max_backlog_entries: int = Field(default=100_000, ge=1)
-    startup_redis_wait_s: float = Field(default=30.0, ge=0)
     runtime_dir: str = Field(default_factory=lambda: str(default_runtime_dir()))
     redis_server: str = "redis-server"
 
@@ -91,7 +90,7 @@ class CollectorConfig(ServiceSettings):
     def effective_redis_url(self) -> str:
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
-        return f"unix://{Path(self.runtime_dir) / 'redis.sock'}"
+        return f"unix://{Path(self.runtime_dir) / SOCKET_NAME}"
 
 
 def _unknown_variables(environ: Mapping[str, str], table: Mapping[str, Any]) -> list[str]:

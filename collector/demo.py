@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time
@@ -61,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep files here instead of a temp dir")
     args = ap.parse_args(argv)
 
+    # A temp dir is made 0700; a given --workdir is created 0700 if missing and
+    # otherwise left as it is (the daemon checks its own directories in it).
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="collector-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs = workdir / "logs"
     # no redis_url: the daemon runs its own redis-server on a unix socket in run/
     daemon = Daemon.write(workdir, None, base={}, pool_size=2, log=logs / "daemon.log")

@@ -33,6 +33,9 @@ from prometheus_client import CollectorRegistry
 from collector.common.counters import Slot
 from collector.common.health import HealthServer
 from collector.common.log import RateLimited, get_logger
+from collector.common.private import NotPrivate, private_directory, private_socket
+from collector.common.redisconn import wait_for_redis
+from collector.common.stream import SOCKET_NAME, default_runtime_dir
 
 from ._metrics import STATE_OUTAGE, STATE_STARTING, WORKER_COUNTERS, PumpCollector
 from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
@@ -44,6 +47,9 @@ from .sinks import Sink, build_sink
 log = get_logger(__name__)
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
+EXIT_OK = 0
+EXIT_CONFIG = 2  # a directory or socket another user could control
+EXIT_REDIS = 3  # Redis refused the credentials or stayed unreachable at start
 _HEALTH_CACHE_S = 1.0
 
 
@@ -266,11 +272,21 @@ class Supervisor:
         sinks = ",".join(f"{n}:{cfg.sink_type(n)}x{s.workers}" for n, s in cfg.pumps.items())
         log.info("collector-pump starting.", config=self.label, redis=cfg.redacted_redis_url(),
                  streams=",".join(self.keys), sinks=sinks)
+        if cfg.redis_url is None:  # the daemon's embedded Redis: its directory must be ours
+            runtime = default_runtime_dir()
+            try:
+                private_directory(runtime, "runtime directory of the embedded Redis")
+                private_socket(runtime / SOCKET_NAME, "runtime directory of the embedded Redis")
+            except NotPrivate as exc:
+                log.error(f"{exc}; exiting.")
+                return EXIT_CONFIG
+        if not wait_for_redis(self.r, cfg, lambda: bool(signal.sigpending() & _SIGNALS)):
+            return EXIT_OK if signal.sigpending() & _SIGNALS else EXIT_REDIS
         try:
             for sink in cfg.pumps:
                 ensure_groups(self.r, self.keys, sink)
         except redis.RedisError as exc:
-            log.warning("Redis is not reachable yet; workers will keep trying.",
+            log.warning("Redis is not reachable; workers will keep trying.",
                         redis=cfg.redacted_redis_url(), error=exc)
         try:
             self._start_http()

@@ -8,10 +8,16 @@ from the URL or, winning over it, from the arguments (config keys
 
 Passwords are never logged: log :func:`collector.common.redact.redact_url`
 output, never the URL itself.
+
+:func:`wait_for_redis` is how both services start: up to
+``startup_redis_wait_s`` for Redis to answer, at once ``False`` when it
+refuses the credentials (both then exit 3).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -19,12 +25,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .log import get_logger
 from .redact import redact_url
 
 if TYPE_CHECKING:
     from .service import ServiceSettings
 
 SCHEMES = ("redis", "rediss", "unix")
+
+_log = get_logger(__name__)
 
 
 def connect(
@@ -85,3 +94,44 @@ def connect_from_config(cfg: ServiceSettings, *, timeout_s: float | None = None,
         **kwargs,
     )
 
+
+
+def wait_for_redis(client: redis.Redis, cfg: ServiceSettings,
+                   stopping: Callable[[], bool]) -> bool:
+    """True once Redis answers a PING; False on refused credentials, timeout or a stop.
+
+    Waits up to ``cfg.startup_redis_wait_s``, logging once while it waits;
+    refused credentials end the wait at once (retrying would not help).
+    """
+    url = cfg.redacted_redis_url()
+    deadline = time.monotonic() + cfg.startup_redis_wait_s
+    delay = 0.05
+    last: BaseException | None = None
+    logged = False
+    while not stopping():
+        try:
+            client.ping()
+            _log.info("Redis is reachable.", url=url)
+            return True
+        except (redis.exceptions.AuthenticationError,
+                redis.exceptions.NoPermissionError) as exc:
+            _log.error("Redis refused the credentials; check redis_username and "
+                       "redis_password (or the password in redis_url); exiting.", url=url,
+                       error=str(exc))
+            return False
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not logged:
+            logged = True
+            _log.warning("Redis is not reachable yet; waiting.", url=url,
+                         startup_redis_wait_s=cfg.startup_redis_wait_s, error=str(last))
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 1.0)
+    if stopping():
+        return False
+    _log.error(f"Redis at {url} is unreachable after startup_redis_wait_s="
+               f"{cfg.startup_redis_wait_s}s; exiting.", url=url, error=str(last))
+    return False

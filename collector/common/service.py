@@ -47,6 +47,7 @@ class ServiceSettings(Settings):
     redis_username: str | None = None
     redis_password: SecretStr | None = None
     redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    startup_redis_wait_s: float = Field(default=30.0, ge=0)
     stream_key: str = Field(default=DEFAULT_STREAM_KEY, min_length=1)
     stream_shards: int = Field(default=1, ge=1, le=1024)
     retry_initial_ms: float = Field(default=50.0, gt=0)

@@ -168,6 +168,9 @@ def default_runtime_dir() -> Path:
     return Path(f"/tmp/collector-{os.geteuid()}")
 
 
+SOCKET_NAME = "redis.sock"  # the embedded Redis's socket in its runtime directory
+
+
 def default_redis_url() -> str:
     """The URL of the daemon's embedded Redis (used when no redis_url is set)."""
-    return f"unix://{default_runtime_dir() / 'redis.sock'}"
+    return f"unix://{default_runtime_dir() / SOCKET_NAME}"

@@ -1,9 +1,13 @@
 """The daemon's private ``redis-server`` (used when ``redis_url`` is not set).
 
 It listens only on a unix socket ``<runtime_dir>/redis.sock`` (mode 0700,
-``port 0``: no TCP), keeps an append-only file (``appendfsync everysec``) in
-``runtime_dir`` (created 0700) and is restarted by the supervisor if it
-dies. On Linux it also gets ``SIGTERM`` if the supervisor dies (parent-death
+``port 0``: no TCP), keeps an append-only file (``appendfsync everysec``,
+files 0600) in ``runtime_dir`` and is restarted by the supervisor if it
+dies. ``runtime_dir`` is created 0700 when missing and must otherwise be
+owned by this user and not writable by group or others; it is never
+chmod-ed, and an existing socket in it must be this user's
+(:mod:`collector.common.private`), checked before every connection. On
+Linux it also gets ``SIGTERM`` if the supervisor dies (parent-death
 signal), so a ``kill -9`` of the daemon does not leave it running; a server
 left over from an earlier run on the same socket is shut down (with its
 append-only file flushed) before a new one starts.
@@ -25,6 +29,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collector.common.log import get_logger
+from collector.common.private import NotPrivate, private_directory, private_socket
+from collector.common.stream import SOCKET_NAME
 
 from ._startup import LOCK_NAME, try_lock
 
@@ -32,7 +38,6 @@ log = get_logger(__name__)
 
 
 _PR_SET_PDEATHSIG = 1
-SOCKET_NAME = "redis.sock"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 
 
@@ -40,7 +45,8 @@ class EmbeddedRedisError(RuntimeError):
     """The private redis-server cannot be started."""
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.umask(0o077)  # its append-only file and logs are this user's alone
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -76,16 +82,16 @@ class EmbeddedRedis:
         return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=timeout,
                            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
+    def _verify(self) -> None:
+        """The directory and the socket are this user's (before any connection)."""
+        try:
+            private_directory(self.dir, "runtime_dir")
+            private_socket(self.socket, "runtime_dir")
+        except NotPrivate as exc:
+            raise EmbeddedRedisError(str(exc)) from None
+
     def _prepare_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.dir.stat()
-        if st.st_uid != os.geteuid():
-            raise EmbeddedRedisError(
-                f"runtime_dir {self.dir} is owned by uid {st.st_uid}, not by this user "
-                f"(uid {os.geteuid()}): it must be private"
-            )
-        if st.st_mode & 0o077:
-            os.chmod(self.dir, 0o700)
+        self._verify()
         if self._lock_fd < 0:
             # One daemon per runtime_dir: a second one would shut our server down
             # as a "left-over" and share its append-only file.
@@ -127,6 +133,7 @@ class EmbeddedRedis:
         """Start redis-server and wait until it answers PING."""
         self._prepare_dir()
         self._shutdown_leftover()
+        self._verify()  # what a left-over left behind
         args = [
             self.binary,
             "--port", "0",
@@ -140,7 +147,7 @@ class EmbeddedRedis:
             "--logfile", str(self.dir / "redis.log"),
             "--pidfile", str(self.dir / "redis.pid"),
         ]
-        kwargs = {"preexec_fn": _pdeathsig} if sys.platform.startswith("linux") else {}
+        kwargs = {"preexec_fn": _child_setup} if sys.platform.startswith("linux") else {}
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
         deadline = time.monotonic() + max(wait_s, 1.0)

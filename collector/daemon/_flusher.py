@@ -36,8 +36,15 @@ jittered) and reports ``redis_ok = 0``. When a shard holds
 in the rings and checks the length again every ``BACKLOG_RECHECK_S``. It
 never trims a stream.
 
-Each ring is flock()ed by the flusher that serves it (:mod:`._served`), so
-two consumers can never serve one ring.
+Each ring is locked by the flusher that serves it (its consumer lock,
+:mod:`._served`), so two consumers can never serve one ring. Before a
+ring's mapping is touched for a batch, its file is checked (still the file
+at its path, still its full size): a ring that shrank or was replaced is
+dropped and reported (:class:`BadKind.CHANGED`), and the supervisor
+quarantines it. While a flusher touches a ring's mapping, its
+``ring_in_use`` gauge names the ring (:attr:`Assign.no`), so if the mapping
+faults anyway (a truncation between the check and the read: ``SIGBUS``)
+the supervisor knows which ring killed it.
 
 The supervisor's commands (:class:`Assign`, :class:`Release`, :class:`Stop`)
 arrive on the pipe; a ring the flusher cannot serve goes back on it as a
@@ -118,9 +125,9 @@ class Flusher:
                 return
             while True:
                 match pipe.recv():
-                    case Assign(path):
+                    case Assign(path, no):
                         if path not in self.rings:
-                            self.rings[path] = ServedRing(path)
+                            self.rings[path] = ServedRing(path, no)
                     case Release(path):
                         ring = self.rings.pop(path, None)
                         if ring is not None:
@@ -141,6 +148,21 @@ class Flusher:
             self.rings.pop(ring.path, None)
         except Unservable as exc:
             self._drop(ring, exc.report)
+        return False
+
+    def _intact(self, ring: ServedRing) -> bool:
+        """True if the open ring's file may be read (else it is dropped, reported if bad)."""
+        try:
+            report = ring.problem()
+        except RingGone:
+            ring.close()
+            self.rings.pop(ring.path, None)
+            return False
+        if report is None:
+            return True
+        _log.error("A ring's file changed under its flusher; dropping it.", ring=ring.path,
+                   why=report.message)
+        self._drop(ring, report)
         return False
 
     def _drop(self, ring: ServedRing, report: BadRing) -> None:
@@ -301,12 +323,19 @@ class Flusher:
         return max(wake, now + MIN_SLEEP_S)
 
     def _drained(self) -> bool:
-        for ring in self.rings.values():
-            if ring.reader is None:
-                continue
-            if ring.pending or ring.reader.available_bytes() > 0:
-                return False
-        return True
+        counters = self.counters
+        try:
+            for ring in list(self.rings.values()):
+                if ring.reader is None:
+                    continue
+                counters.set("ring_in_use", ring.no)
+                if not self._intact(ring):
+                    continue
+                if ring.pending or ring.reader.available_bytes() > 0:
+                    return False
+            return True
+        finally:
+            counters.set("ring_in_use", 0)
 
     def run(self) -> int:
         counters = self.counters
@@ -325,14 +354,19 @@ class Flusher:
             wake = now + self.due_s
             sent = False
             for ring in list(self.rings.values()):
-                if ring.reader is None and not self._open(ring, now):
-                    if ring.path in self.rings:
-                        wake = min(wake, ring.next_try)
+                counters.set("ring_in_use", ring.no)
+                if ring.reader is None:
+                    if not self._open(ring, now):
+                        if ring.path in self.rings:
+                            wake = min(wake, ring.next_try)
+                        continue
+                elif not self._intact(ring):
                     continue
                 state, w = self._service(ring, now, stopping)
                 sent = sent or state == 2
                 if w < wake:
                     wake = w
+            counters.set("ring_in_use", 0)
             counters.set("rings", len(self.rings))
             # sent a batch: look again at once (more may be waiting); else sleep
             # until the earliest ring's next look, retry or lock attempt
@@ -343,10 +377,12 @@ class Flusher:
 
     def _finish(self) -> int:
         left = 0
-        for ring in self.rings.values():
-            if ring.reader is not None:
+        for ring in list(self.rings.values()):
+            self.counters.set("ring_in_use", ring.no)
+            if ring.reader is not None and self._intact(ring):
                 left += ring.reader.available_bytes() + ring.pending_bytes
             ring.close()
+        self.counters.set("ring_in_use", 0)
         if left:
             _log.warning("Stopping with records left in the rings; the next start sends them.",
                          bytes_left=left)
@@ -357,7 +393,7 @@ class Flusher:
 
 
 def flusher_main(slot: int, cfg: CollectorConfig, pipe: Connection, counters: Any,
-                 parent_pid: int, paths: list[str]) -> None:
+                 parent_pid: int, rings: list[tuple[str, int]]) -> None:
     """Entry point of a flusher process (spawned by the supervisor)."""
     # The supervisor owns shutdown: a Ctrl-C or a SIGTERM to the whole process
     # group must not stop a flusher between XADD and commit.
@@ -365,8 +401,8 @@ def flusher_main(slot: int, cfg: CollectorConfig, pipe: Connection, counters: An
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(cfg.log_format, cfg.log_level, proc=f"flusher-{slot}")
     flusher = Flusher(slot, cfg, pipe, counters, parent_pid)
-    for p in paths:
-        flusher.rings[p] = ServedRing(p)
+    for path, no in rings:
+        flusher.rings[path] = ServedRing(path, no)
     code = flusher.run()
     try:
         pipe.close()

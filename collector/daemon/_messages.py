@@ -14,9 +14,11 @@ from enum import StrEnum
 
 @dataclass(frozen=True, slots=True)
 class Assign:
-    """Serve the ring at ``path`` (from its committed head)."""
+    """Serve the ring at ``path`` (from its committed head); ``no`` names it in the
+    flusher's ``ring_in_use`` gauge."""
 
     path: str
+    no: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class BadKind(StrEnum):
 
     CORRUPTED = "corrupted"  # a frame or the positions fail validation: quarantine
     NOT_A_RING = "notaring"  # not a ring, or a ring of another layout version: quarantine
+    CHANGED = "changed"  # the file shrank or grew, or another file took its place: quarantine
+    FAULT = "fault"  # reading it killed a flusher (SIGBUS): quarantine
     PERMISSION = "permission"  # owner or mode wrong, or cannot be opened: refuse
 
     @property

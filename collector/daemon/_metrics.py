@@ -40,6 +40,7 @@ FLUSHER_COUNTERS = Layout(
         "redis_ok",   # 1.0 after a successful round trip, 0.0 after a failure
         "heartbeat",  # time.monotonic() of the flusher's last loop
         "rings",      # rings the flusher serves now
+        "ring_in_use",  # the Assign.no of the ring whose mapping it touches now, else 0
     ),
     histograms={
         "flush_seconds": ("Duration of one batch round trip to Redis (XADD).",

@@ -3,9 +3,13 @@
 A slot keeps its rings and its shared counters across restarts: a flusher
 that dies is restarted in the same slot with the same rings, which resume
 from their committed head (a flusher that keeps dying at once is restarted
-at most once a second). Rings go to the least-loaded slot when they appear
-and then stay there. The pool talks to its flushers only through
-:mod:`._messages` on each slot's pipe.
+at most once a second). Before the restart the pool tells ``on_death`` which
+ring the flusher was touching when it died (its ``ring_in_use`` gauge), so
+the ring triage can quarantine a ring that killed it instead of handing it
+to the next flusher forever. Rings go to the least-loaded slot when they
+appear and then stay there; each gets a number (:attr:`Assign.no`). The
+pool talks to its flushers only through :mod:`._messages` on each slot's
+pipe.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ._metrics import FLUSHER_COUNTERS
 
 _log = get_logger(__name__)
 
+OnDeath = Callable[["FlusherSlot", int, "str | None"], None]
+
 
 class FlusherSlot:
     """One place in the flusher pool; a restarted flusher takes the same slot."""
@@ -36,7 +42,7 @@ class FlusherSlot:
         self.counters = FLUSHER_COUNTERS.new_slot()
         self.proc: Any = None
         self.conn: Connection | None = None
-        self.rings: set[str] = set()
+        self.rings: dict[str, int] = {}  # path -> its number (Assign.no)
         self.restarts = 0
         self.started_at = 0.0
         self.restart_at = 0.0
@@ -62,17 +68,19 @@ class FlusherPool:
         self.stopping = stopping
         self.mp_context = mp.get_context("spawn")
         self.slots = [FlusherSlot(i) for i in range(cfg.pool_size)]
+        self._numbers = 0
 
     # -- rings ----------------------------------------------------------------------
     def assign(self, path: str) -> FlusherSlot:
         """Give the ring at ``path`` to the least-loaded slot."""
         slot = min(self.slots, key=lambda s: (len(s.rings), s.index))
-        slot.rings.add(path)
-        slot.send(Assign(path))
+        self._numbers += 1
+        slot.rings[path] = self._numbers
+        slot.send(Assign(path, self._numbers))
         return slot
 
     def release(self, slot: FlusherSlot, path: str) -> None:
-        slot.rings.discard(path)
+        slot.rings.pop(path, None)
         slot.send(Release(path))
 
     # -- processes ------------------------------------------------------------------
@@ -80,7 +88,8 @@ class FlusherPool:
         parent, child = self.mp_context.Pipe(duplex=True)
         proc = self.mp_context.Process(
             target=flusher_main,
-            args=(slot.index, self.cfg, child, slot.counters, os.getpid(), sorted(slot.rings)),
+            args=(slot.index, self.cfg, child, slot.counters, os.getpid(),
+                  sorted(slot.rings.items())),
             name=f"collector-flusher-{slot.index}",
         )
         proc.start()
@@ -101,29 +110,35 @@ class FlusherPool:
             if slot.proc is None and now >= slot.restart_at and not self.stopping():
                 self.start(slot)
 
-    def _on_exit(self, slot: FlusherSlot) -> None:
+    def _on_exit(self, slot: FlusherSlot, on_death: OnDeath) -> None:
         proc = slot.proc
         proc.join(1)
         slot.up = False
         if slot.conn is not None:
             slot.conn.close()
             slot.conn = None
+        in_use = int(slot.counters.get("ring_in_use"))
+        slot.counters.set("ring_in_use", 0)  # the dead flusher cannot clear it
         if self.stopping():
             return
         lived = time.monotonic() - slot.started_at
+        suspect = next((p for p, no in slot.rings.items() if no == in_use), None)
         _log.error("A flusher died; restarting it. Its rings resume from their committed "
                    "head (the batch in flight, if any, is sent again).", slot=slot.index,
-                   pid=proc.pid, exitcode=proc.exitcode, rings=len(slot.rings))
+                   pid=proc.pid, exitcode=proc.exitcode, rings=len(slot.rings),
+                   ring_in_use=suspect)
+        on_death(slot, proc.exitcode, suspect)
         slot.restarts += 1
         slot.proc = None
         # A flusher that keeps dying at once is restarted at most once a second.
         slot.restart_at = time.monotonic() + (1.0 if lived < 1.0 else 0.0)
 
     def wait(self, timeout: float, on_report: Callable[[FlusherSlot, BadRing], None],
-             extra: Iterable[Any] = ()) -> list[Any]:
+             on_death: OnDeath, extra: Iterable[Any] = ()) -> list[Any]:
         """Wait up to ``timeout`` for a report, a flusher's death or one of ``extra``.
 
-        Reports go to ``on_report``, deaths are handled (restart scheduled);
+        Reports go to ``on_report``; a death goes to ``on_death(slot, exitcode,
+        the ring it was touching or None)`` and its restart is scheduled;
         returns the objects of ``extra`` that are ready.
         """
         objs: list[Any] = list(extra)
@@ -150,7 +165,7 @@ class FlusherPool:
                     pass  # the sentinel reports the death
         for obj in ready:
             if obj in by_obj and by_obj[obj][0] == "dead":
-                self._on_exit(by_obj[obj][1])
+                self._on_exit(by_obj[obj][1], on_death)
         return [obj for obj in ready if obj not in by_obj]
 
     # -- stopping -------------------------------------------------------------------

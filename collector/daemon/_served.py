@@ -1,16 +1,19 @@
 """A ring as one flusher serves it: its reader and lock, the pending batch, its arrival rate.
 
-A flusher opens a ring only under an exclusive ``flock`` on the ring file
-(``LOCK_EX``), so two consumers can never serve one ring, even across two
-daemons or a flusher orphaned by a killed supervisor. A ring locked by
-another consumer is tried again every ``LOCK_RETRY_S``. A ring that cannot
-be served raises :class:`Unservable` with the report for the supervisor.
+A flusher opens a ring only under the ring's consumer lock (an OFD lock on
+byte ``CONSUMER_LOCK``, :mod:`ringbuf._layout`; the producer's lock is on
+another byte, so the two never conflict), so two consumers can never serve
+one ring, even across two daemons or a flusher orphaned by a killed
+supervisor. A ring locked by another consumer is tried again every
+``LOCK_RETRY_S``. A ring that cannot be served raises :class:`Unservable`
+with the report for the supervisor. Before each batch the flusher makes
+sure the file is still whole and still the one at its path
+(:meth:`ServedRing.problem`): a mapping of a file someone truncated would
+fault.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 
 import ringbuf
@@ -49,12 +52,13 @@ class RingGone(Exception):
 
 class ServedRing:
     __slots__ = ("burst_s", "byte_rate", "checked_at", "corrupt", "first_at", "first_seq",
-                 "key", "key_bytes", "lock_fd", "next_try", "path", "pending",
+                 "key", "key_bytes", "lock_fd", "next_try", "no", "path", "pending",
                  "pending_bytes", "reader", "rec_rate", "warned_busy", "win_bytes",
                  "win_recs", "win_start")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, no: int = 0) -> None:
         self.path = path
+        self.no = no  # the supervisor's number for it (Assign.no)
         self.reader: ringbuf.RingReader | None = None
         self.lock_fd = -1
         self.key = ""
@@ -86,23 +90,24 @@ class ServedRing:
         self.next_try = now + LOCK_RETRY_S
         path = self.path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise RingGone(path) from None
         except OSError as exc:
             raise Unservable(BadRing(path, BadKind.PERMISSION,
                                      f"cannot open ring {path}: {exc}")) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = ringbuf.lock_consumer(fd)
         except OSError as exc:
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                if not self.warned_busy:
-                    self.warned_busy = True
-                    _log.warning("Ring is locked by another consumer; waiting for it.",
-                                 ring=path)
-                return False
-            raise
+            raise Unservable(BadRing(path, BadKind.PERMISSION,
+                                     f"cannot lock ring {path}: {exc}")) from None
+        if not locked:
+            os.close(fd)
+            if not self.warned_busy:
+                self.warned_busy = True
+                _log.warning("Ring is locked by another consumer; waiting for it.", ring=path)
+            return False
         try:
             reader = ringbuf.RingReader.open(path)
         except FileNotFoundError:
@@ -118,6 +123,21 @@ class ServedRing:
         self.key_bytes = self.key.encode()
         _log.debug("Serving ring.", ring=path, ring_id=reader.ring_id, shard=self.key)
         return True
+
+    def problem(self) -> BadRing | None:
+        """None while the open ring's file is whole and at its path, else the report.
+
+        Raises :class:`RingGone` when the file was removed (nothing to report:
+        the supervisor forgets it).
+        """
+        assert self.reader is not None
+        found = self.reader.problem()
+        if found is None:
+            return None
+        kind, why = found
+        if kind == "gone":
+            raise RingGone(self.path)
+        return BadRing(self.path, BadKind.CHANGED, f"ring {self.path}: {why}")
 
     def observe(self, now: float, nrecs: int, nbytes: int) -> None:
         """Account one read (possibly empty) at ``now`` to the arrival rate."""
@@ -138,7 +158,7 @@ class ServedRing:
             self.reader.close()  # uncommitted records stay for the next reader
             self.reader = None
         if self.lock_fd >= 0:
-            os.close(self.lock_fd)  # releases the flock
+            os.close(self.lock_fd)  # releases the consumer lock
             self.lock_fd = -1
         self.pending = []
         self.pending_bytes = 0

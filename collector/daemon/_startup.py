@@ -1,24 +1,21 @@
 """What the daemon needs before it serves a ring: its rings directory, and Redis.
 
-:func:`lock_rings_dir` makes the rings directory private (0700) and holds
+:func:`lock_rings_dir` creates the rings directory 0700 if missing, refuses one
+that another user could write to (:mod:`collector.common.private`), and holds
 ``.collector-daemon.lock`` in it for the daemon's life, so a second daemon
 on the same directory exits with the reason instead of racing the first.
-:func:`wait_for_redis` waits up to ``startup_redis_wait_s`` for Redis.
+Waiting for Redis (``startup_redis_wait_s``) is
+:func:`collector.common.redisconn.wait_for_redis`, shared with the pump.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
-import ringbuf
 from collector.common.log import get_logger
-from collector.config import CollectorConfig
+from collector.common.private import NotPrivate, private_directory
 
 _log = get_logger(__name__)
 
@@ -43,12 +40,9 @@ def try_lock(path: Path) -> int | None:
 def lock_rings_dir(rings_dir: Path) -> int:
     """Create ``rings_dir`` private if missing and lock it; return the lock file's fd."""
     try:
-        ringbuf.ensure_private_directory(rings_dir)
-    except ringbuf.RingPermissionError as exc:
-        raise DaemonError(f"rings_dir: {exc}") from None
-    except OSError as exc:
-        raise DaemonError(f"rings_dir={str(rings_dir)!r}: cannot create it: "
-                          f"{exc.strerror}") from None
+        private_directory(rings_dir, "rings_dir")
+    except NotPrivate as exc:
+        raise DaemonError(str(exc)) from None
     path = rings_dir / LOCK_NAME
     fd = try_lock(path)
     if fd is None:
@@ -59,40 +53,3 @@ def lock_rings_dir(rings_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def wait_for_redis(client: redis.Redis, cfg: CollectorConfig,
-                   stopping: Callable[[], bool]) -> bool:
-    """True once Redis answers a PING; False on refused credentials, timeout or a stop."""
-    url = cfg.redacted_redis_url()
-    deadline = time.monotonic() + cfg.startup_redis_wait_s
-    delay = 0.05
-    last: BaseException | None = None
-    logged = False
-    while not stopping():
-        try:
-            client.ping()
-            _log.info("Redis is reachable.", url=url)
-            return True
-        except (redis.exceptions.AuthenticationError,
-                redis.exceptions.NoPermissionError) as exc:
-            _log.error("Redis refused the credentials; check redis_username and "
-                       "redis_password (or COLLECTOR_REDIS_PASSWORD).", url=url,
-                       error=str(exc))
-            return False
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if not logged:
-            logged = True
-            _log.warning("Redis is not reachable yet; waiting.", url=url,
-                         startup_redis_wait_s=cfg.startup_redis_wait_s, error=str(last))
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, 1.0)
-    if stopping():
-        return False
-    _log.error(f"Redis at {url} is unreachable after startup_redis_wait_s="
-               f"{cfg.startup_redis_wait_s}s; exiting.", url=url, error=str(last))
-    return False

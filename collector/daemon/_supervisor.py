@@ -36,7 +36,7 @@ from collector.config import CollectorConfig
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
 from ._metrics import health_server
 from ._pool import FlusherPool
-from ._startup import DaemonError, lock_rings_dir, wait_for_redis
+from ._startup import DaemonError, lock_rings_dir
 from ._triage import RingTriage
 
 _log = get_logger(__name__)
@@ -170,7 +170,7 @@ class Supervisor:
                                   f"{exc.strerror}") from None
             self.http.start()
             _log.info("Serving health and metrics.", address="{}:{}".format(*self.http.address))
-            if not wait_for_redis(self.client, cfg, lambda: self.stopping):
+            if not redisconn.wait_for_redis(self.client, cfg, lambda: self.stopping):
                 self._cleanup()
                 return EXIT_OK if self.stopping else EXIT_REDIS
             if not cfg.enabled:
@@ -206,7 +206,8 @@ class Supervisor:
 
     def _wait_events(self, timeout: float) -> None:
         """Wait for a flusher's report or death, or a signal (its wake-up byte)."""
-        for obj in self.pool.wait(timeout, self.triage.on_bad, extra=[self._wake_r]):
+        for obj in self.pool.wait(timeout, self.triage.on_bad, self.triage.on_flusher_death,
+                                  extra=[self._wake_r]):
             try:
                 while obj.recv(64):
                     pass

@@ -10,8 +10,18 @@ Every ``scan_interval_ms`` the supervisor lists the rings directory and
   and reported;
 * a valid ring: given to a flusher of the pool (:meth:`FlusherPool.assign`),
   which keeps it;
-* a served ring whose producer is dead (pid + start time) or closed, and
-  whose every record was committed to Redis: removed.
+* a served ring that shrank, grew or was replaced by another file (found
+  here or by its flusher): quarantined, saying why;
+* a served ring whose producer is gone (its lock is free, :mod:`ringbuf._files`)
+  or closed, and whose every record was committed to Redis: removed. A ring
+  whose producer is alive is never removed.
+
+The supervisor never maps a ring: it reads headers with ``pread``
+(:class:`ringbuf.RingProbe`), so a ring truncated under it cannot fault it.
+When a flusher dies, :meth:`RingTriage.on_flusher_death` looks at its rings
+before it is restarted: a changed file is quarantined, and a ring the
+flusher was reading when ``SIGBUS`` killed it is quarantined once its file
+is bad or once it has killed ``FAULTS_TO_QUARANTINE`` flushers.
 
 The snapshot of the served rings' stats (``snapshot``) and the totals are
 what ``/metrics`` and ``/readyz`` report.
@@ -20,6 +30,7 @@ what ``/metrics`` and ``/readyz`` report.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -27,22 +38,24 @@ from pathlib import Path
 import ringbuf
 from collector.common.log import RateLimited, get_logger
 
-from ._messages import BadRing
+from ._messages import BadKind, BadRing
 from ._pool import FlusherPool, FlusherSlot
 
 _log = get_logger(__name__)
 
 QUARANTINE = "quarantine"
+FAULTS_TO_QUARANTINE = 2  # SIGBUS deaths of its flushers that quarantine a ring that looks fine
 
 
 class _Served:
-    """A ring being served: the supervisor's reader (for stats) and its slot."""
+    """A ring being served: the supervisor's probe (pread, for stats) and its slot."""
 
-    __slots__ = ("reader", "slot")
+    __slots__ = ("faults", "probe", "slot")
 
-    def __init__(self, reader: ringbuf.RingReader, slot: FlusherSlot) -> None:
-        self.reader = reader
+    def __init__(self, probe: ringbuf.RingProbe, slot: FlusherSlot) -> None:
+        self.probe = probe
         self.slot = slot
+        self.faults = 0  # flushers it killed with SIGBUS
 
 
 def _stat_key(path: str) -> tuple[int, int, int]:
@@ -96,8 +109,13 @@ class RingTriage:
             del self.refused[path]
         snapshot = []
         for path, info in list(self.served.items()):
+            if self._changed(path, info):
+                continue
             try:
-                st = info.reader.stats()
+                st = info.probe.stats()
+            except ringbuf.RingCorrupted as exc:
+                self._drop(path, BadRing(path, BadKind.CORRUPTED, str(exc)))
+                continue
             except (ValueError, OSError):
                 continue
             if ((st.closed or not st.producer_alive) and st.bytes_used == 0
@@ -109,25 +127,61 @@ class RingTriage:
 
     def on_bad(self, slot: FlusherSlot, report: BadRing) -> None:
         """A flusher dropped a ring it cannot serve: refuse or quarantine it."""
-        path = report.path
-        info = self.served.pop(path, None)
-        if info is not None:
-            info.slot.rings.discard(path)
-            info.reader.close()
-        slot.rings.discard(path)
+        slot.rings.pop(report.path, None)
+        self._drop(report.path, report)
+
+    def on_flusher_death(self, slot: FlusherSlot, exitcode: int, in_use: str | None) -> None:
+        """Before a dead flusher's restart: quarantine the rings of its slot that changed,
+        and the one it was reading if ``SIGBUS`` killed it and the ring is to blame."""
+        for path, info in list(self.served.items()):
+            if info.slot is slot:
+                self._changed(path, info)
+        if exitcode != -signal.SIGBUS or in_use is None:
+            return
+        info = self.served.get(in_use)
+        if info is None:
+            return  # already quarantined above
+        info.faults += 1
+        if info.faults >= FAULTS_TO_QUARANTINE:
+            self._drop(in_use, BadRing(in_use, BadKind.FAULT,
+                                       f"ring {in_use}: reading it killed {info.faults} "
+                                       "flushers with SIGBUS"))
+        else:
+            _log.warning("A flusher died of SIGBUS while reading a ring whose file looks "
+                         "intact; serving it again.", ring=in_use, faults=info.faults)
+
+    def close(self) -> None:
+        for info in self.served.values():
+            info.probe.close()
+
+    # -- one ring ---------------------------------------------------------------------
+    def _changed(self, path: str, info: _Served) -> bool:
+        """Quarantine (or forget, if removed) a served ring whose file changed: True if so."""
+        try:
+            found = info.probe.problem()
+        except OSError:
+            return False
+        if found is None:
+            return False
+        kind, why = found
+        if kind == "gone":
+            _log.warning("A ring file disappeared; forgetting it.", ring=path)
+            self._forget(path)
+        else:
+            self._drop(path, BadRing(path, BadKind.CHANGED, f"ring {path}: {why}"))
+        return True
+
+    def _drop(self, path: str, report: BadRing) -> None:
+        """Stop serving ``path`` (if served), then refuse or quarantine what is there."""
+        self._forget(path)
         if report.kind.quarantine:
             self._quarantine(path, report.message)
         else:
             self._refuse(path, report.message)
 
-    def close(self) -> None:
-        for info in self.served.values():
-            info.reader.close()
-
-    # -- one ring ---------------------------------------------------------------------
     def _adopt(self, path: str) -> None:
         try:
-            reader = ringbuf.RingReader.open(path)
+            probe = ringbuf.RingProbe.open(path)
         except ringbuf.RingPermissionError as exc:
             self._refuse(path, str(exc))
             return
@@ -142,16 +196,16 @@ class RingTriage:
                 _log.error("Cannot open a ring.", ring=path, error=str(exc), suppressed=held)
             return
         slot = self.pool.assign(path)
-        self.served[path] = _Served(reader, slot)
-        _log.info("Found a ring.", ring=path, ring_id=reader.ring_id, slot=slot.index,
-                  producer_pid=reader.producer_pid)
+        self.served[path] = _Served(probe, slot)
+        _log.info("Found a ring.", ring=path, ring_id=probe.ring_id, slot=slot.index,
+                  producer_pid=probe.header.producer_pid)
 
     def _forget(self, path: str) -> None:
         info = self.served.pop(path, None)
         if info is None:
             return
         self.pool.release(info.slot, path)
-        info.reader.close()
+        info.probe.close()
 
     def _remove(self, path: str, st: ringbuf.RingStats) -> None:
         """Remove a drained ring of a dead (or closed) producer."""
@@ -187,8 +241,8 @@ class RingTriage:
             self.refused[path] = _stat_key(path)
             return
         self.quarantined_total += 1
-        _log.error("Quarantined a ring file that is not a valid ring; the other rings are "
-                   "still served.", ring=path, moved_to=str(dest), why=why)
+        _log.error("Quarantined a ring file that is not a valid ring (or no longer one); the "
+                   "other rings are still served.", ring=path, moved_to=str(dest), why=why)
 
     def _refuse(self, path: str, why: str) -> None:
         self.refused[path] = _stat_key(path)
