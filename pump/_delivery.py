@@ -354,6 +354,10 @@ class Delivery:
                         continue
                     self._retry_later(key, entries, deliveries, exc)  # poison path now
                     return
+                # Ready again before the acknowledgement, so that whoever sees the
+                # backlog drained also sees the sink ready.
+                c.set("state", STATE_RUNNING)
+                self.on_outage(None)
                 self._acked(key, batch)
                 log.info("Sink is back.", sink=self.sink_name)
                 return

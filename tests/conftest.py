@@ -18,8 +18,11 @@ def rings_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server on a free port, append-only file on; killed afterwards."""
-    server = RedisServer(tmp_path / "redis").start()
+    """A real redis-server on a free port, append-only file fsynced on every write
+    (tests kill it and count by id what survived: ``everysec`` would lose up to a
+    second of acknowledged writes, which is Redis's promise, not ours); killed
+    afterwards."""
+    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
     try:
         yield server
     finally:
