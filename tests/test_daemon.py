@@ -113,7 +113,7 @@ def test_http_endpoints(tmp_path: Path, rings_dir: Path, redis_server: RedisServ
         for name in ("collector_daemon_records_read_total",
                      "collector_daemon_records_written_total",
                      "collector_daemon_batches_written_total",
-                     "collector_daemon_bytes_written_total",
+                     "collector_daemon_written_bytes_total",
                      'collector_daemon_dropped_records_total{cause="full"}',
                      'collector_daemon_dropped_records_total{cause="oversize"}',
                      "collector_daemon_flush_seconds_bucket",

@@ -249,7 +249,7 @@ class Flusher:
         n = len(ring.pending)
         counters.add("records_written", n)
         counters.add("batches_written")
-        counters.add("bytes_written", ring.pending_bytes)
+        counters.add("written_bytes", ring.pending_bytes)
         counters.observe("flush_seconds", now - t0)
         self.backlog[ring.key] = (length, now)
         ring.pending = []

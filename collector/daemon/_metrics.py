@@ -31,7 +31,7 @@ FLUSHER_COUNTERS = Layout(
         "records_read": "Records read from rings.",
         "records_written": "Records Redis accepted (then committed in the ring).",
         "batches_written": "Stream entries (batches) Redis accepted.",
-        "bytes_written": "Record payload bytes Redis accepted.",
+        "written_bytes": "Record payload bytes Redis accepted.",
         "redis_errors": "Failed Redis round trips (retried later).",
         "backpressure": "Times a batch was held back because its stream shard was over "
                         "max_backlog_entries.",
