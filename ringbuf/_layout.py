@@ -57,15 +57,31 @@ the old or the new value, never a mix. Nothing else is shared, so no lock is
 needed between the processes.
 
 Memory ordering. The producer copies a frame into the data area, then
-stores the new ``tail``. On x86-64 stores are not reordered with older
-stores (total store order), so a consumer that sees the new ``tail`` also
-sees the frame; likewise the producer that sees a new ``head`` may reuse the
-space before it. On weakly ordered CPUs (ARM, POWER) that guarantee does not
-hold without a barrier, which Python cannot issue; there the frame check
-(length bounds, the check word, the sequence number and, with
-``checksum=True``, the CRC-32 of the payload) turns a frame read too early
-into ``RingCorrupted`` rather than garbage, and ``checksum=True`` is
-recommended. A producer killed while copying a frame never published it:
+stores the new ``tail``; the consumer loads ``tail``, then reads the frames
+before it. What holds where:
+
+* x86-64 (total store order): stores are not reordered with older stores
+  and loads not with older loads, so a consumer that sees the new ``tail``
+  also sees the frame, on either path.
+* Weakly ordered CPUs (ARM64, POWER), pure Python: neither side can issue a
+  barrier, so the new ``tail`` may be seen before the frame's bytes. The
+  reader then *settles* (:mod:`ringbuf._reader`): a frame that fails its
+  check is read again for ``SETTLE_S`` before it is called corrupt, so a
+  frame seen early is read once it arrives and a healthy ring is never
+  quarantined. The check sees the header (length, tag, seq) and, with
+  ``checksum=True``, the payload's CRC-32; without it a payload whose
+  header arrived first could be taken stale, so there use
+  ``checksum=True`` or the native path.
+* Either CPU, native path: the writer stores ``tail`` with a release store
+  after the frame, the reader loads it with an acquire load, so the frame
+  is visible whenever ``tail`` is, by the C11 memory model.
+
+The other direction needs no barrier: the producer reuses space only after
+a load of ``head`` that its stores depend on (a control dependency, which
+every CPU respects for a later store), and the consumer stores ``head``
+only after it copied the records out and handed them on (a batch's
+delivery, system calls included, lies between).
+A producer killed while copying a frame never published it:
 its bytes lie beyond ``tail`` and are never read. A consumer that dies
 before it stores ``head`` leaves the records for the next reader.
 

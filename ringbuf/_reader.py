@@ -5,17 +5,26 @@ validated it, then maps it. Positions are checked once per batch (``head <=
 tail``, ``tail - head <= capacity``, both 8-aligned). The published data is
 then scanned one contiguous segment at a time (up to the end of the data
 area or to ``tail``) by a tight loop over absolute file offsets
-(``_scan_tagged`` / ``_scan_crc``): per frame one ``unpack_from``, one
-combined test (the frame lies inside the segment, ``length <=
-max_record_bytes``, ``seq`` is the next expected one, the check word is TAG
-or, with checksums, the CRC-32 of the payload) and one ``mmap`` slice to
-``bytes``. The first frame a loop does not take is classified outside it: a
-PAD word before the end of the data area moves on to the next lap; else
-:class:`RingCorrupted`, with the reason, once the valid records before the
-bad frame have been handed out (the next call raises again, never skipping
-it). A batch never ends just after a PAD word, so a committed ``head``
-always ends where a record ends. After a reader restart or a rollback the
-first frame's seq must lie in ``[committed, written]``.
+(:mod:`ringbuf._scan`: per frame one ``unpack_from``, one combined test
+and one ``mmap`` slice to ``bytes``). The first frame a loop does not take
+is classified outside it: a PAD word before the end of the data area moves
+on to the next lap; else the frame is bad, and the valid records before it
+are handed out first. A batch never ends just after a PAD word, so a
+committed ``head`` always ends where a record ends. After a reader restart
+or a rollback the first frame's seq must lie in ``[committed, written]``.
+
+Settling. A bad frame is not called corrupt at once: on a weakly ordered
+CPU (ARM, POWER) without the native path's release/acquire pair, the new
+``tail`` can be seen before the frame's bytes (:mod:`ringbuf._layout`,
+memory ordering). So the first look that finds the frame at position ``p``
+bad starts a clock: for ``settle_s`` (``SETTLE_S``, 50 ms, many orders of
+magnitude above how long a store can stay invisible) ``read_batch``
+returns what came before it (possibly nothing) and reads the frame again
+on every later call; a frame that turns valid is read normally. A look at
+or after ``settle_s`` that still finds it bad raises
+:class:`RingCorrupted` with the reason, and so does every later call (never
+skipping it): only damage that persists gets a ring quarantined.
+``unsettled_looks`` counts the calls that found a frame still in flight.
 
 :meth:`RingReader.commit` publishes ``head`` (then ``committed``) with one
 aligned 8-byte store each (:mod:`ringbuf._layout`); a reader that dies
@@ -27,7 +36,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
+import time
 import zlib
 from collections.abc import Iterable
 from typing import NoReturn
@@ -50,6 +59,7 @@ from ._layout import (
     align8,
 )
 from ._probe import read_stats
+from ._scan import _STOP_DONE, _STOP_END, _scan_crc, _scan_tagged
 
 _FRAME_UNPACK = FRAME_HEADER.unpack_from
 _WORD_UNPACK = WORD.unpack_from
@@ -71,74 +81,8 @@ class RecordBatch(list):
         self.nbytes = nbytes
 
 
-_STOP_DONE = 0  # max_records or max_bytes reached
-_STOP_END = 1  # reached the end of the segment
-_STOP_ODD = 2  # a frame the fast loop does not take: padding or corruption
-
-
-def _scan_tagged(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
-                 budget: int, limit: int, nonempty: bool,
-                 append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
-    """Append up to ``count`` frames in ``[off, seg_end)``; the TAG variant.
-
-    Returns ``(off, seq, nbytes, why)``. Past ``budget`` payload bytes the
-    loop stops, unless the batch would otherwise be empty (``nonempty`` says
-    whether the caller already holds records). A frame is taken only if it lies
-    wholly inside the segment, its length is at most ``limit``, its check
-    word is TAG and its sequence number is the expected one; anything else
-    stops the loop with ``_STOP_ODD`` for the caller to classify.
-    """
-    unpack = _FRAME_UNPACK
-    start = off
-    for _ in range(count):
-        try:
-            length, check, fseq = unpack(mm, off)
-        except struct.error:  # 8 bytes before the end: only padding fits there
-            return off, seq, nbytes, _STOP_ODD
-        end = off + 16 + ((length + 7) & -8)
-        if end > seg_end or length > limit or fseq != seq or check != TAG:
-            return off, seq, nbytes, _STOP_ODD
-        if nbytes + length > budget and (nonempty or off != start):
-            return off, seq, nbytes, _STOP_DONE
-        append(mm[off + 16:off + 16 + length])
-        nbytes += length
-        seq += 1
-        off = end
-        if end == seg_end:
-            return off, seq, nbytes, _STOP_END
-    return off, seq, nbytes, _STOP_DONE
-
-
-def _scan_crc(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
-              budget: int, limit: int, nonempty: bool,
-              append) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
-    """Like :func:`_scan_tagged` for rings whose check word is a CRC-32."""
-    unpack = _FRAME_UNPACK
-    start = off
-    crc32 = zlib.crc32
-    for _ in range(count):
-        try:
-            length, check, fseq = unpack(mm, off)
-        except struct.error:
-            return off, seq, nbytes, _STOP_ODD
-        end = off + 16 + ((length + 7) & -8)
-        if end > seg_end or length > limit or fseq != seq:
-            return off, seq, nbytes, _STOP_ODD
-        payload = mm[off + 16:off + 16 + length]
-        if crc32(payload) != check:
-            return off, seq, nbytes, _STOP_ODD
-        if nbytes + length > budget and (nonempty or off != start):
-            return off, seq, nbytes, _STOP_DONE
-        append(payload)
-        nbytes += length
-        seq += 1
-        off = end
-        if end == seg_end:
-            return off, seq, nbytes, _STOP_END
-    return off, seq, nbytes, _STOP_DONE
-
-
 _NO_BUDGET = 1 << 62
+SETTLE_S = 0.05  # how long a frame failing its check at the frontier may still be in flight
 
 
 class RingReader:
@@ -148,8 +92,16 @@ class RingReader:
         raise TypeError("use RingReader.open(path)")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, check_owner: bool = True) -> RingReader:
-        """Open and validate an existing ring file for reading."""
+    def open(cls, path: str | os.PathLike[str], *, check_owner: bool = True,
+             settle_s: float = SETTLE_S) -> RingReader:
+        """Open and validate an existing ring file for reading.
+
+        A frame that fails its check is treated as not yet visible for
+        ``settle_s`` seconds from the first look that saw it fail (module doc:
+        settling); ``settle_s=0`` calls it corrupt at once.
+        """
+        if settle_s < 0:
+            raise ValueError(f"settle_s={settle_s} must not be negative")
         path = str(path)
         fd, header = open_ring_file(path, check_owner=check_owner)
         try:
@@ -177,6 +129,9 @@ class RingReader:
         self._read_pos = self._head
         self._head_seq: int | None = None  # seq of the record at head, once known
         self._read_seq: int | None = None
+        self._settle_s = settle_s
+        self._unsettled: tuple[int, float] | None = None  # (position, give-up time)
+        self.unsettled_looks = 0  # read_batch calls that found a frame still in flight
         self._check_positions(self._q[W_TAIL])
         return self
 
@@ -196,9 +151,9 @@ class RingReader:
         At least one record is returned when one is available, even if it
         alone is larger than ``max_bytes``. The records stay in the ring until
         :meth:`commit`; further calls continue after the last record read.
-        Raises :class:`RingCorrupted` on a frame that fails validation (when
-        valid records precede it, they are returned first and the next call
-        raises).
+        Raises :class:`RingCorrupted` on a frame that fails validation for
+        ``settle_s`` (module doc: settling; when valid records precede it,
+        they are returned first and a later call raises).
         """
         if max_records < 1:
             raise ValueError(f"max_records={max_records} must be at least 1")
@@ -214,7 +169,13 @@ class RingReader:
         self._check_positions(tail)
         seq = self._read_seq
         if seq is None:
-            seq = self._seq_at(pos, tail)
+            try:
+                seq = self._seq_at(pos, tail)
+            except RingCorrupted:
+                if not self._settling(pos):
+                    raise
+                batch.first_seq = self._q[W_COMMITTED]
+                return batch
         first_seq = seq
         cap = self.capacity
         mask = cap - 1
@@ -248,8 +209,13 @@ class RingReader:
                 pos += dend - new_off
                 continue
             if batch:
-                break  # hand out the good records; the next call raises
-            self._diagnose(pos, new_off, seg_end, seq)
+                break  # hand out the good records; the next call looks again
+            try:
+                self._diagnose(pos, new_off, seg_end, seq)
+            except RingCorrupted:
+                if not self._settling(pos):
+                    raise
+                break  # not visible yet, maybe: read it again next time
         if before_pad >= 0:
             # Stop before the padding: the read position (and so a committed
             # head) always ends where the last record taken ends.
@@ -259,6 +225,21 @@ class RingReader:
         batch.first_seq = first_seq
         batch.nbytes = nbytes
         return batch
+
+    def _settling(self, pos: int) -> bool:
+        """May the bad frame at ``pos`` still be in flight? (module doc: settling)
+
+        True for ``settle_s`` from the first look that found it bad; after that
+        it is damage that persists, and every later look raises.
+        """
+        now = time.monotonic()
+        first = self._unsettled
+        if first is None or first[0] != pos:
+            first = self._unsettled = (pos, now + self._settle_s)
+        if now < first[1]:
+            self.unsettled_looks += 1
+            return True
+        return False
 
     def _seq_at(self, pos: int, tail: int) -> int:
         """The sequence number of the frame at ``pos`` (after a restart or rollback).

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 
 import ringbuf
-from collector.testing import account
+from collector.testing import account, wait_until
 from ringbuf import _layout
 
 H = _layout.HEADER_SIZE
@@ -32,12 +32,24 @@ def poke(path: str, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
-def read_all(path: str) -> list[bytes]:
+def read_all(path: str, settle_s: float = 0.0) -> list[bytes]:
+    """Every record in the ring; a bad frame raises at once unless ``settle_s``."""
     out: list[bytes] = []
-    with ringbuf.RingReader.open(path) as r:
+    with ringbuf.RingReader.open(path, settle_s=settle_s) as r:
         while batch := r.read_batch(1000):
             out.extend(batch)
     return out
+
+
+def corrupt_after_settling(r: ringbuf.RingReader) -> ringbuf.RingCorrupted:
+    """Read ``r`` until its bad frame is called corrupt (once ``settle_s`` passed)."""
+    def look() -> ringbuf.RingCorrupted | None:
+        try:
+            assert r.read_batch(100) == [], "a record after the bad frame"
+        except ringbuf.RingCorrupted as exc:
+            return exc
+        return None
+    return wait_until(look, 30, "the bad frame called corrupt")
 
 
 # records of 0 to 295 bytes, so that frames of many sizes follow each other
