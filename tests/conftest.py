@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +41,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 reporter.write_line(
                     f"CI: {len(skipped)} test(s) were skipped; every service must be "
                     "available in CI, so this run fails.", red=True)
+
+
+@pytest.fixture
+def ring(rings_dir: Path) -> Iterator[Any]:
+    """A private client (``tests._middleware.Ring``) and what it wrote, read back."""
+    from tests._middleware import Ring
+
+    r = Ring(rings_dir)
+    yield r
+    r.analytics.stop()

@@ -71,7 +71,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gunicorn
 import pytest
 import yaml
 
@@ -83,8 +82,6 @@ from ._example_apps import STUCK_PATH
 ROOT = Path(__file__).resolve().parent.parent
 DJANGO_DIR = ROOT / "examples" / "django_project"
 UVICORN = "uvicorn.workers.UvicornWorker"
-# gunicorn >= 25.1 opens a control socket at one path per user: not shared between runs
-NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn.version_info >= (25, 1) else []
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,7 @@ class CaseServer(Gunicorn):
         if case.framework == "django":
             env["DJANGO_SETTINGS_MODULE"] = "tests._example_django_settings"
         env.update(extra_env or {})
-        args = [*NO_CONTROL_SOCKET, "-k", case.worker_class, "--threads", "4",
+        args = ["-k", case.worker_class, "--threads", "4",
                 "--timeout", "3", "--graceful-timeout", "10", "--max-requests", "20",
                 "--max-requests-jitter", "10", "--log-level", "info"]
         if case.preload:

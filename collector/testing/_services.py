@@ -130,11 +130,27 @@ class Pump(_ConfiguredService):
         return [c for c in self.children() if c.pid in pids]
 
 
+
+def _no_control_socket() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in version("gunicorn").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return []
+    return ["--no-control-socket"] if (major, minor) >= (25, 1) else []
+
+
+_NO_CONTROL_SOCKET = _no_control_socket()
+
+
 class Gunicorn(Service):
     """``python -m gunicorn`` serving ``app`` on a free loopback port.
 
     Started once ``GET /healthz`` answers 200 and ``workers`` workers run.
     ``config`` is a ``gunicorn.conf.py`` (``-c``); ``args`` go before the app.
+    gunicorn 25.1 and newer open a control socket at one path per user, which
+    two servers at once would share: the kit turns it off.
     """
 
     def __init__(self, app: str, *, log: Path, workers: int = 2, config: Path | None = None,
@@ -143,7 +159,8 @@ class Gunicorn(Service):
         self.port = free_port()
         self.workers = workers
         argv = [sys.executable, "-m", "gunicorn", *(["-c", str(config)] if config else []),
-                "-b", f"127.0.0.1:{self.port}", "--workers", str(workers), *(args or []), app]
+                "-b", f"127.0.0.1:{self.port}", "--workers", str(workers),
+                *_NO_CONTROL_SOCKET, *(args or []), app]
         super().__init__(argv, log=log, address=f"127.0.0.1:{self.port}", env=env, cwd=cwd)
 
     @property

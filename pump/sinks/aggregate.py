@@ -57,12 +57,9 @@ statements, deadlocks retryable; bad SQL, a table of another shape permanent).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -70,8 +67,8 @@ from pydantic import Field, field_validator, model_validator
 from collector.common.log import get_logger
 
 from ._base import Batch, PermanentError, Record, RetryableError, Sink, Verdict, register
+from ._rollup import FUNCTIONS, Placed, Row, digest, dim_text, fold, number, upsert_sql
 from ._time import entry_seconds, epoch_seconds
-from ._values import time_text
 from .postgres import (
     PgConnectionConfig,
     _classify,
@@ -86,34 +83,6 @@ log = get_logger(__name__)
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,48}$")
 _RESERVED = {"bucket", "count", "updated_at"}
 _BUCKET_S = {"minute": 60, "hour": 3600, "day": 86400}
-_TINY = 1e-9  # |v| below this counts as zero in the sketch
-
-_FUNCTIONS = """
-CREATE OR REPLACE FUNCTION collector_sketch_merge(a jsonb, b jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT coalesce(jsonb_object_agg(k, n), '{}'::jsonb) FROM (
-    SELECT k, sum(v::bigint) AS n FROM (
-      SELECT key AS k, value AS v FROM jsonb_each_text(coalesce(a, '{}'::jsonb))
-      UNION ALL
-      SELECT key, value FROM jsonb_each_text(coalesce(b, '{}'::jsonb))) AS both_bins
-    GROUP BY k) AS merged
-$$;
-CREATE OR REPLACE FUNCTION collector_sketch_quantile(s jsonb, q double precision,
-                                                     relative_accuracy double precision)
-RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
-  WITH g AS (SELECT (1 + relative_accuracy) / (1 - relative_accuracy) AS g),
-  bins AS (
-    SELECT CASE left(key, 1)
-             WHEN 'z' THEN 0.0
-             WHEN 'p' THEN 2 * power(g.g, substr(key, 2)::int) / (g.g + 1)
-             ELSE -2 * power(g.g, substr(key, 2)::int) / (g.g + 1) END AS v,
-           value::bigint AS n
-    FROM jsonb_each_text(s), g),
-  c AS (SELECT v, sum(n) OVER (ORDER BY v) AS cum, sum(n) OVER () AS total FROM bins)
-  SELECT v FROM c WHERE cum > q * (total - 1) ORDER BY v LIMIT 1
-$$;
-"""
-
 
 class AggregateConfig(PgConnectionConfig):
     """``meta`` of an ``aggregate`` sink (connection keys as for ``postgres``)."""
@@ -147,17 +116,6 @@ class AggregateConfig(PgConnectionConfig):
         return self
 
 
-class _Row:
-    """The sums of one (bucket, dimensions) row within one batch."""
-
-    __slots__ = ("count", "stats")
-
-    def __init__(self, n_fields: int) -> None:
-        self.count = 0
-        # per numeric field: [count, sum, min, max, {bin: n}]
-        self.stats: list[list[Any]] = [[0, 0.0, None, None, {}] for _ in range(n_fields)]
-
-
 @register
 class AggregateSink(Sink):
     name = "aggregate"
@@ -177,7 +135,7 @@ class AggregateSink(Sink):
         self._inv_log_gamma = 1.0 / math.log((1 + a) / (1 - a))
         self._ledger = f"{config.table}_applied"
         self._dims = [f'"{d}"' for d in config.dimensions]
-        self._upsert = self._upsert_sql()
+        self._upsert = upsert_sql(config.table, self._dims, config.numeric_fields)
 
     # -- connection -----------------------------------------------------------
     def open(self) -> None:
@@ -214,7 +172,7 @@ class AggregateSink(Sink):
             return  # all there: no DDL, which would wait for locks others hold on the tables
         # One worker at a time: concurrent CREATE ... IF NOT EXISTS / OR REPLACE can collide.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('collector_aggregate_ddl'))")
-        cur.execute(_FUNCTIONS)
+        cur.execute(FUNCTIONS)
         cols = [f"{d} text NOT NULL" for d in self._dims]
         for f in self.cfg.numeric_fields:
             cols += [f'"{f}_count" bigint NOT NULL DEFAULT 0',
@@ -261,7 +219,7 @@ class AggregateSink(Sink):
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        entries = batch.entries() or [(_digest(batch.records), batch.records)]
+        entries = batch.entries() or [(digest(batch.records), batch.records)]
         rejected: dict[str, str] = {}
         # Placed before anything is written, for every entry (applied or not), so
         # that the same records are rejected however often the batch comes.
@@ -275,7 +233,8 @@ class AggregateSink(Sink):
                     "FROM unnest(%s::text[]) AS e ORDER BY e ON CONFLICT DO NOTHING "
                     "RETURNING entry_id", (batch.stream, sorted(eid for eid, _ in placed)))
                 new = {row[0] for row in cur.fetchall()}
-                rows = self._fold(p for eid, p in placed if eid in new)
+                rows = fold((p for eid, p in placed if eid in new),
+                            len(self.cfg.numeric_fields), self._inv_log_gamma)
                 if rows:
                     cur.execute(_set_timeout(deadline))
                     cur.execute(self._upsert, self._columns(rows))
@@ -292,7 +251,7 @@ class AggregateSink(Sink):
         return Verdict.OK
 
     def _place(self, entry_id: str, records: list[Record],
-               rejected: dict[str, str]) -> list[tuple[tuple[Any, ...], list[float | None]]]:
+               rejected: dict[str, str]) -> Placed:
         """Each good record of an entry as ((bucket, *dimensions), numeric values)."""
         cfg = self.cfg
         fallback = entry_seconds(entry_id)
@@ -311,44 +270,17 @@ class AggregateSink(Sink):
             for f in cfg.numeric_fields:
                 v = data.get(f)
                 if v is not None:
-                    v = _number(v)
+                    v = number(v)
                     if v is None:
                         rejected[r.id] = f"{f} {data.get(f)!r:.80} is not a finite number"
                         break
                 values.append(v)
             else:
-                key = (int(t // size) * size, *(_dim(data.get(d)) for d in cfg.dimensions))
+                key = (int(t // size) * size, *(dim_text(data.get(d)) for d in cfg.dimensions))
                 out.append((key, values))
         return out
 
-    def _fold(self, placed: Iterable[list[tuple[tuple[Any, ...], list[float | None]]]]
-              ) -> dict[tuple[Any, ...], _Row]:
-        rows: dict[tuple[Any, ...], _Row] = {}
-        n_fields = len(self.cfg.numeric_fields)
-        inv = self._inv_log_gamma
-        for contributions in placed:
-            for key, values in contributions:
-                row = rows.get(key)
-                if row is None:
-                    row = rows[key] = _Row(n_fields)
-                row.count += 1
-                for st, v in zip(row.stats, values, strict=True):
-                    if v is None:
-                        continue
-                    st[0] += 1
-                    st[1] += v
-                    st[2] = v if st[2] is None or v < st[2] else st[2]
-                    st[3] = v if st[3] is None or v > st[3] else st[3]
-                    if v > _TINY:
-                        b = f"p{math.ceil(math.log(v) * inv)}"
-                    elif v < -_TINY:
-                        b = f"n{math.ceil(math.log(-v) * inv)}"
-                    else:
-                        b = "z"
-                    st[4][b] = st[4].get(b, 0) + 1
-        return rows
-
-    def _columns(self, rows: dict[tuple[Any, ...], _Row]) -> list[list[Any]]:
+    def _columns(self, rows: dict[tuple[Any, ...], Row]) -> list[list[Any]]:
         """The upsert's arrays, rows sorted by key (one lock order for every worker)."""
         from psycopg.types.json import Jsonb
 
@@ -360,28 +292,6 @@ class AggregateSink(Sink):
             cols += [[s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats],
                      [s[3] for s in stats], [Jsonb(s[4]) for s in stats]]
         return cols
-
-    def _upsert_sql(self) -> str:
-        t = self.cfg.table
-        names = ["bucket", *self._dims, "count"]
-        types = ["float8", *["text"] * len(self._dims), "int8"]
-        sets = ["count = t.count + excluded.count"]
-        for f in self.cfg.numeric_fields:
-            c, s, lo, hi, sk = (f'"{f}_{x}"' for x in ("count", "sum", "min", "max", "sketch"))
-            names += [c, s, lo, hi, sk]
-            types += ["int8", "float8", "float8", "float8", "jsonb"]
-            sets += [f"{c} = t.{c} + excluded.{c}", f"{s} = t.{s} + excluded.{s}",
-                     f"{lo} = least(t.{lo}, excluded.{lo})",
-                     f"{hi} = greatest(t.{hi}, excluded.{hi})",
-                     f"{sk} = collector_sketch_merge(t.{sk}, excluded.{sk})"]
-        sets.append("updated_at = now()")
-        arrays = ", ".join(f"%s::{ty}[]" for ty in types)
-        alias = ", ".join(f"c{i}" for i in range(len(names)))
-        select = ", ".join(["to_timestamp(c0)", *(f"c{i}" for i in range(1, len(names)))])
-        return (f"INSERT INTO {t} AS t ({', '.join(names)}) SELECT {select} "
-                f"FROM unnest({arrays}) AS u({alias}) "
-                f"ON CONFLICT ({', '.join(['bucket', *self._dims])}) DO UPDATE SET "
-                + ", ".join(sets))
 
     def _maybe_prune(self, deadline: float) -> None:
         """Forget ledger rows past the retention, at most once per prune_interval_s."""
@@ -404,38 +314,3 @@ class AggregateSink(Sink):
                 conn.rollback()
             except psycopg.Error:
                 self._drop()
-
-
-def _dim(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "backslashreplace")
-    elif isinstance(value, datetime):
-        value = time_text(value)
-    return str(value).replace("\x00", "\ufffd")
-
-
-def _number(value: Any) -> float | None:
-    """A finite int or float (or a numeric string); None for anything else (bools too)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str | bytes):
-        try:
-            f = float(value)
-        except ValueError:
-            return None
-        return f if math.isfinite(f) else None
-    return None
-
-
-def _digest(records: list[Record]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for r in records:
-        h.update(r.id.encode())
-        h.update(b"\n")
-    return "records:" + h.hexdigest()
