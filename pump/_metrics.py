@@ -52,11 +52,15 @@ class PumpCollector(Collector):
     def __init__(self, slots: Mapping[str, Sequence[Slot]],
                  lag: Callable[[], Iterable[tuple[str, str, float, float]]],
                  restarts: Callable[[str], int],
-                 alive: Callable[[str], int]) -> None:
+                 alive: Callable[[str], int],
+                 foreign: Callable[[], Iterable[tuple[str, str, int | None, int]]] = list,
+                 trims: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.slots = slots
         self.lag = lag
         self.restarts = restarts
         self.alive = alive
+        self.foreign = foreign
+        self.trims = trims
 
     def collect(self) -> Iterable[Any]:
         p = "collector_pump_"
@@ -89,3 +93,19 @@ class PumpCollector(Collector):
             pending.add_metric([sink, stream], pend)
         yield lag
         yield pending
+        foreign = GaugeMetricFamily(
+            p + "foreign_group_lag_entries",
+            "Consumer groups on the stream of no configured sink nor respect_groups (trimming "
+            "does not wait for them): entries not yet delivered to each, -1 if unknown.",
+            labels=["stream", "group"])
+        try:
+            for stream, group, lag_n, _ in self.foreign():
+                foreign.add_metric([stream, group], -1.0 if lag_n is None else float(lag_n))
+        except Exception:
+            pass
+        yield foreign
+        passes, removed = self.trims()
+        yield CounterMetricFamily(p + "trim_passes", "Trim passes over every shard.",
+                                  value=passes)
+        yield CounterMetricFamily(p + "trimmed_entries",
+                                  "Stream entries removed by trimming.", value=removed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import redis
@@ -53,39 +54,59 @@ def group_info(r: redis.Redis, key: str) -> list[dict[str, Any]]:
     return [{_s(k): v for k, v in row.items()} for row in rows]
 
 
-def safe_trim_id(r: redis.Redis, key: str) -> str | None:
-    """The smallest id any group of ``key`` may still need, or None to not trim.
+def safe_trim_id(r: redis.Redis, key: str, groups: Collection[str]) -> str | None:
+    """The smallest id any of ``groups`` on ``key`` may still need, or None to not trim.
 
-    For each group that is the oldest pending (delivered, unacknowledged) id,
-    or else its last-delivered id; every entry below the minimum over groups
-    has been acknowledged by every group. No groups -> None (nobody has read
-    anything yet, so nothing may go).
+    Only the named groups count (the configured sinks' and ``respect_groups``):
+    a group nobody configured (left over from an old config, made by hand)
+    cannot stall trimming. For each group that is the oldest pending
+    (delivered, unacknowledged) id, or else its last-delivered id; every entry
+    below the minimum has been acknowledged by every named group. None when
+    one of them does not exist on ``key`` (yet): it would start at id 0 and
+    needs everything.
     """
-    groups = group_info(r, key)
-    if not groups:
+    wanted = set(groups)
+    if not wanted:
         return None
     best: tuple[int, int] | None = None
-    for g in groups:
+    seen: set[str] = set()
+    for g in group_info(r, key):
+        name = _s(g["name"])
+        if name not in wanted:
+            continue
+        seen.add(name)
         last = _s(g.get("last-delivered-id", "0-0"))
         bound = parse_entry_id(last)
         if int(g.get("pending") or 0) > 0:
-            summary = r.xpending(key, _s(g["name"]))
+            summary = r.xpending(key, name)
             low = summary.get("min") if isinstance(summary, dict) else None
             if low is not None:
                 bound = min(bound, parse_entry_id(_s(low)))
         if best is None or bound < best:
             best = bound
-    if best is None or best == (0, 0):
+    if seen != wanted or best is None or best == (0, 0):
         return None
     return f"{best[0]}-{best[1]}"
 
 
-def trim_acknowledged(r: redis.Redis, key: str) -> int:
-    """XTRIM MINID below what every group acknowledged; returns entries removed."""
-    minid = safe_trim_id(r, key)
+def trim_acknowledged(r: redis.Redis, key: str, groups: Collection[str]) -> int:
+    """XTRIM MINID below what every one of ``groups`` acknowledged; returns entries removed."""
+    minid = safe_trim_id(r, key, groups)
     if minid is None:
         return 0
     return int(r.xtrim(key, minid=minid, approximate=False))
+
+
+def foreign_groups(r: redis.Redis, key: str, known: Collection[str]
+                   ) -> list[tuple[str, int | None, int]]:
+    """Groups on ``key`` not in ``known``: (name, lag or None if Redis cannot tell, pending)."""
+    out = []
+    for g in group_info(r, key):
+        name = _s(g["name"])
+        if name not in known:
+            lag = g.get("lag")
+            out.append((name, None if lag is None else int(lag), int(g.get("pending") or 0)))
+    return out
 
 
 def group_lag(r: redis.Redis, key: str, group: str) -> tuple[int, int]:

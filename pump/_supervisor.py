@@ -37,6 +37,7 @@ from collector.common.private import NotPrivate, private_directory, private_sock
 from collector.common.redisconn import wait_for_redis
 from collector.common.stream import SOCKET_NAME, default_runtime_dir
 
+from ._groups import ForeignReport, foreign_rows
 from ._metrics import STATE_OUTAGE, STATE_STARTING, WORKER_COUNTERS, PumpCollector
 from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
 from ._source import ListMover
@@ -98,11 +99,15 @@ class Supervisor:
         self.registry.register(PumpCollector(
             by_sink, self._lag_rows,
             lambda sink: sum(sl.restarts for sl in self.slots if sl.sink == sink),
-            self._alive_count))
+            self._alive_count, self._foreign_rows, self._trim_totals))
         self.httpd: HealthServer | None = None
         self.mover: ListMover | None = None
         self._threads: list[threading.Thread] = []
         self._next_trim = time.monotonic() + config.trim_interval_s
+        self.trim_groups = config.trim_groups()
+        self.foreign = ForeignReport()
+        self.trims = 0  # trim passes done
+        self.trimmed = 0  # entries they removed
 
     # -- views -----------------------------------------------------------------
     def _alive_count(self, sink: str) -> int:
@@ -116,6 +121,12 @@ class Supervisor:
                 lag, pending = group_lag(self.r, key, sink)
                 rows.append((sink, key, float(lag), float(pending)))
         return rows
+
+    def _foreign_rows(self) -> list[tuple[str, str, int | None, int]]:
+        return foreign_rows(self.r, self.config)
+
+    def _trim_totals(self) -> tuple[int, int]:
+        return self.trims, self.trimmed
 
     def worker_pids(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -251,13 +262,20 @@ class Supervisor:
             self.trim()
 
     def trim(self) -> int:
+        """Trim every shard below what the configured (and respected) groups acknowledged."""
         removed = 0
         for key in self.keys:
             try:
-                removed += trim_acknowledged(self.r, key)
+                removed += trim_acknowledged(self.r, key, self.trim_groups)
             except redis.RedisError as exc:
                 self.limited.warning("trim", "Trimming the stream failed.",
                                      stream=key, error=exc)
+        try:
+            self.foreign.check(self.r, self.config)  # a new foreign group: said once
+        except redis.RedisError:
+            pass
+        self.trims += 1
+        self.trimmed += removed
         if removed:
             log.debug("Trimmed acknowledged entries.", entries=removed)
         return removed
@@ -285,6 +303,7 @@ class Supervisor:
         try:
             for sink in cfg.pumps:
                 ensure_groups(self.r, self.keys, sink)
+            self.foreign.check(self.r, cfg)
         except redis.RedisError as exc:
             log.warning("Redis is not reachable; workers will keep trying.",
                         redis=cfg.redacted_redis_url(), error=exc)

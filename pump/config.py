@@ -153,6 +153,9 @@ class PumpConfig(ServiceSettings):
     max_lag_entries: int = Field(default=10_000, ge=1)
     trim: bool = True
     trim_interval_s: float = Field(default=10.0, gt=0)
+    # Groups of other pump instances on the same stream that trimming must wait for too
+    # (only the configured sinks' groups and these hold trimming back).
+    respect_groups: list[str] = Field(default_factory=list)
     source: SourceConfig = Field(default_factory=SourceConfig)
     plugins: list[str] = Field(default_factory=list)
     pumps: dict[str, PumpSpec] = Field(min_length=1)
@@ -174,6 +177,14 @@ class PumpConfig(ServiceSettings):
                     f"sink name {name!r} must be non-empty without spaces, ':' or braces")
         return v
 
+    @field_validator("respect_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or any(c in name for c in " \n\t"):
+                raise ValueError(f"group name {name!r} must be non-empty without spaces")
+        return list(dict.fromkeys(v))
+
     @model_validator(mode="after")
     def _consistent(self) -> PumpConfig:
         if self.claim_idle_ms <= self.batch_deadline_s * 1000:
@@ -188,6 +199,10 @@ class PumpConfig(ServiceSettings):
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         return default_redis_url()
+
+    def trim_groups(self) -> frozenset[str]:
+        """The groups whose unread data trimming keeps: the sinks' and ``respect_groups``."""
+        return frozenset(self.pumps) | frozenset(self.respect_groups)
 
     def sink_type(self, name: str) -> str:
         return self.pumps[name].type or name

@@ -267,15 +267,22 @@ def test_trim_never_removes_unacknowledged_entries(redis_server: RedisServer) ->
     # slow: read 6 entries, ack only the first 2 and the 5th
     slow = [eid for eid, _ in r.xreadgroup("slow", "c", {KEY: ">"}, count=6)[0][1]]
     r.xack(KEY, "slow", slow[0], slow[1], slow[4])
-    assert trim_acknowledged(r, KEY) == 2
+    groups = ("fast", "slow")
+    assert trim_acknowledged(r, KEY, groups) == 2
     remaining = [eid for eid, _ in r.xrange(KEY)]
     assert remaining == ids[2:]
     r.xack(KEY, "slow", slow[2], slow[3], slow[5])
     # up to (not including) the last entry delivered to "slow", which MINID keeps
-    assert trim_acknowledged(r, KEY) == 3
+    assert trim_acknowledged(r, KEY, groups) == 3
     assert [eid for eid, _ in r.xrange(KEY)] == ids[5:]
+    # a group nobody configured, made at the end ($), holds nothing back
+    r.xgroup_create(KEY, "oldsink", id="$")
+    for eid, _ in r.xreadgroup("slow", "c", {KEY: ">"})[0][1]:
+        r.xack(KEY, "slow", eid)
+    assert trim_acknowledged(r, KEY, groups) == 4
+    assert trim_acknowledged(r, KEY, (*groups, "missing")) == 0, "a named group not there yet"
     produce(r, 10, per_entry=10, key="other")
-    assert trim_acknowledged(r, "other") == 0  # no group: nothing may go
+    assert trim_acknowledged(r, "other", groups) == 0  # no group: nothing may go
 
 
 def test_list_source_moves_atomically_with_stable_ids(redis_server: RedisServer) -> None:
