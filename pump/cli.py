@@ -8,6 +8,7 @@ import click
 
 from collector.common.log import get_logger
 from collector.common.log import setup as setup_logging
+from collector.common.redact import scrub
 from collector.common.settings import deprecations, log_deprecations
 
 from .config import ConfigError, PumpConfig, load_config
@@ -33,7 +34,7 @@ def main(config_path: str | None, check: bool, iam: bool | None, prune_groups: b
         with deprecations() as renamed:
             config = load_config(config_path, iam=iam)
     except ConfigError as exc:
-        click.echo(f"collector-pump: bad configuration:\n{exc}", err=True)
+        click.echo(f"collector-pump: bad configuration:\n{scrub(str(exc))}", err=True)
         sys.exit(2)
     if check:
         for w in renamed:

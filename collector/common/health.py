@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .redact import scrub
+
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
@@ -34,6 +36,7 @@ class HealthServer:
                 pass  # one line per request would flood the logs
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
+                body = scrub(body.decode()).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))

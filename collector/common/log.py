@@ -20,6 +20,10 @@ the event's own fields in call order. The exception field is always
 ``exc_info`` also carry ``traceback``. Exceptions given as values print as
 their message (or their type when the message is empty).
 
+Every field passes :func:`collector.common.redact.scrub` (no remembered
+secret comes out), and so does an uncaught exception's traceback once
+:func:`setup` ran.
+
 Hot error paths go through :class:`RateLimited`: one line per interval and
 key, with ``suppressed=N`` counting what it held back.
 """
@@ -29,8 +33,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+import traceback
 from typing import Any, Literal
+
+from .redact import scrub
 
 LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -48,10 +56,12 @@ def quote(value: Any) -> str:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseException):
-        return str(value) or type(value).__name__
-    if value is None or isinstance(value, (str, int, float, bool)):
+        return scrub(str(value)) or type(value).__name__
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, (int, float, bool)):
         return value
-    return str(value)
+    return scrub(str(value))
 
 
 class Formatter(logging.Formatter):
@@ -70,7 +80,7 @@ class Formatter(logging.Formatter):
         fields.update(getattr(record, "kv", None) or {})
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and "error" not in fields:
-            fields["error"] = repr(exc)
+            fields["error"] = scrub(repr(exc))
         if record.exc_info and record.levelno >= logging.ERROR:
             fields["traceback"] = self.formatException(record.exc_info)
         if self.json:
@@ -87,6 +97,15 @@ def setup(fmt: LogFormat = "kv", level: str = "info", proc: str = "main") -> Non
     handler.setFormatter(Formatter(fmt, proc))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    sys.excepthook = _uncaught
+    threading.excepthook = lambda a: _uncaught(a.exc_type, a.exc_value, a.exc_traceback)
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException | None, tb: Any) -> None:
+    """An uncaught exception's traceback on stderr, with no remembered secret in it."""
+    if kind is SystemExit:
+        return
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
 
 
 class Logger:

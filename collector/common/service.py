@@ -31,9 +31,11 @@ def _empty_is_none(v: Any) -> Any:
 
 
 def _redis_scheme(v: SecretUrl) -> SecretUrl:
-    scheme = urlsplit(v.get_secret_value()).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+    parts = urlsplit(v.get_secret_value())
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, "
+                         f"got scheme {parts.scheme!r}")
+    parts.port  # noqa: B018 - raises ValueError for a port out of range, as redis-py would
     return v
 
 

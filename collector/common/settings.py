@@ -48,6 +48,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from .redact import MASK, remember_model, scrub
+
 __all__ = [
     "RESERVED_ENV",
     "RESERVED_ENV_PREFIXES",
@@ -130,6 +132,15 @@ class Settings(BaseModel):
         if cls.renamed and isinstance(data, Mapping):
             data = _renamed(cls, dict(data), cls.__name__)
         return data
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Any:
+        remember_model(self)  # collector.common.redact hides them in every output
+        return self
+
+    def __setstate__(self, state: Any) -> None:  # a config sent to a spawned process
+        super().__setstate__(state)
+        remember_model(self)
 
 
 def _renamed(model: type[BaseModel], data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -354,7 +365,7 @@ def error_lines(exc: ValidationError, model: type[BaseModel], label: str,
         src = sources.get(loc)
         where = f"environment {src} ({path})" if src else f"{label}: {path}"
         if err["type"] == "value_error" and not rel:
-            rule = err["msg"].removeprefix("Value error, ")
+            rule = scrub(err["msg"].removeprefix("Value error, "))
             lines.append(f"{label}: {path}: {rule}" if loc else f"{label}: {rule}")
             continue
         if err["type"] == "extra_forbidden":
@@ -362,14 +373,45 @@ def error_lines(exc: ValidationError, model: type[BaseModel], label: str,
             rule = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
         else:
             rule = err["msg"]
-            shown = err.get("input")
-            if err["type"] != "missing" and "input" in err and not isinstance(shown, Mapping):
-                _, field = _walk(model, rel)
-                if field is not None and is_secret(field.annotation):
-                    shown = "***"
-                rule += f" (got {shown!r})"
-        lines.append(f"{where}: {rule}")
+            if err["type"] != "missing" and "input" in err:
+                rule = _with_input(rule, err["input"], model, rel)
+        lines.append(f"{where}: {scrub(rule)}")
     return lines
+
+
+def _with_input(rule: str, given: Any, model: type[BaseModel], rel: Sequence[Any]) -> str:
+    """The rule and the value it refused, unless that value may hold a secret: a
+    secret key's value (of any type) is ``***`` and hidden inside the rule too; a
+    list or mapping is never shown (it may hold one); neither is a value whose key
+    cannot be told."""
+    _, field = _walk(model, rel)
+    if field is not None and is_secret(field.annotation):
+        for leaf in _leaves(given):
+            if len(leaf) >= 3:
+                rule = rule.replace(leaf, MASK)
+        return f"{rule} (got '{MASK}')"
+    if (field is None or not isinstance(given, str | int | float | bool | None)
+            or not _scalar(field.annotation)):
+        return rule
+    return f"{rule} (got {given!r})"
+
+
+def _scalar(annotation: Any) -> bool:
+    """A key holding one value, not a model, mapping or list (whose text may hold a secret)."""
+    return all((a is not Any and not _is_model(a) and typing.get_origin(a) is None)
+               or typing.get_origin(a) is typing.Literal for a in _arms(annotation))
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _leaves(v)
+    elif isinstance(value, list | tuple | set):
+        for v in value:
+            yield from _leaves(v)
+    elif value is not None:
+        yield str(value)
 
 
 M = TypeVar("M", bound=BaseModel)

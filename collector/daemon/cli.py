@@ -2,6 +2,7 @@
 
 ``collector-daemon --config FILE`` plus flags for the common keys; a flag
 wins over ``COLLECTOR_*`` environment variables, which win over the file.
+``--check`` validates the configuration (exit 0, or 2 naming each problem).
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 forced stop (second
 signal), 2 bad configuration or unusable directories/addresses, 3 Redis
 unreachable after ``startup_redis_wait_s``.
@@ -16,6 +17,7 @@ import click
 
 from collector.common.log import get_logger
 from collector.common.log import setup as setup_logging
+from collector.common.redact import scrub
 from collector.common.settings import deprecations, log_deprecations
 from collector.config import ConfigError, load_config
 
@@ -35,16 +37,22 @@ from collector.config import ConfigError, load_config
 @click.option("--health-address", default=None, help="HOST:PORT of /healthz /readyz /metrics.")
 @click.option("--stream-key", default=None, help="Redis stream key (prefix with shards).")
 @click.option("--log-format", type=click.Choice(["kv", "json"]), default=None)
+@click.option("--check", is_flag=True, help="Validate the configuration and exit (0 or 2).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None)
-def main(config_path: str | None, **flags: Any) -> None:
+def main(config_path: str | None, check: bool, **flags: Any) -> None:
     """Drain the app's analytics rings into a Redis stream, losing nothing."""
     try:
         with deprecations() as renamed:
             cfg = load_config(config_path, overrides=flags)
     except ConfigError as exc:
-        click.echo(f"collector-daemon: invalid configuration:\n{exc}", err=True)
+        click.echo(f"collector-daemon: invalid configuration:\n{scrub(str(exc))}", err=True)
         sys.exit(2)
+    if check:
+        for w in renamed:
+            click.echo(f"collector-daemon: {w}", err=True)
+        click.echo(f"{config_path or '<defaults and environment>'}: ok")
+        return
     from ._supervisor import run
 
     setup_logging(cfg.log_format, cfg.log_level, proc="supervisor")

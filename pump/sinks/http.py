@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
-from collector.common.redact import SecretUrl
+from collector.common.redact import SecretUrl, remember
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps, encode_each
@@ -97,6 +97,7 @@ class HttpSink(Sink):
             if value is None:
                 raise PermanentError(
                     f"http sink: auth_env names {self.cfg.auth_env!r}, which is not set")
+            remember(value, *value.split())  # "Bearer TOKEN": the token alone too
             headers[self.cfg.auth_header] = value
         verify: Any = self.cfg.tls_ca_file or self.cfg.verify_tls
         self._client = httpx.Client(headers=headers, verify=verify, follow_redirects=False,

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
-from collector.common.redact import SecretUrl
+from collector.common.redact import SecretUrl, remember
 
 from ._base import (
     Batch,
@@ -115,6 +115,7 @@ class MongoSink(Sink):
         }
         password = cfg.password.get_secret_value() if cfg.password else None
         password = password or os.environ.get(PASSWORD_ENV) or None
+        remember(password)
         if cfg.username is not None:
             kwargs["username"] = cfg.username
         if password is not None:

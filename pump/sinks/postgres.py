@@ -67,7 +67,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from collector.common.log import get_logger
-from collector.common.redact import SecretUrl
+from collector.common.redact import SecretUrl, remember
 
 from ._base import (
     Batch,
@@ -132,6 +132,7 @@ def open_connection(cfg: PgConnectionConfig, deadline: float) -> Any:
     left = Sink.time_left(deadline)
     password = cfg.password.get_secret_value() if cfg.password else None
     password = password or os.environ.get(PASSWORD_ENV) or None
+    remember(password)
     kwargs: dict[str, Any] = {
         "connect_timeout": max(2, math.ceil(min(left, cfg.connect_timeout_s))),
         "application_name": cfg.application_name,
