@@ -14,30 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import pytest
 
 import ringbuf
 from collector import Analytics
 from collector.testing import Daemon, RedisServer, account, producer_ids, tally_stream, wait_until
+from tests._rings import drain, small
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def small(rings_dir: Path, **kw: Any) -> dict[str, Any]:
-    return {"rings_dir": str(rings_dir), "ring_capacity_bytes": 1 << 16,
-            "max_record_bytes": 1024, **kw}
-
-
-def _drain(path: str) -> list[Any]:
-    out: list[Any] = []
-    with ringbuf.RingReader.open(path) as r:
-        while batch := r.read_batch(1000):
-            out.extend(msgpack.unpackb(b) for b in batch)
-            r.commit()
-    return out
 
 
 @pytest.mark.parametrize("how", ["removed", "moved"])
@@ -76,7 +61,7 @@ def test_ring_gone_under_a_live_producer_is_replaced_and_its_loss_counted(
     assert st.rings_opened == 2
     new = a.ring_path
     assert new is not None and Path(new).exists()
-    assert [r["seq"] for r in _drain(new)] == list(range(into_old, seq))
+    assert [r["seq"] for r in drain(new)] == list(range(into_old, seq))
     a.stop()
 
 
