@@ -288,7 +288,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         cfg = self.config
         sinks = ",".join(f"{n}:{cfg.sink_type(n)}x{s.workers}" for n, s in cfg.pumps.items())
-        log.info("collector-pump starting.", config=self.label, redis=cfg.redacted_redis_url(),
+        log.info("collector-pump starting.", config=self.label, instance=cfg.instance(),
+                 redis=cfg.redacted_redis_url(),
                  streams=",".join(self.keys), sinks=sinks)
         if cfg.redis_url is None:  # the daemon's embedded Redis: its directory must be ours
             runtime = default_runtime_dir()

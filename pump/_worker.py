@@ -16,15 +16,17 @@ dead letters (``_deadletter.py``), stop requests (``_stop.py``). This
 module owns the worker's life cycle: opening the sink, the loop, Redis
 trouble, shutdown.
 
-Consumer names are ``<host>:<sink>:<index>``, so a restarted worker finds
-its own pending entries at once; entries of a consumer that never returns
-are claimed by the others after ``claim_idle_ms``.
+Consumer names are ``<instance>:<sink>:<index>`` (``instance_name``, by
+default ``<host name>-<health port>``: stable across restarts, unique per
+pump instance on a host), so a restarted worker finds its own pending
+entries at once, any number of pump instances on any number of hosts share
+each sink's group, and the entries of a consumer that never returns (a
+dead instance) are claimed by the others after ``claim_idle_ms``.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from typing import Any
@@ -49,8 +51,9 @@ log = get_logger(__name__)
 __all__ = ["SignalStopper", "Stopper", "Worker", "consumer_name", "worker_main"]
 
 
-def consumer_name(sink: str, index: int) -> str:
-    return f"{socket.gethostname()}:{sink}:{index}"
+def consumer_name(config: PumpConfig, sink: str, index: int) -> str:
+    """The consumer name of worker ``index`` of ``sink`` in this pump instance."""
+    return f"{config.instance()}:{sink}:{index}"
 
 
 class Worker:
@@ -64,7 +67,7 @@ class Worker:
         self.sink_name = sink_name
         self.spec = config.pumps[sink_name]
         self.group = sink_name
-        self.consumer = consumer or consumer_name(sink_name, index)
+        self.consumer = consumer or consumer_name(config, sink_name, index)
         self.keys = config.shard_keys()
         self.counters = counters or WORKER_COUNTERS.local_slot()
         self.stopper = stopper or Stopper()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -139,6 +140,9 @@ class PumpConfig(ServiceSettings):
     # Credentials from the environment only (never in the file, never logged).
     env_only: ClassVar[frozenset[str]] = frozenset({"redis_username", "redis_password"})
 
+    # This pump's part of its consumer names (<instance>:<sink>:<index>); None:
+    # <host name>-<health port>, stable across restarts and unique on a host.
+    instance_name: str | None = Field(default=None, min_length=1, max_length=200)
     read_block_s: float = Field(default=1.0, gt=0, le=60)  # a read blocks this long
     read_count: int = Field(default=50, ge=1, le=10_000)  # entries per XREADGROUP
     health_address: HostPort = "127.0.0.1:7070"
@@ -166,6 +170,13 @@ class PumpConfig(ServiceSettings):
         v = v.strip("/")
         if not v or v in ("readyz", "metrics"):
             raise ValueError("must be a non-empty path other than readyz and metrics")
+        return v
+
+    @field_validator("instance_name")
+    @classmethod
+    def _instance(cls, v: str | None) -> str | None:
+        if v is not None and any(c.isspace() or c in ":{}" for c in v):
+            raise ValueError(f"instance name {v!r} must have no spaces, ':' or braces")
         return v
 
     @field_validator("pumps")
@@ -203,6 +214,13 @@ class PumpConfig(ServiceSettings):
     def trim_groups(self) -> frozenset[str]:
         """The groups whose unread data trimming keeps: the sinks' and ``respect_groups``."""
         return frozenset(self.pumps) | frozenset(self.respect_groups)
+
+    def instance(self) -> str:
+        """This pump's consumer name prefix: ``instance_name``, else
+        ``<host name>-<health port>`` (two pumps on one host cannot share a port)."""
+        if self.instance_name is not None:
+            return self.instance_name
+        return f"{socket.gethostname()}-{self.health_host_port[1]}"
 
     def sink_type(self, name: str) -> str:
         return self.pumps[name].type or name
