@@ -3,16 +3,31 @@
 ``/<health_path>`` answers ``{"status": "ok"}`` while the process runs,
 ``/readyz`` answers the caller's readiness detail as JSON (503 when not
 ready) and ``/metrics`` the Prometheus text of the caller's registry.
+
+Clients cannot exhaust it (nor the process's file descriptors): one asyncio
+event loop in one thread serves every connection, one ``GET`` per connection
+(``Connection: close``). At most :data:`MAX_CONNECTIONS` are open at once: a
+new one closes the oldest that has not sent its request yet, so idle
+connections cost nothing and a real client always gets its answer. A
+request must arrive whole (at most :data:`MAX_REQUEST_BYTES`) within
+:data:`READ_TIMEOUT_S`. Readiness and metrics are computed on a pool of
+:data:`WORKERS` threads, not in the loop. A client that goes away is
+nobody's business: no log line. The endpoints carry no authentication:
+they listen on a loopback address unless ``health_allow_remote`` says
+otherwise (:mod:`collector.common.service`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,70 +36,145 @@ from .redact import scrub
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
+MAX_CONNECTIONS = 64
+READ_TIMEOUT_S = 2.0
+WRITE_TIMEOUT_S = 5.0
+MAX_REQUEST_BYTES = 8192
+WORKERS = 2
+BACKLOG = 1024
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
 
 class HealthServer:
-    """A ``ThreadingHTTPServer`` for the three endpoints; ``start``/``stop`` it."""
+    """The three endpoints on ``host:port`` (bound at once; port 0 picks one);
+    ``start``/``stop`` it."""
 
     def __init__(self, host: str, port: int, *, readiness: Readiness,
                  registry: CollectorRegistry, health_path: str = "/healthz",
                  on_error: Callable[[str, Exception], None] | None = None,
                  name: str = "collector-http") -> None:
-        paths = [health_path, "/readyz", "/metrics"]
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # one line per request would flood the logs
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                body = scrub(body.decode()).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _json(self, code: int, obj: Any) -> None:
-                self._send(code, json.dumps(obj).encode() + b"\n", "application/json")
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0].rstrip("/") or "/"
-                try:
-                    if path == health_path:
-                        self._json(200, {"status": "ok"})
-                    elif path == "/readyz":
-                        ready, detail = readiness()
-                        self._json(200 if ready else 503, detail)
-                    elif path == "/metrics":
-                        self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                    else:
-                        self._json(404, {"error": f"no such path {path!r}", "paths": paths})
-                except Exception as exc:  # never kill the server thread
-                    if on_error is not None:
-                        on_error(path, exc)
-                    try:
-                        self._json(500, {"error": repr(exc)})
-                    except OSError:
-                        pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        self.server = Server((host, port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.2}, name=name, daemon=True)
+        self.health_path = health_path
+        self.paths = [health_path, "/readyz", "/metrics"]
+        self.readiness = readiness
+        self.registry = registry
+        self.on_error = on_error
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG,
+                                         reuse_port=False)
+        self.sock.setblocking(False)
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(_quiet)
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"{name}-worker")
+        self.waiting: OrderedDict[asyncio.Task[None], None] = OrderedDict()  # before a request
+        self.open = 0
+        self.server: asyncio.Server | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ready = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
+        host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
         self.thread.start()
+        self._ready.wait(5)
 
     def stop(self) -> None:
         t0 = time.monotonic()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(max(0.0, 5 - (time.monotonic() - t0)))
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(max(0.0, 5 - (time.monotonic() - t0)))
+        else:
+            self.sock.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the loop's thread ---------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server = self.loop.run_until_complete(
+                asyncio.start_server(self._serve, sock=self.sock, limit=MAX_REQUEST_BYTES))
+            self._ready.set()
+            self.loop.run_forever()
+        finally:
+            self._ready.set()
+            if self.server is not None:
+                self.server.close()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(asyncio.sleep(0))
+            self.sock.close()
+            self.loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.open += 1
+        if self.open > MAX_CONNECTIONS and self.waiting:
+            oldest, _ = self.waiting.popitem(last=False)
+            oldest.cancel()  # its finally closes it
+        self.waiting[task] = None
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ConnectionError):
+                return
+            finally:
+                self.waiting.pop(task, None)
+            code, body, ctype = await self._answer(head)
+            writer.write(_response(code, body, ctype))
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except (TimeoutError, OSError, asyncio.CancelledError):
+            pass  # the client went away or was too slow: nothing to say about it
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def _answer(self, head: bytes) -> tuple[int, bytes, str]:
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _json(400, {"error": "not an HTTP request"})
+        method, target = parts[0], parts[1]
+        path = target.split("?", 1)[0].rstrip("/") or "/"
+        if method != "GET":
+            return _json(405, {"error": f"method {method[:16]!r} not allowed; use GET"})
+        if path == self.health_path:
+            return _json(200, {"status": "ok"})
+        if path not in ("/readyz", "/metrics"):
+            return _json(404, {"error": f"no such path {path[:200]!r}", "paths": self.paths})
+        try:
+            return await self.loop.run_in_executor(self.pool, self._compute, path)
+        except Exception as exc:  # never kill the server
+            if self.on_error is not None:
+                self.on_error(path, exc)
+            return _json(500, {"error": repr(exc)})
+
+    def _compute(self, path: str) -> tuple[int, bytes, str]:
+        if path == "/readyz":
+            ready, detail = self.readiness()
+            return _json(200 if ready else 503, detail)
+        return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _json(code: int, obj: Any) -> tuple[int, bytes, str]:
+    return code, json.dumps(obj).encode() + b"\n", "application/json"
+
+
+def _response(code: int, body: bytes, ctype: str) -> bytes:
+    body = scrub(body.decode()).encode()
+    head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: a client's socket errors are not news."""
+    if isinstance(context.get("exception"), OSError | asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)

@@ -9,6 +9,8 @@ health on 7071, the pump on 7070).
 
 from __future__ import annotations
 
+import ipaddress
+import warnings
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -16,7 +18,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_va
 
 from .log import LogFormat, LogLevel
 from .redact import SecretUrl, redact_dsn
-from .settings import HostPort, Settings
+from .settings import ConfigWarning, HostPort, Settings
 from .stream import DEFAULT_STREAM_KEY, shard_keys
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -28,6 +30,15 @@ def _empty_is_none(v: Any) -> Any:
     if isinstance(v, SecretStr) and v.get_secret_value() == "":
         return None
     return v
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may be anything
+        return False
 
 
 def _redis_scheme(v: SecretUrl) -> SecretUrl:
@@ -56,8 +67,24 @@ class ServiceSettings(Settings):
     retry_max_ms: float = Field(default=5000.0, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0, le=3600)
     health_address: HostPort = "127.0.0.1:7071"
+    health_allow_remote: bool = False
     log_format: LogFormat = "kv"
     log_level: LogLevel = "info"
+
+    @model_validator(mode="after")
+    def _health_local(self) -> ServiceSettings:
+        host = self.health_host_port[0]
+        if _is_loopback(host):
+            return self
+        if not self.health_allow_remote:
+            raise ValueError(
+                f"health_address {self.health_address!r} is not a loopback address; /healthz, "
+                "/readyz and /metrics carry no authentication: set health_allow_remote: true "
+                "to serve them on other interfaces anyway")
+        warnings.warn(ConfigWarning("health_address", (
+            f"{self.health_address} serves /healthz, /readyz and /metrics, which carry no "
+            "authentication, beyond this machine (health_allow_remote: true)")), stacklevel=2)
+        return self
 
     @model_validator(mode="after")
     def _retry_order(self) -> ServiceSettings:

@@ -62,10 +62,13 @@ def from_iam(data: Mapping[str, Any], label: str) -> dict[str, Any]:
         elif key == "health-check-address":
             out["health_address"] = str(value)
             if not str(value).startswith(("127.", "localhost:", "[::1]:")):
+                port = str(value).rpartition(":")[2]
+                out["health_address"] = f"127.0.0.1:{port}"
                 warnings.warn(ConfigWarning(label, (
-                    f"iam-pump key health-check-address: {value} serves /healthz, /readyz "
-                    "and /metrics beyond this machine; 127.0.0.1:7070 keeps them local")),
-                    stacklevel=2)
+                    f"iam-pump key health-check-address: {value} would serve /healthz, "
+                    f"/readyz and /metrics, which carry no authentication, beyond this "
+                    f"machine; serving them on 127.0.0.1:{port} (our own config's "
+                    "health_allow_remote: true serves other interfaces)")), stacklevel=2)
         elif key == "health-check-endpoint-name":
             out["health_path"] = str(value)
         elif key == "health-check-endpoint-port":
