@@ -114,6 +114,7 @@ print(os.getpid(), a.ring_path, flush=True)
 for seq in range(20):
     assert a.record_hit(authz_record(0, seq))
     time.sleep(0.2)
+open(sys.argv[2], "w").close()  # alive until after this: the test knows it is done
 sys.stdout.flush()
 os._exit(0)  # no stop(): the ring is left unclosed, its lock dies with the process
 """
@@ -128,18 +129,20 @@ def test_producer_in_its_own_pid_namespace(tmp_path: Path, rings_dir: Path,
     its ring is removed only after it exits.
     """
     client = redis_server.client()
+    done = tmp_path / "producer-done"
     daemon = Daemon.write(tmp_path, redis_server.url).start()
     try:
         proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
-             PRODUCER_IN_NAMESPACE, str(rings_dir)],
+             PRODUCER_IN_NAMESPACE, str(rings_dir), str(done)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         pid_there, ring = proc.stdout.readline().split()  # type: ignore[union-attr]
         assert pid_there == "1"
-        while proc.poll() is None:
-            assert Path(ring).exists(), "the ring of a live producer was removed"
+        while not done.exists():  # the producer is alive until after ``done`` appears
+            there = Path(ring).exists()
+            assert there or done.exists(), "the ring of a live producer was removed"
             time.sleep(0.05)
-        assert proc.returncode == 0
+        assert proc.wait(30) == 0
         wait_until(lambda: not Path(ring).exists(), 30, "the ring removed after its producer")
         got = account(tally_stream(client), producer_ids(1, 20))
         print(f"\nproducer in its own PID namespace: {got}")

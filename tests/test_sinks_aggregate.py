@@ -102,6 +102,30 @@ def test_redelivered_entries_are_counted_once(agg_table: str) -> None:
     assert sum(v[0] for v in got.values()) == 1000
 
 
+def test_records_sent_again_in_another_entry_are_counted_once(agg_table: str) -> None:
+    """The daemon sends a batch again when Redis applied an XADD whose reply was lost:
+    the same records (ids) arrive in another entry, later or in the same batch,
+    possibly with more records after them."""
+    sink = _sink(agg_table)
+    try:
+        sink.write(_batch([("1-0", range(0, 300))]), deadline=time.monotonic() + 10)
+        # resent later as a longer entry
+        sink.write(_batch([("2-0", range(0, 400))]), deadline=time.monotonic() + 10)
+        # first and resent copy in one batch, the copy again with more after it
+        sink.write(_batch([("3-0", range(400, 500)), ("3-1", range(400, 600))]),
+                   deadline=time.monotonic() + 10)
+        # a copy of a range from the middle of earlier runs
+        sink.write(_batch([("4-0", range(250, 450))]), deadline=time.monotonic() + 10)
+    finally:
+        sink.close()
+    assert stored_rows(agg_table) == expected_rows([_record(i) for i in range(600)])
+    with psycopg.connect(pg_dsn()) as conn:
+        runs = conn.execute(f"SELECT ring, lo, hi, entry_id FROM {agg_table}_applied "
+                            "ORDER BY lo").fetchall()
+    assert runs == [("ring", 0, 299, "1-0"), ("ring", 300, 399, "2-0"),
+                    ("ring", 400, 499, "3-0"), ("ring", 500, 599, "3-1")]
+
+
 def test_same_entry_ids_of_another_stream_are_other_entries(agg_table: str) -> None:
     sink = _sink(agg_table)
     try:

@@ -34,21 +34,25 @@ functions are created with the table.
 
 Exactly once
 ------------
-Redelivery is the normal way the pump recovers (a worker killed after the
-commit, before its XACK), so adding a batch twice must be impossible. Every
-write is one transaction that first inserts the batch's stream entry ids
-into ``<table>_applied`` (``stream, entry_id`` primary key) with ``ON
-CONFLICT DO NOTHING RETURNING entry_id``, then upserts only the records of
-the entries that insert returned. A redelivered entry is already there and
-adds nothing; two workers holding the same entry (one claimed it from the
-other) serialise on that row's key, and the second adds nothing. Ledger
-rows older than ``applied_retention_s`` are deleted; it must exceed the
-longest time an entry can stay pending (the pump's longest outage). A batch
-without entry ids (not from the pump) is keyed by a digest of its record
-ids. tyk-pump's sql-aggregate, for comparison, adds ``counter + excluded``
-per org and per chunk of rows in separate statements with nothing recording
-what was applied: a batch written twice, or retried after a chunk failed,
-is counted twice.
+A record must add once, however often it reaches the sink: the pump
+redelivers an entry after a worker was killed between its commit and its
+XACK, and the daemon sends a batch again when Redis applied an XADD whose
+reply was lost (then the same records arrive in another entry). So the
+ledger is kept per record, not per entry: ``<table>_applied`` holds runs of
+record ids already counted, ``(ring, lo, hi)`` for the ids ``ring:lo`` to
+``ring:hi`` (an id that is not ``<ring>:<number>`` is a run of its own,
+``(id, 0, 0)``), plus the stream entry each run came from. Every write is
+one transaction that takes an advisory lock per ring of the batch (in one
+order, so that workers holding the same records serialise and never
+deadlock), reads the runs that overlap the batch's, leaves out the records
+they cover, upserts the rest and inserts their runs. Rejected records are
+not in any run: a fixed and replayed dead letter counts. Ledger rows older
+than ``applied_retention_s`` are deleted; it must exceed the longest time a
+record can take to come again (the pump's longest outage). tyk-pump's
+sql-aggregate, for comparison, adds ``counter + excluded`` per org and per
+chunk of rows in separate statements with nothing recording what was
+applied: a batch written twice, or retried after a chunk failed, is
+counted twice.
 
 Deadline: ``statement_timeout`` = the time left, before each statement.
 Errors are classified as in the postgres sink (connection and cancelled
@@ -60,6 +64,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -67,7 +72,7 @@ from pydantic import Field, field_validator, model_validator
 from collector.common.log import get_logger
 
 from ._base import Batch, PermanentError, Record, RetryableError, Sink, Verdict, register
-from ._rollup import FUNCTIONS, Placed, Row, digest, dim_text, fold, number, upsert_sql
+from ._rollup import FUNCTIONS, Row, digest, dim_text, fold, number, upsert_sql
 from ._time import entry_seconds, epoch_seconds
 from .postgres import (
     PgConnectionConfig,
@@ -79,6 +84,9 @@ from .postgres import (
 )
 
 log = get_logger(__name__)
+
+# A good record: (ring, seq, (bucket, *dimensions), numeric values)
+_Good = list[tuple[str, int, tuple[Any, ...], list[float | None]]]
 
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,48}$")
 _RESERVED = {"bucket", "count", "updated_at"}
@@ -185,11 +193,13 @@ class AggregateSink(Sink):
             + "count bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
             f"PRIMARY KEY ({', '.join(['bucket', *self._dims])}))")
         cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._ledger} (stream text NOT NULL, "
+            f"CREATE TABLE IF NOT EXISTS {self._ledger} (ring text NOT NULL, "
+            "lo bigint NOT NULL, hi bigint NOT NULL, stream text NOT NULL, "
             "entry_id text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (stream, entry_id))")
-        index = self._ledger.replace(".", "_")[:50] + "_at"
-        cur.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {self._ledger} (applied_at)")
+            "PRIMARY KEY (ring, lo))")
+        index = self._ledger.replace(".", "_")[:48]
+        cur.execute(f"CREATE INDEX IF NOT EXISTS {index}_hi ON {self._ledger} (ring, hi)")
+        cur.execute(f"CREATE INDEX IF NOT EXISTS {index}_at ON {self._ledger} (applied_at)")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -221,23 +231,37 @@ class AggregateSink(Sink):
             return Verdict.OK
         entries = batch.entries() or [(digest(batch.records), batch.records)]
         rejected: dict[str, str] = {}
-        # Placed before anything is written, for every entry (applied or not), so
-        # that the same records are rejected however often the batch comes.
+        # Placed before anything is written, for every record (applied or not), so
+        # that the same records are rejected however often they come.
         placed = [(eid, self._place(eid, recs, rejected)) for eid, recs in entries]
+        spans = _spans(p for _, good in placed for p in good)
         conn = self._connection(deadline)
         try:
             with conn.cursor() as cur:
-                cur.execute(_set_timeout(deadline))
-                cur.execute(
-                    f"INSERT INTO {self._ledger} (stream, entry_id) SELECT %s, e "
-                    "FROM unnest(%s::text[]) AS e ORDER BY e ON CONFLICT DO NOTHING "
-                    "RETURNING entry_id", (batch.stream, sorted(eid for eid, _ in placed)))
-                new = {row[0] for row in cur.fetchall()}
-                rows = fold((p for eid, p in placed if eid in new),
-                            len(self.cfg.numeric_fields), self._inv_log_gamma)
-                if rows:
+                if spans:
                     cur.execute(_set_timeout(deadline))
-                    cur.execute(self._upsert, self._columns(rows))
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+                        "hashtextextended(r, 7041) AS k FROM unnest(%s::text[]) AS r "
+                        "ORDER BY 1) AS rings", (sorted(spans),))
+                    cur.execute(
+                        f"SELECT l.ring, l.lo, l.hi FROM {self._ledger} AS l JOIN "
+                        "unnest(%s::text[], %s::int8[], %s::int8[]) AS b(ring, lo, hi) "
+                        "ON l.ring = b.ring AND l.hi >= b.lo AND l.lo <= b.hi",
+                        [list(spans), *map(list, zip(*spans.values(), strict=True))])
+                    fresh = _fresh(placed, _Covered(cur.fetchall()))
+                    runs = [(*run, eid) for eid, good in fresh for run in _runs(good)]
+                    rows = fold(([(p[2], p[3]) for p in good] for _, good in fresh),
+                                len(self.cfg.numeric_fields), self._inv_log_gamma)
+                    if runs:
+                        cur.execute(
+                            f"INSERT INTO {self._ledger} (ring, lo, hi, entry_id, stream) "
+                            "SELECT r, l, h, e, %s FROM unnest(%s::text[], %s::int8[], "
+                            "%s::int8[], %s::text[]) AS u(r, l, h, e)",
+                            [batch.stream, *map(list, zip(*runs, strict=True))])
+                    if rows:
+                        cur.execute(_set_timeout(deadline))
+                        cur.execute(self._upsert, self._columns(rows))
             conn.commit()
         except (psycopg.Error, RetryableError) as exc:
             rollback_after(conn, exc, self._drop)
@@ -251,8 +275,9 @@ class AggregateSink(Sink):
         return Verdict.OK
 
     def _place(self, entry_id: str, records: list[Record],
-               rejected: dict[str, str]) -> Placed:
-        """Each good record of an entry as ((bucket, *dimensions), numeric values)."""
+               rejected: dict[str, str]) -> _Good:
+        """Each good record of an entry as (ring, seq, (bucket, *dimensions), numeric
+        values), ``ring:seq`` being its id."""
         cfg = self.cfg
         fallback = entry_seconds(entry_id)
         if fallback is None:
@@ -277,7 +302,11 @@ class AggregateSink(Sink):
                 values.append(v)
             else:
                 key = (int(t // size) * size, *(dim_text(data.get(d)) for d in cfg.dimensions))
-                out.append((key, values))
+                ring, sep, seq = r.id.rpartition(":")
+                if sep and seq.isdigit():
+                    out.append((ring, int(seq), key, values))
+                else:
+                    out.append((r.id, 0, key, values))
         return out
 
     def _columns(self, rows: dict[tuple[Any, ...], Row]) -> list[list[Any]]:
@@ -314,3 +343,51 @@ class AggregateSink(Sink):
                 conn.rollback()
             except psycopg.Error:
                 self._drop()
+
+
+class _Covered:
+    """The runs of record ids already counted, per ring."""
+
+    def __init__(self, runs: Iterable[tuple[str, int, int]]) -> None:
+        self.runs: dict[str, list[tuple[int, int]]] = {}
+        for ring, lo, hi in runs:
+            self.runs.setdefault(ring, []).append((lo, hi))
+
+    def has(self, ring: str, seq: int) -> bool:
+        return any(lo <= seq <= hi for lo, hi in self.runs.get(ring, ()))
+
+
+def _fresh(placed: list[tuple[str, _Good]], done: _Covered) -> list[tuple[str, _Good]]:
+    """Per entry, its records not yet counted: in no run of ``done`` and not in an
+    earlier entry of the batch (the daemon's resent batch can follow the first)."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for eid, good in placed:
+        keep = []
+        for p in good:
+            k = (p[0], p[1])
+            if k not in seen and not done.has(*k):
+                seen.add(k)
+                keep.append(p)
+        out.append((eid, keep))
+    return out
+
+
+def _spans(placed: Iterable[tuple[str, int, Any, Any]]) -> dict[str, tuple[int, int]]:
+    """Per ring, the lowest and highest sequence number among ``placed``."""
+    out: dict[str, tuple[int, int]] = {}
+    for ring, seq, _, _ in placed:
+        lo, hi = out.get(ring, (seq, seq))
+        out[ring] = (min(lo, seq), max(hi, seq))
+    return out
+
+
+def _runs(placed: list[tuple[str, int, Any, Any]]) -> list[tuple[str, int, int]]:
+    """``placed`` as runs of consecutive sequence numbers per ring."""
+    out: list[tuple[str, int, int]] = []
+    for ring, seq in sorted({(p[0], p[1]) for p in placed}):
+        if out and out[-1][0] == ring and out[-1][2] == seq - 1:
+            out[-1] = (ring, out[-1][1], seq)
+        else:
+            out.append((ring, seq, seq))
+    return out
