@@ -50,17 +50,19 @@ class PumpCollector(Collector):
     """Reads every worker slot (and the supervisor's own gauges) at scrape time."""
 
     def __init__(self, slots: Mapping[str, Sequence[Slot]],
-                 lag: Callable[[], Iterable[tuple[str, str, float, float]]],
+                 lag: Callable[[], Iterable[tuple[str, str, float, float, float]]],
                  restarts: Callable[[str], int],
                  alive: Callable[[str], int],
                  foreign: Callable[[], Iterable[tuple[str, str, int | None, int]]] = list,
-                 trims: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+                 trims: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
         self.slots = slots
         self.lag = lag
         self.restarts = restarts
         self.alive = alive
         self.foreign = foreign
         self.trims = trims
+        self.readiness = readiness
 
     def collect(self) -> Iterable[Any]:
         p = "collector_pump_"
@@ -84,15 +86,31 @@ class PumpCollector(Collector):
         pending = GaugeMetricFamily(p + "group_pending_entries",
                                     "Entries delivered to the group but not acknowledged.",
                                     labels=["sink", "stream"])
+        oldest = GaugeMetricFamily(p + "group_oldest_age_seconds",
+                                   "Age of the oldest entry the sink's group has not "
+                                   "acknowledged (0: none).", labels=["sink", "stream"])
         try:
             rows = list(self.lag())
         except Exception:
             rows = []
-        for sink, stream, lag_v, pend in rows:
+        for sink, stream, lag_v, pend, age in rows:
             lag.add_metric([sink, stream], lag_v)
             pending.add_metric([sink, stream], pend)
+            oldest.add_metric([sink, stream], age)
         yield lag
         yield pending
+        yield oldest
+        if self.readiness is not None:
+            ready, detail = self.readiness()
+            yield GaugeMetricFamily(p + "ready", "1 while /readyz says 200.",
+                                    value=1.0 if ready else 0.0)
+            per_sink = GaugeMetricFamily(p + "sink_ready",
+                                         "1 while /readyz counts the sink ready.",
+                                         labels=["sink"])
+            for sink in self.slots:
+                ok = detail.get("sinks", {}).get(sink, {}).get("ready")
+                per_sink.add_metric([sink], 1.0 if ok else 0.0)
+            yield per_sink
         foreign = GaugeMetricFamily(
             p + "foreign_group_lag_entries",
             "Consumer groups on the stream of no configured sink nor respect_groups (trimming "

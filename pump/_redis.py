@@ -128,3 +128,21 @@ def group_lag(r: redis.Redis, key: str, group: str) -> tuple[int, int]:
                 r.xrange(key, min=f"({last}", max="+", count=100_000))
         return int(lag), pending
     return int(r.xlen(key)), 0
+
+
+def oldest_unacked_ms(r: redis.Redis, key: str, group: str) -> int | None:
+    """Unix ms (from its id) of the oldest entry of ``key`` that ``group`` has not
+    acknowledged, pending or not yet delivered; None when there is none."""
+    last, pending = "0-0", 0
+    for g in group_info(r, key):
+        if _s(g["name"]) == group:
+            last = _s(g.get("last-delivered-id") or "0-0")
+            pending = int(g.get("pending") or 0)
+            break
+    if pending:
+        summary = r.xpending(key, group)
+        low = summary.get("min") if isinstance(summary, dict) else None
+        if low is not None:
+            return parse_entry_id(_s(low))[0]
+    nxt = r.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+", count=1)
+    return parse_entry_id(_s(nxt[0][0]))[0] if nxt else None

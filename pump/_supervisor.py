@@ -39,7 +39,7 @@ from collector.common.stream import SOCKET_NAME, default_runtime_dir
 
 from ._groups import ForeignReport, foreign_rows
 from ._metrics import STATE_OUTAGE, STATE_STARTING, WORKER_COUNTERS, PumpCollector
-from ._redis import connect, ensure_groups, group_lag, trim_acknowledged
+from ._redis import connect, ensure_groups, group_lag, oldest_unacked_ms, trim_acknowledged
 from ._source import ListMover
 from ._worker import worker_main
 from .config import PumpConfig
@@ -99,7 +99,7 @@ class Supervisor:
         self.registry.register(PumpCollector(
             by_sink, self._lag_rows,
             lambda sink: sum(sl.restarts for sl in self.slots if sl.sink == sink),
-            self._alive_count, self._foreign_rows, self._trim_totals))
+            self._alive_count, self._foreign_rows, self._trim_totals, self.readiness))
         self.httpd: HealthServer | None = None
         self.mover: ListMover | None = None
         self._threads: list[threading.Thread] = []
@@ -114,12 +114,16 @@ class Supervisor:
         return sum(1 for s in self.slots if s.sink == sink and s.proc is not None
                    and s.proc.is_alive())
 
-    def _lag_rows(self) -> list[tuple[str, str, float, float]]:
+    def _lag_rows(self) -> list[tuple[str, str, float, float, float]]:
+        """(sink, stream, lag, pending, age in s of the oldest unacknowledged entry or 0)."""
         rows = []
+        now_ms = time.time() * 1000
         for sink in self.config.pumps:
             for key in self.keys:
                 lag, pending = group_lag(self.r, key, sink)
-                rows.append((sink, key, float(lag), float(pending)))
+                oldest = oldest_unacked_ms(self.r, key, sink) if lag or pending else None
+                age = max(0.0, now_ms - oldest) / 1000 if oldest is not None else 0.0
+                rows.append((sink, key, float(lag), float(pending), age))
         return rows
 
     def _foreign_rows(self) -> list[tuple[str, str, int | None, int]]:

@@ -100,6 +100,11 @@ class DaemonCollector(Collector):
         for key, length in sup.backlog().items():
             backlog.add_metric([key], float(length))
         yield backlog
+        yield GaugeMetricFamily(P + "stream_backlog_budget_entries",
+                                "max_backlog_entries: at it, flushers keep records in the rings.",
+                                value=float(sup.cfg.max_backlog_entries))
+        yield GaugeMetricFamily(P + "ready", "1 while /readyz says 200.",
+                                value=1.0 if sup.readiness()[0] else 0.0)
 
         yield GaugeMetricFamily(P + "flushers_alive", "Flusher processes alive.",
                                 value=float(sum(1 for s in slots if s.alive())))

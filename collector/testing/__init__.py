@@ -43,6 +43,12 @@ collector-daemon, collector-pump, gunicorn
     WSGI app on a free port. :func:`write_config`, :func:`http_get`,
     :func:`kill_tree`.
 
+Prometheus
+    :class:`Prometheus` ``(workdir, {job: [addresses]}, rule_files=..., interval_s=...)``:
+    a real ``prometheus`` server (Debian's package) scraping the given
+    services; ``query(expr)``, ``alerts()`` (name -> ``pending``/``firing``),
+    ``scraped()``.
+
 PostgreSQL (the machine's, shared: never stopped)
     :func:`pg_dsn` (``$COLLECTOR_TEST_PG_DSN``), :func:`unique_table`,
     :func:`drop_tables`, and :func:`locked_tables`: an outage of a
@@ -110,6 +116,7 @@ if TYPE_CHECKING:
         write_config,
     )
     from ._producers import Producers, record_through_analytics, write_ring
+    from ._prometheus import Prometheus
     from ._records import (
         Accounting,
         account,
@@ -141,6 +148,7 @@ _WHERE = {
     "HttpPeer": "_http_peer",
     "MongoPeer": "_peers",
     "Producers": "_producers",
+    "Prometheus": "_prometheus",
     "Pump": "_services",
     "QUICK_DAEMON": "_services",
     "QUICK_PUMP": "_services",
@@ -205,6 +213,7 @@ __all__ = [
     "HttpPeer",
     "MongoPeer",
     "Producers",
+    "Prometheus",
     "Pump",
     "RedisServer",
     "Service",
