@@ -84,7 +84,7 @@ class Delivery:
         self.pipeline = RecordPipeline(
             spec.filters, omit=config.omit_for(sink_name),
             detail_fields=config.detail_fields, max_record_size=spec.max_record_bytes,
-            sink=sink_name)
+            sink=sink_name, decode=not sink.forwards_bytes)
         self.dead = DeadLetters(r, sink_name, self.group, counters)
         self.first_failure: dict[str, float] = {}  # entry id -> time.time() it first failed
 

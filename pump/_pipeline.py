@@ -1,11 +1,23 @@
 """Stream entries -> sink records: decode, convert iam's records, filter, omit
 detail, trim.
 
-This is the per-record hot path of a worker; it avoids Python work beyond
-one ``ormsgpack.unpackb`` (Rust; ``msgpack.unpackb`` for the records it
-rejects, such as maps with non-string keys; ``pump/sinks/_values.py``) and
-the steps that are configured. A record that cannot be decoded or converted
-becomes a dead letter of its own (``pump/_deadletter.py``); its neighbours go on.
+This is the per-record hot path of a worker. Per entry: one comprehension
+of ``ormsgpack.unpackb`` calls (Rust) over its records with one extension
+hook, the record ids in one step, then the configured steps as one function
+compiled per sink and record format (:func:`compile_steps`: iam conversion,
+filters, omit-detail), so a record costs little more than its decode. Only
+when a record of the entry does not decode that way (a map with non-string
+keys, which ``msgpack.unpackb`` takes; a bad extension; not msgpack at all)
+is the entry taken record by record (``pump/sinks/_values.py``); a record
+that cannot be decoded or converted becomes a dead letter of its own
+(``pump/_deadletter.py``), its neighbours go on.
+
+``Record.raw`` is the record's msgpack as the app wrote it when the steps
+left its fields alone; a record they changed is a
+:class:`~pump.sinks.ChangedRecord`, packed again only if something reads its
+``raw`` (``max_record_bytes``, a sink that forwards bytes). A sink that says
+``forwards_bytes`` and has no steps to run gets its records undecoded
+(:class:`~pump.sinks.RawRecord`: ``data`` is decoded only if it is read).
 """
 
 from __future__ import annotations
@@ -15,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from collector.common.log import get_logger
-from collector.common.stream import BadEntry, Entry, decode_entry, encode_entry
+from collector.common.stream import BadEntry, Entry, decode_entry, encode_entry, record_id
 
 from ._deadletter import DeadItem, DeadReason
 from .config import Filters
 from .iam.record import NotAnIamRecord, is_iam, to_iam
-from .sinks._base import Record
-from .sinks._values import UndecodableRecord, pack_record, unpack_record
+from .sinks._base import ChangedRecord, RawRecord, Record
+from .sinks._values import UndecodableRecord, pack_record, unpack_record, unpack_records
 
 log = get_logger(__name__)
 
@@ -109,15 +121,93 @@ def trim_record(data: dict[str, Any], raw: bytes, limit: int) -> tuple[dict[str,
     return data, raw
 
 
+#: ``run(ids, datas, raws, seen) -> (records, n_filtered, [(index, why not convertible)])``
+Steps = Callable[[list[str], list[Any], list[bytes], "Callable[[Any], None] | None"],
+                 tuple[list[Record], int, list[tuple[int, str]]]]
+
+
+def compile_steps(filters: Filters, omit_fields: Sequence[str], fmt: str) -> Steps | None:
+    """The steps a sink's records go through, as one function over an entry's records.
+
+    ``fmt`` is the entry's record format: ``"iam"`` converts every record
+    (:func:`~pump.iam.record.to_iam`), ``"auto"`` those with iam's field
+    names, ``""`` none. Then the filters (the semantics of
+    :func:`compile_filter`, inlined), then omit-detail (a listed field that is
+    set becomes ``""``). None when there is nothing to do.
+    """
+    include, exclude = filters.effective() if filters.active else ({}, {})
+    inc = tuple(include.items())
+    exc = tuple(exclude.items())
+    omit = tuple(omit_fields)
+    if not (inc or exc or omit or fmt):
+        return None
+    convert_all = fmt == "iam"
+    convert_some = fmt == "auto"
+    filtering = bool(inc or exc)
+
+    def run(ids: list[str], datas: list[Any], raws: list[bytes],
+            seen: Callable[[Any], None] | None
+            ) -> tuple[list[Record], int, list[tuple[int, str]]]:
+        recs: list[Record] = []
+        bad: list[tuple[int, str]] = []
+        filtered = 0
+        for i, data in enumerate(datas):
+            changed = False
+            if convert_all or (convert_some and is_iam(data)):
+                try:
+                    data = to_iam(data)
+                except NotAnIamRecord as err:
+                    bad.append((i, str(err)))
+                    continue
+                changed = True
+            if filtering:
+                if seen is not None:
+                    seen(data)
+                get = data.get
+                drop = False
+                try:
+                    for name, values in inc:
+                        if get(name) not in values:
+                            drop = True
+                            break
+                    else:
+                        for name, values in exc:
+                            if get(name) in values:
+                                drop = True
+                                break
+                except TypeError:  # an unhashable value matches no listed value
+                    drop = bool(inc)
+                if drop:
+                    filtered += 1
+                    continue
+            if omit:
+                for name in omit:
+                    if data.get(name):
+                        data[name] = ""
+                        changed = True
+            recs.append(ChangedRecord(ids[i], data, b"") if changed
+                        else Record(ids[i], data, raws[i]))
+        return recs, filtered, bad
+
+    return run
+
+
 class RecordPipeline:
-    """Per-sink settings applied to every record, in the seed's order."""
+    """Per-sink settings applied to every record, in the seed's order.
+
+    ``decode=False`` (a sink that ``forwards_bytes``): with no steps to run,
+    records are handed on undecoded (:class:`~pump.sinks.RawRecord`).
+    """
 
     def __init__(self, filters: Filters, *, omit: bool, detail_fields: Sequence[str],
-                 max_record_size: int | None, sink: str = "") -> None:
+                 max_record_size: int | None, sink: str = "", decode: bool = True) -> None:
         self.keep = compile_filter(filters)
         self.omit_fields = tuple(detail_fields) if omit else ()
         self.max_record_size = max_record_size
         self.sink = sink
+        self.decode = decode
+        self._steps = {fmt: compile_steps(filters, self.omit_fields, fmt)
+                       for fmt in ("", "iam", "auto")}
         include, exclude = filters.effective()
         # Filter fields not seen in any record yet (warned about after FILTER_FIELD_PROBE).
         self._unseen = set(include) | set(exclude)
@@ -125,7 +215,6 @@ class RecordPipeline:
 
     def prepare(self, entries: Sequence[tuple[Any, Fields]]) -> Prepared:
         out = Prepared()
-        plain = self.keep is None and not self.omit_fields and self.max_record_size is None
         for eid_raw, fields in entries:
             eid = eid_raw.decode() if isinstance(eid_raw, bytes) else eid_raw
             try:
@@ -136,11 +225,7 @@ class RecordPipeline:
                                          eid))
                 continue
             out.n_in += len(entry.records)
-            recs = None
-            if plain and not entry.fmt:
-                recs = _plain_records(entry)
-            if recs is None:
-                recs = self._records(entry, eid, out)
+            recs = self._entry(entry, eid, out)
             if recs:
                 out.entries.append(EntryRecords(eid, recs, fields))
             else:
@@ -149,55 +234,77 @@ class RecordPipeline:
             self._probe_filter_fields(out)
         return out
 
-    def _records(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
-        """The entry's records one by one: decode, convert, filter, omit, trim."""
-        keep = self.keep
-        omit_fields = self.omit_fields
-        limit = self.max_record_size
-        fmt = entry.fmt
+    def _entry(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
+        """One entry's records: one decode pass, the compiled steps, then trimming."""
+        steps = self._steps[entry.fmt]
+        raws = entry.records
+        if steps is None and not self.decode and self.max_record_size is None:
+            return list(map(RawRecord, entry.ids(), _NONES * len(raws), raws))
+        datas = unpack_records(raws)
+        if datas is None or {*map(type, datas)} != _DICT_ONLY:
+            return self._careful(entry, eid, out)
         ids = entry.ids()
-        first = entry.first_seq
-        recs = []
-        for i, raw in enumerate(entry.records):
+        if steps is None:
+            recs = list(map(Record, ids, datas, raws))
+        else:
+            probing = self._unseen and self.keep is not None and self._probed < FILTER_FIELD_PROBE
+            recs, filtered, bad = steps(ids, datas, raws,
+                                        self._unseen.difference_update if probing else None)
+            out.n_filtered += filtered
+            for i, why in bad:
+                self._dead(out, entry, eid, i, DeadReason.UNCONVERTIBLE_RECORD, why)
+        if self.max_record_size is not None:
+            self._trim(recs, out)
+        return recs
+
+    def _careful(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
+        """The entry record by record: what decodes goes on, the rest is dead-lettered."""
+        steps = self._steps[entry.fmt]
+        ids, raws = entry.ids(), entry.records
+        good_ids, datas, good_raws = [], [], []
+        for i, raw in enumerate(raws):
             try:
                 data = unpack_record(raw)
                 if type(data) is not dict:
                     raise UndecodableRecord(
                         f"record is a msgpack {type(data).__name__}, not a map")
             except UndecodableRecord as exc:
-                out.n_decode_errors += 1
-                out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
-                                         DeadReason.UNDECODABLE_RECORD, str(exc), eid, ids[i]))
+                self._dead(out, entry, eid, i, DeadReason.UNDECODABLE_RECORD, str(exc))
                 continue
-            changed = False
-            if fmt == "iam" or (fmt == "auto" and is_iam(data)):
-                try:
-                    data = to_iam(data)
-                except NotAnIamRecord as exc:
-                    out.n_decode_errors += 1
-                    out.dead.append(DeadItem(encode_entry(entry.ring, first + i, [raw], fmt),
-                                             DeadReason.UNCONVERTIBLE_RECORD, str(exc), eid,
-                                             ids[i]))
-                    continue
-                changed = True
-            if keep is not None:
-                if self._unseen:
-                    self._unseen.difference_update(data)
-                if not keep(data):
-                    out.n_filtered += 1
-                    continue
-            if omit_fields:
-                for name in omit_fields:
-                    if data.get(name):
-                        data[name] = ""
-                        changed = True
-            if changed:
-                raw = pack_record(data)
-            if limit is not None and len(raw) > limit:
-                data, raw = trim_record(data, raw, limit)
-                out.n_trimmed += 1
-            recs.append(Record(ids[i], data, raw))
+            good_ids.append(ids[i])
+            datas.append(data)
+            good_raws.append(raw)
+        if steps is None:
+            recs = list(map(Record, good_ids, datas, good_raws))
+        else:
+            probing = self._unseen and self.keep is not None
+            recs, filtered, bad = steps(good_ids, datas, good_raws,
+                                        self._unseen.difference_update if probing else None)
+            out.n_filtered += filtered
+            index = {rid: i for i, rid in enumerate(ids)}
+            for j, why in bad:
+                self._dead(out, entry, eid, index[good_ids[j]], DeadReason.UNCONVERTIBLE_RECORD,
+                           why)
+        if self.max_record_size is not None:
+            self._trim(recs, out)
         return recs
+
+    @staticmethod
+    def _dead(out: Prepared, entry: Entry, eid: str, i: int, reason: DeadReason,
+              why: str) -> None:
+        out.n_decode_errors += 1
+        out.dead.append(DeadItem(
+            encode_entry(entry.ring, entry.first_seq + i, [entry.records[i]], entry.fmt),
+            reason, why, eid, record_id(entry.ring, entry.first_seq + i)))
+
+    def _trim(self, recs: list[Record], out: Prepared) -> None:
+        limit = self.max_record_size
+        assert limit is not None
+        for rec in recs:
+            raw = rec.raw or pack_record(rec.data)
+            if len(raw) > limit:
+                rec.data, rec.raw = trim_record(rec.data, raw, limit)
+                out.n_trimmed += 1
 
     def _probe_filter_fields(self, out: Prepared) -> None:
         if self._probed >= FILTER_FIELD_PROBE:
@@ -209,12 +316,5 @@ class RecordPipeline:
                         fields=",".join(sorted(self._unseen)), records=self._probed)
 
 
-def _plain_records(entry: Entry) -> list[Record] | None:
-    """No steps configured: one comprehension per entry; None if a record needs care."""
-    try:
-        datas = list(map(unpack_record, entry.records))
-    except UndecodableRecord:
-        return None
-    if not all(type(d) is dict for d in datas):
-        return None
-    return list(map(Record, entry.ids(), datas, entry.records))
+_DICT_ONLY = {dict}
+_NONES = [None]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from ._base import (
     Batch,
+    ChangedRecord,
     OutageError,
     PermanentError,
+    RawRecord,
     Record,
     RetryableError,
     Sink,
@@ -24,8 +26,10 @@ from ._registry import BUILTIN_MODULES, build_sink, registry, sink_class
 __all__ = [
     "BUILTIN_MODULES",
     "Batch",
+    "ChangedRecord",
     "OutageError",
     "PermanentError",
+    "RawRecord",
     "Record",
     "RetryableError",
     "Sink",

@@ -84,7 +84,58 @@ class Record:
 
     id: str
     data: dict[str, Any]
-    raw: bytes = b""  # the record's msgpack bytes as the app wrote them
+    #: The msgpack of ``data``: the bytes the app wrote when the pump left the fields
+    #: alone; packed from ``data`` when first read if the pump changed them
+    #: (:class:`ChangedRecord`); ``b""`` for a record made without it.
+    raw: bytes = b""
+
+
+_DATA = Record.__dict__["data"]  # the slots under the properties below
+_RAW = Record.__dict__["raw"]
+
+
+class ChangedRecord(Record):
+    """A record whose fields the pump changed (iam conversion, omit-detail): ``raw``
+    is packed from ``data`` the first time it is read, so a sink that never reads
+    it never pays for it."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def raw(self) -> bytes:
+        value = _RAW.__get__(self)
+        if not value:
+            from ._values import pack_record
+
+            value = pack_record(self.data)
+            _RAW.__set__(self, value)
+        return value  # type: ignore[no-any-return]
+
+    @raw.setter
+    def raw(self, value: bytes) -> None:
+        _RAW.__set__(self, value)
+
+
+class RawRecord(Record):
+    """A record handed on undecoded (a sink that ``forwards_bytes``, nothing to
+    filter or omit): ``data`` is decoded from ``raw`` the first time it is read
+    (``UndecodableRecord`` if it does not decode)."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def data(self) -> dict[str, Any]:
+        value = _DATA.__get__(self)
+        if value is None:
+            from ._values import unpack_record
+
+            value = unpack_record(self.raw)
+            _DATA.__set__(self, value)
+        return value  # type: ignore[no-any-return]
+
+    @data.setter
+    def data(self, value: dict[str, Any] | None) -> None:
+        _DATA.__set__(self, value)
 
 
 @dataclass(slots=True)
@@ -146,6 +197,9 @@ class Sink:
     Config: ClassVar[type[SinkConfig]] = SinkConfig
     #: True when redelivering a batch cannot create duplicates in the target.
     deduplicates: ClassVar[bool] = False
+    #: True when the sink writes ``Record.raw`` and never reads ``data``: with no
+    #: filters, omit-detail or trimming, its records are not decoded at all.
+    forwards_bytes: ClassVar[bool] = False
     #: Modules the sink imports when it opens (its driver), and the ``collector[...]``
     #: extra that installs them; the pump refuses to start without them.
     requires: ClassVar[tuple[str, ...]] = ()
@@ -196,8 +250,10 @@ def register(cls: type[Sink]) -> type[Sink]:
 
 __all__ = [
     "Batch",
+    "ChangedRecord",
     "OutageError",
     "PermanentError",
+    "RawRecord",
     "Record",
     "RetryableError",
     "Sink",

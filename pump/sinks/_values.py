@@ -32,7 +32,7 @@ import msgpack
 import ormsgpack
 
 __all__ = ["Int64", "Timestamp", "UndecodableRecord", "json_default", "pack_record",
-           "time_text", "unpack_record"]
+           "time_text", "unpack_record", "unpack_records"]
 
 TIMESTAMP_EXT = -1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -187,6 +187,17 @@ def unpack_record(raw: bytes) -> Any:
     except Exception as exc:
         raise UndecodableRecord(f"record does not decode: {exc}") from None
     return _with_timestamps(value)
+
+
+def unpack_records(raws: list[bytes]) -> list[Any] | None:
+    """An entry's records decoded in one pass (one ormsgpack call each, one hook);
+    None when any of them needs :func:`unpack_record`'s care."""
+    hook = _ExtHook()
+    fast = _fast
+    try:
+        return [fast(raw, ext_hook=hook) for raw in raws]
+    except Exception:
+        return None
 
 
 def _slow_ext(code: int, data: bytes) -> Any:

@@ -13,8 +13,12 @@ Modes
     ``RPUSH`` each record's msgpack map: the seed's format, so an unchanged
     iam-pump (or anything reading ``analytics-...`` lists) can consume it.
 
-Records are re-encoded from their (filtered) fields, so omissions applied by
-the pump are honoured; times go back as the msgpack timestamp extension.
+Records are forwarded as the msgpack bytes the app wrote (``Record.raw``);
+only those whose fields the pump changed (omit-detail, iam conversion) are
+encoded again from their fields, times as the msgpack timestamp extension.
+The sink ``forwards_bytes``: without filters, omit-detail or
+``max_record_bytes`` the pump does not decode its records at all, so a record
+that is not msgpack is forwarded as the bytes it is instead of dead-lettered.
 ``max_entries > 0`` trims a stream approximately.
 
 Deduplication: the batch is written by one Lua script that first adds each
@@ -125,6 +129,7 @@ class RedisConfig(SinkConfig):
 class RedisSink(Sink):
     name = "redis"
     Config = RedisConfig
+    forwards_bytes = True
 
     def __init__(self, config: RedisConfig) -> None:  # type: ignore[override]
         super().__init__(config)
@@ -175,7 +180,7 @@ class RedisSink(Sink):
         try:
             for r in batch.records:
                 args.append(r.id)
-                args.append(_pack(r.data))
+                args.append(r.raw or _pack(r.data))
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"redis sink: a record cannot be msgpack-encoded: {exc}") from exc
         self._call(deadline, "write", lambda: self._script(

@@ -1,0 +1,121 @@
+"""The pipeline's fast paths (issue 18): one decode pass per entry, the steps
+compiled into one function, records a forwarding sink gets undecoded.
+
+Each path is checked against the careful one it replaces: the same records
+with the same ids come out, and the real worker into a real redis sink
+(the ``redis_server`` fixture) counts records by id (lost, duplicated,
+unexpected).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import msgpack
+
+from collector.common.stream import encode_entry
+from collector.testing import RedisServer, account, wait_until
+from pump._metrics import WORKER_COUNTERS
+from pump._pipeline import RecordPipeline, compile_filter, compile_steps
+from pump._redis import ensure_groups, group_lag
+from pump._worker import Stopper, Worker
+from pump.config import Filters, load_config
+from pump.sinks import ChangedRecord, RawRecord, Record
+
+from .pump_plugins import make_record, produce
+
+KEY = "collector:analytics"
+RING = "f" * 32
+
+
+def _entry(recs: list[bytes], first: int = 0, fmt: str | None = None) -> tuple[bytes, Any]:
+    return (b"1-0", encode_entry(RING, first, recs, fmt))
+
+
+def test_compiled_steps_keep_what_the_filter_keeps() -> None:
+    filters = Filters(include={"effect": ["allow", "audit"]}, exclude={"seq": [4, 9]},
+                      skip_usernames=["user3"])
+    keep = compile_filter(filters)
+    steps = compile_steps(filters, ["policies"], "")
+    assert keep is not None and steps is not None
+    values: list[Any] = ["allow", "deny", "audit", None, ["unhashable"]]
+    datas = [{"seq": seq, "username": f"user{seq % 5}", "effect": effect, "policies": "p"}
+             for seq, effect in enumerate(itertools.islice(itertools.cycle(values), 60))]
+    for d in datas[::7]:
+        del d["effect"]  # a missing field is None for the filter
+    ids = [f"r:{d['seq']}" for d in datas]
+    expected = [i for i, d in zip(ids, datas, strict=True) if keep(dict(d))]
+    recs, filtered, bad = steps(ids, datas, [b""] * len(datas), None)
+    assert [r.id for r in recs] == expected and filtered == len(datas) - len(expected)
+    assert bad == [] and all(r.data["policies"] == "" for r in recs)
+    assert all(isinstance(r, ChangedRecord) for r in recs)
+    assert msgpack.unpackb(recs[0].raw)["policies"] == ""  # packed when read
+    assert compile_steps(Filters(), [], "") is None
+
+
+def test_an_entry_with_a_record_the_fast_decode_refuses_goes_record_by_record() -> None:
+    recs = [make_record(0), msgpack.packb({b"bin key": 1, "seq": 1}), b"\xc1 not msgpack",
+            make_record(3)]
+    pipe = RecordPipeline(Filters(exclude={"seq": [0]}), omit=False, detail_fields=[],
+                          max_record_size=None)
+    out = pipe.prepare([_entry(recs, first=10)])
+    assert [(r.id, r.data["seq"]) for r in out.records()] == [(f"{RING}:11", 1),
+                                                              (f"{RING}:13", 3)]
+    assert out.records()[0].data[b"bin key"] == 1  # msgpack's slow path takes it
+    assert out.n_filtered == 1 and out.n_decode_errors == 1
+    assert [d.record_id for d in out.dead] == [f"{RING}:12"]
+
+
+def test_unconvertible_iam_record_is_dead_lettered_under_its_own_id() -> None:
+    good = msgpack.packb({"TimeStamp": 5, "Username": "u", "Effect": "allow"})
+    bad = msgpack.packb({"TimeStamp": "not a number", "Username": "u"})
+    pipe = RecordPipeline(Filters(), omit=False, detail_fields=[], max_record_size=None)
+    out = pipe.prepare([_entry([good, bad, good], first=7, fmt="iam")])
+    assert [r.id for r in out.records()] == [f"{RING}:7", f"{RING}:9"]
+    assert out.records()[0].data["username"] == "u"
+    assert [d.record_id for d in out.dead] == [f"{RING}:8"]
+
+
+def test_a_forwarding_sink_gets_the_apps_bytes_undecoded_unless_a_step_changes_them() -> None:
+    recs = [make_record(i) for i in range(3)]
+    plain = RecordPipeline(Filters(), omit=False, detail_fields=[], max_record_size=None,
+                           decode=False).prepare([_entry(recs)])
+    got = plain.records()
+    assert all(type(r) is RawRecord for r in got)
+    assert [r.raw for r in got] == recs  # the very bytes, never decoded
+    assert got[1].data == msgpack.unpackb(recs[1])  # decoded only when read
+    omitted = RecordPipeline(Filters(), omit=True, detail_fields=["policies"],
+                             max_record_size=None, decode=False).prepare([_entry(recs)])
+    assert [msgpack.unpackb(r.raw)["policies"] for r in omitted.records()] == ["", "", ""]
+    decoded = RecordPipeline(Filters(), omit=False, detail_fields=[],
+                             max_record_size=None).prepare([_entry(recs)])
+    assert all(type(r) is Record and r.raw == raw
+               for r, raw in zip(decoded.records(), recs, strict=True))
+
+
+def test_worker_forwards_bytes_into_a_redis_sink_nothing_lost(redis_server: RedisServer) -> None:
+    r = redis_server.client()
+    cfg = load_config({"redis_url": redis_server.url, "read_block_s": 0.05, "read_count": 10,
+                       "retry_initial_ms": 5, "retry_max_ms": 20, "batch_deadline_s": 0.2,
+                       "claim_idle_ms": 500,
+                       "pumps": {"fwd": {"type": "redis", "meta": {
+                           "url": redis_server.url, "key": "forwarded"}}}}, environ={})
+    w = Worker(cfg, "fwd", counters=WORKER_COUNTERS.local_slot(), stopper=Stopper())
+    w.sink.open()
+    ensure_groups(r, [KEY], "fwd")
+    expected = produce(r, 250, per_entry=25, ring=RING)
+
+    def drained() -> bool:
+        w.step()
+        return group_lag(r, KEY, "fwd") == (0, 0)
+
+    wait_until(drained, 30, "the worker to forward every entry", interval=0)
+    w.sink.close()
+    rows = r.xrange("forwarded")
+    got = Counter(int(f[b"id"].decode().rpartition(":")[2]) for _, f in rows)
+    acc = account(got, expected)
+    assert (acc.lost, acc.duplicated, acc.unexpected) == (0, 0, 0), acc
+    assert all(f[b"rec"] == make_record(int(f[b"id"].decode().rpartition(":")[2]))
+               for _, f in rows)
