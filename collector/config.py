@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 import ringbuf
 
@@ -80,6 +80,15 @@ class CollectorConfig(ServiceSettings):
     def _power_of_two(cls, v: int) -> int:
         ringbuf.check_capacity(v)
         return v
+
+    @model_validator(mode="after")
+    def _ring_holds_records(self) -> CollectorConfig:
+        try:  # the check the app's ring makes when it opens (collector._client)
+            ringbuf.check_capacity(self.ring_capacity_bytes, self.max_record_bytes)
+        except ValueError as exc:
+            raise ValueError(f"ring_capacity_bytes={self.ring_capacity_bytes} and "
+                             f"max_record_bytes={self.max_record_bytes}: {exc}") from None
+        return self
 
     # -- derived ------------------------------------------------------------
     @property

@@ -248,6 +248,20 @@ def _unknown(var: str, top: Mapping[str, EnvKey], sinks: Mapping[str, str]) -> s
             "COLLECTOR_PUMP_REDIS_PASSWORD/_USERNAME")
 
 
+def _unknown_meta(var: str, sinks: Mapping[str, str], classes: Mapping[str, Any]) -> str | None:
+    """The line for COLLECTOR_PUMP_<SINK>_META_<KEY> naming no key of that sink's meta:
+    it lists that sink's meta keys (None when ``var`` is not of that form)."""
+    for env_sink, sink in sorted(sinks.items(), key=lambda kv: -len(kv[0])):
+        prefix = f"{ENV_PREFIX}{env_sink}_META_"
+        if var.startswith(prefix) and sink in classes:
+            cls = classes[sink]
+            keys = ", ".join(sorted(cls.Config.model_fields))
+            return (f"environment {var} (pumps.{sink}.meta.{var[len(prefix):].lower()}): "
+                    f"unknown key of the {cls.name} sink's meta; its meta keys: {keys} "
+                    f"(each as {prefix}<KEY>)")
+    return None
+
+
 def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | PumpConfig | None,
     *,
@@ -319,7 +333,8 @@ def load_config(
                                ("pumps", sink, "meta"))
         problems += apply_env(data, meta_table, env, sources)
         table.update(meta_table)
-    problems += [_unknown(var, top, sink_names) for var in sorted(env)
+    problems += [_unknown_meta(var, sink_names, classes) or _unknown(var, top, sink_names)
+                 for var in sorted(env)
                  if var.startswith(ENV_PREFIX) and var not in table and var not in _ENV_IGNORED]
     if import_error:
         problems.append(import_error)

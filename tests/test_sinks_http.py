@@ -109,9 +109,8 @@ def test_unreachable_and_missing_auth_env(monkeypatch: pytest.MonkeyPatch) -> No
         sink.health_check(deadline=time.monotonic() + 2)
     sink.close()
     monkeypatch.delenv("PUMP_TEST_MISSING", raising=False)
-    bad = build_sink("http", {"url": "http://127.0.0.1:1/", "auth_env": "PUMP_TEST_MISSING"})
-    with pytest.raises(PermanentError, match="PUMP_TEST_MISSING"):
-        bad.open()
+    with pytest.raises(ValidationError, match="PUMP_TEST_MISSING"):  # refused at load
+        build_sink("http", {"url": "http://127.0.0.1:1/", "auth_env": "PUMP_TEST_MISSING"})
 
 
 def test_bad_meta_names_the_key() -> None:

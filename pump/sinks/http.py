@@ -25,7 +25,8 @@ request, bounded by ``max_request_s``.
 Headers: ``headers`` are sent as they are; the value of ``auth_header``
 (default ``Authorization``) is read from the environment variable named in
 ``auth_env`` (e.g. ``Bearer ...``; name the variable outside the ``COLLECTOR_``
-prefix, which the daemon and the pump check). Neither is ever logged; header
+prefix, which the daemon and the pump check); a variable that is not set is
+refused when the config loads (``collector-pump --check`` too). Neither is ever logged; header
 values and URLs are secrets in the config (never shown).
 """
 
@@ -61,6 +62,14 @@ class HttpConfig(SinkConfig):
     max_request_s: float = Field(default=60.0, gt=0, description="cap on one request's time")
     health_url: SecretUrl | None = Field(default=None,
                                          description="GET this for health; else TCP")
+
+    @field_validator("auth_env")
+    @classmethod
+    def _auth_env_set(cls, value: str | None) -> str | None:
+        if value is not None and value not in os.environ:
+            raise ValueError(f"the environment variable {value!r} is not set; it must hold "
+                             "the value of auth_header (e.g. 'Bearer ...') when the pump starts")
+        return value
 
     @field_validator("url", "health_url")
     @classmethod
