@@ -64,6 +64,9 @@ class CollectorConfig(ServiceSettings):
 
     # -- daemon: Redis (and the shared redis_* / stream_* keys) ------------
     max_backlog_entries: int = Field(default=100_000, ge=1)
+    # WAIT for this many replicas after each batch; commit the ring only then
+    min_replicas_acked: int = Field(default=0, ge=0, le=16)
+    replica_ack_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     runtime_dir: str = Field(default_factory=lambda: str(default_runtime_dir()))
     redis_server: str = "redis-server"
 

@@ -46,6 +46,9 @@ class EntryReader:
         self.pending_due = 0.0  # look at our own pending entries first (restart)
         self.claim_due = 0.0
         self.claim_every = min(config.claim_idle_ms / 2000, 30.0)
+        # a cluster takes one stream per XREADGROUP (shards are in different slots)
+        self.per_shard = config.cluster() and len(self.keys) > 1
+        self.next_shard = 0
 
     def pending_now(self) -> None:
         """Look at this consumer's pending entries on the next turn (an ack may be lost)."""
@@ -68,13 +71,38 @@ class EntryReader:
             handled += self._own_pending()
         if self.stopper.is_set():
             return handled
-        resp = self.r.xreadgroup(self.group, self.consumer, {k: ">" for k in self.keys},
-                                 count=self.config.read_count, block=self.block_ms)
+        if self.per_shard:
+            resp = self._read_shards()
+        else:
+            resp = self.r.xreadgroup(self.group, self.consumer, {k: ">" for k in self.keys},
+                                     count=self.config.read_count, block=self.block_ms)
         for key, entries in resp or ():
             if entries:
                 handled += len(entries)
                 self.handle(_s(key), entries, None)
         return handled
+
+    def _read_shards(self) -> list[Any]:
+        """New entries shard by shard (a cluster: one key per command, no CROSSSLOT).
+
+        Every shard without blocking, starting after the last one that had
+        entries; when all are empty, one blocking read of the next shard in
+        turn for ``read_block_s / shards``, so a new entry waits about
+        ``read_block_s`` at most, as with one multi-key read.
+        """
+        keys, n = self.keys, len(self.keys)
+        for i in range(n):
+            key = keys[(self.next_shard + i) % n]
+            resp = self.r.xreadgroup(self.group, self.consumer, {key: ">"},
+                                     count=self.config.read_count)
+            if resp and resp[0][1]:
+                self.next_shard = (self.next_shard + i + 1) % n
+                return list(resp)
+        key = keys[self.next_shard]
+        self.next_shard = (self.next_shard + 1) % n
+        return list(self.r.xreadgroup(self.group, self.consumer, {key: ">"},
+                                      count=self.config.read_count,
+                                      block=max(1, self.block_ms // n)) or ())
 
     def _autoclaim(self) -> bool:
         """Claim entries other consumers left idle longer than claim_idle_ms.

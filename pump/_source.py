@@ -17,9 +17,11 @@ workers convert iam-authz-server's records to what iam-pump stores
 with ``n`` from a counter key ``<list_key>:collector-seq`` bumped in the
 same script. What remains at-most-once is outside the pump: a producer
 whose RPUSH did not reach Redis, or a Redis that loses its last second of
-writes (appendfsync everysec) -- the same as for the stream. In Redis
-Cluster the list, the counter and the stream shard must share a hash slot
-(use hash tags in the key names).
+writes (appendfsync everysec) -- the same as for the stream. On a Redis
+Cluster the script's keys must share a slot: the records go to a shard of
+their own in the list's slot (``<stream_key>:{<list_key>}``, or the list
+key's own hash tag), numbered by ``<that shard>:collector-seq``, and the
+pump's workers read that shard beside the daemon's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import redis
 
 from collector.common.log import RateLimited, get_logger
-from collector.common.stream import lua_xadd_entry, shard_for
+from collector.common.stream import list_shard_key, lua_xadd_entry, shard_for
 
 from .config import PumpConfig
 
@@ -63,9 +65,13 @@ class ListMover:
         self.list_key = src.list_key
         self.batch = src.list_batch_size
         self.ring = list_ring_id(src.list_key)
-        keys = config.shard_keys()
-        self.stream = keys[shard_for(self.ring, len(keys))]
-        self.seq_key = f"{src.list_key}:collector-seq"
+        if config.cluster():
+            self.stream = list_shard_key(config.stream_key, src.list_key)
+            self.seq_key = f"{self.stream}:collector-seq"
+        else:
+            keys = config.shard_keys()
+            self.stream = keys[shard_for(self.ring, len(keys))]
+            self.seq_key = f"{src.list_key}:collector-seq"
         self.interval = config.read_block_s
         self.r = r
         self.script = r.register_script(move_script(None if src.format == "raw" else src.format))

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
@@ -116,8 +117,8 @@ class Worker:
             try:
                 self.step()
                 self.redis_failures = 0
-            except redis.RedisError as exc:
-                self._redis_trouble(exc)
+            except (redis.RedisError, RedisClusterException) as exc:
+                self._redis_trouble(exc)  # a cluster's pipeline may raise the latter
         c.set("state", STATE_STOPPING)
         left = self._time_left_for_shutdown()
         try:
@@ -154,7 +155,7 @@ class Worker:
                 attempt += 1
         return False
 
-    def _redis_trouble(self, exc: redis.RedisError) -> None:
+    def _redis_trouble(self, exc: redis.RedisError | RedisClusterException) -> None:
         self.redis_failures += 1
         self.reader.pending_now()  # an ack may have been lost: look at our pending again
         if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):

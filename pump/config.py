@@ -61,7 +61,7 @@ from collector.common.settings import (
     rename_keys,
     validate,
 )
-from collector.common.stream import default_redis_url
+from collector.common.stream import default_redis_url, list_shard_key
 
 ENV_PREFIX = "COLLECTOR_PUMP_"
 _ENV_IGNORED = {"COLLECTOR_PUMP_CONFIG"}
@@ -221,6 +221,14 @@ class PumpConfig(ServiceSettings):
         if self.instance_name is not None:
             return self.instance_name
         return f"{socket.gethostname()}-{self.health_host_port[1]}"
+
+    def shard_keys(self) -> list[str]:
+        """The daemon's shards, and on a cluster with ``source.type: list`` the list
+        source's own shard in the list's slot (``stream.list_shard_key``)."""
+        keys = super().shard_keys()
+        if self.cluster() and self.source.type == "list":
+            keys.append(list_shard_key(self.stream_key, self.source.list_key))
+        return keys
 
     def sink_type(self, name: str) -> str:
         return self.pumps[name].type or name

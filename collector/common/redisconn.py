@@ -2,7 +2,12 @@
 
 Accepts ``redis://host:port/db``, ``rediss://`` (TLS; certificate options as
 URL query parameters, e.g. ``?ssl_cert_reqs=required&ssl_ca_certs=/path``)
-and ``unix:///path/to/redis.sock?db=0``. The ACL user name and password come
+and ``unix:///path/to/redis.sock?db=0``, and a Redis Cluster as
+``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS,
+the same query parameters): any subset of the cluster's nodes as seeds,
+redis-py's :class:`redis.cluster.RedisCluster` on top, which follows MOVED
+and ASK redirections itself and re-reads the slot map after a connection
+error (a failover); its own retries are off as for one node. The ACL user name and password come
 from the URL or, winning over it, from the arguments (config keys
 ``redis_username`` / ``redis_password`` or ``COLLECTOR_REDIS_PASSWORD``).
 
@@ -23,15 +28,22 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
 from redis.retry import Retry
 
+from .cluster import LazyCluster
 from .log import get_logger
 from .redact import redact_url
 
 if TYPE_CHECKING:
     from .service import ServiceSettings
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+#: What :func:`connect` returns: one node's client or a cluster's.
+RedisClient = redis.Redis | LazyCluster
 
 _log = get_logger(__name__)
 
@@ -45,8 +57,9 @@ def connect(
     connect_timeout_s: float | None = None,
     client_name: str | None = None,
     **kwargs: Any,
-) -> redis.Redis:
-    """A ``redis.Redis`` for ``url`` with socket timeouts (no connection is made yet).
+) -> RedisClient:
+    """A ``redis.Redis`` for ``url`` with socket timeouts (no connection is made yet);
+    a :class:`~collector.common.cluster.LazyCluster` for a ``redis+cluster://`` URL.
 
     ``timeout_s`` bounds every command's socket read/write;
     ``connect_timeout_s`` (default: ``timeout_s``) bounds connecting.
@@ -59,7 +72,7 @@ def connect(
     if scheme not in SCHEMES:
         raise ValueError(
             f"Redis URL {redact_url(url)!r} has scheme {scheme!r}: it must be "
-            "redis://, rediss:// (TLS) or unix://"
+            "redis://, rediss:// (TLS), unix://, redis+cluster:// or rediss+cluster://"
         )
     if timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s} must be positive")
@@ -74,6 +87,8 @@ def connect(
     if client_name:
         opts["client_name"] = client_name
     opts.update(kwargs)
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster(url, opts, username, password)
     client = redis.Redis.from_url(url, **opts)
     # from_url lets the URL's credentials win over keyword arguments; ours win.
     creds = {k: v for k, v in (("username", username), ("password", password)) if v}
@@ -82,8 +97,59 @@ def connect(
     return client
 
 
+def is_cluster(url: str) -> bool:
+    """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL."""
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` seeds of a cluster URL (port 6379 when none is given)."""
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    seeds = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if item.startswith("["):  # [v6 address]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port = item.partition(":")
+        try:
+            seeds.append((host or "localhost", int(port or 6379)))
+        except ValueError:
+            raise ValueError(f"Redis URL {redact_url(url)!r}: bad seed {item!r} "
+                             "(host:port)") from None
+    return seeds
+
+
+def _cluster(url: str, opts: dict[str, Any], username: str | None,
+             password: str | None) -> LazyCluster:
+    parts = urlsplit(url)
+    seeds = cluster_seeds(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    base = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    host, port = seeds[0]
+    single = f"{base}://{userinfo + '@' if userinfo else ''}{host}:{port}{parts.path}"
+    if parts.query:
+        single += f"?{parts.query}"
+    kw: dict[str, Any] = parse_url(single)
+    for name in ("host", "port"):
+        kw.pop(name, None)
+    if int(kw.pop("db", 0) or 0) != 0:
+        raise ValueError(f"Redis URL {redact_url(url)!r}: a cluster has database 0 only")
+    kw.update(opts)
+    kw.pop("retry", None)  # RedisCluster takes its own retry (below), not its nodes'
+    kw.pop("retry_on_timeout", None)
+    if username:
+        kw["username"] = username
+    if password:
+        kw["password"] = password
+    nodes = [ClusterNode(h, p) for h, p in seeds]
+    return LazyCluster(lambda: RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0),
+                                            **kw))
+
+
 def connect_from_config(cfg: ServiceSettings, *, timeout_s: float | None = None,
-                        client_name: str | None = None, **kwargs: Any) -> redis.Redis:
+                        client_name: str | None = None, **kwargs: Any) -> RedisClient:
     """:func:`connect` with the URL, credentials and timeout of either service's config."""
     return connect(
         cfg.effective_redis_url(),
@@ -96,7 +162,7 @@ def connect_from_config(cfg: ServiceSettings, *, timeout_s: float | None = None,
 
 
 
-def wait_for_redis(client: redis.Redis, cfg: ServiceSettings,
+def wait_for_redis(client: RedisClient, cfg: ServiceSettings,
                    stopping: Callable[[], bool]) -> bool:
     """True once Redis answers a PING; False on refused credentials, timeout or a stop.
 

@@ -21,7 +21,8 @@ from .redact import SecretUrl, redact_dsn
 from .settings import ConfigWarning, HostPort, Settings
 from .stream import DEFAULT_STREAM_KEY, shard_keys
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
 
 def _empty_is_none(v: Any) -> Any:
@@ -44,9 +45,15 @@ def _is_loopback(host: str) -> bool:
 def _redis_scheme(v: SecretUrl) -> SecretUrl:
     parts = urlsplit(v.get_secret_value())
     if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, "
-                         f"got scheme {parts.scheme!r}")
-    parts.port  # noqa: B018 - raises ValueError for a port out of range, as redis-py would
+        raise ValueError("must be a redis://, rediss://, unix://, redis+cluster:// or "
+                         f"rediss+cluster:// URL, got scheme {parts.scheme!r}")
+    if parts.scheme in CLUSTER_SCHEMES:
+        for seed in parts.netloc.rpartition("@")[2].split(","):
+            port = seed.rpartition(":")[2] if ":" in seed else "6379"
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"cluster seed {seed!r} must be host:port, a port 1-65535")
+    else:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range, as redis-py would
     return v
 
 
@@ -103,8 +110,12 @@ class ServiceSettings(Settings):
     def redis_password_value(self) -> str | None:
         return self.redis_password.get_secret_value() if self.redis_password else None
 
+    def cluster(self) -> bool:
+        """True when ``redis_url`` names a Redis Cluster (``redis+cluster://``)."""
+        return urlsplit(self.effective_redis_url()).scheme in CLUSTER_SCHEMES
+
     def shard_keys(self) -> list[str]:
-        return shard_keys(self.stream_key, self.stream_shards)
+        return shard_keys(self.stream_key, self.stream_shards, cluster=self.cluster())
 
     @property
     def health_host_port(self) -> tuple[str, int]:

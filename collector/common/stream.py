@@ -6,8 +6,15 @@ Records live in ``shards`` Redis streams. With one shard the key is exactly
 ``stream_key`` (default ``collector:analytics``); with N > 1 shards, shard
 ``i`` is ``f"{stream_key}:{{{i}}}"``, e.g. ``collector:analytics:{0}``. The
 ``{i}`` hash tag puts each shard in its own Redis Cluster slot so a cluster
-can spread them. A flusher writes the batches of one ring to one shard
-(``shard_for(ring_id, shards)``), so a ring's records stay in order.
+can spread them. On a Redis Cluster (``cluster=True``) every shard has a
+hash tag, also a single one, and shard ``i``'s tag is the smallest number
+whose slot lies in the ``i``-th of ``shards`` equal parts of the 16384
+slots (:func:`cluster_tag`; 3 shards: ``{3}``, ``{1}``, ``{0}``), so the
+shards spread over the masters as evenly as the slots do (``redis-cli
+--cluster create`` gives each master an equal range); a shard's dead-letter
+stream (``<shard>:dead:<sink>``) shares its slot. The daemon gives a ring to
+shard ``ring number % shards`` (rings are numbered as the daemon finds
+them), so rings spread evenly; one ring's batches all go to its shard.
 
 One stream entry is one batch from one ring, with these fields::
 
@@ -51,13 +58,54 @@ RECORD_FORMATS = ("iam", "auto")
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
-def shard_keys(stream_key: str = DEFAULT_STREAM_KEY, shards: int = 1) -> list[str]:
-    """The Redis keys of every shard."""
+SLOTS = 16384  # Redis Cluster hash slots
+
+
+def shard_keys(stream_key: str = DEFAULT_STREAM_KEY, shards: int = 1, *,
+               cluster: bool = False) -> list[str]:
+    """The Redis keys of every shard (``cluster``: for a Redis Cluster, see above)."""
     if shards < 1:
         raise ValueError(f"shards={shards} must be at least 1")
+    if cluster:
+        return [f"{stream_key}:{{{cluster_tag(i, shards)}}}" for i in range(shards)]
     if shards == 1:
         return [stream_key]
     return [f"{stream_key}:{{{i}}}" for i in range(shards)]
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag, or of it all)."""
+    from redis.crc import key_slot as _slot
+
+    return int(_slot(key.encode()))
+
+
+def cluster_tag(i: int, shards: int) -> int:
+    """The hash tag of shard ``i`` of ``shards`` on a cluster: the smallest number
+    whose slot is in ``[i * SLOTS / shards, (i + 1) * SLOTS / shards)``."""
+    lo, hi = i * SLOTS // shards, (i + 1) * SLOTS // shards
+    k = 0
+    while not lo <= key_slot(f"{{{k}}}") < hi:
+        k += 1
+    return k
+
+
+def hash_tag(key: str) -> str | None:
+    """The hash tag of ``key`` (what lies between its first ``{`` and the next ``}``,
+    if not empty), else None: Redis Cluster hashes only the tag."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return None
+
+
+def list_shard_key(stream_key: str, list_key: str) -> str:
+    """On a cluster, the stream shard the pump's list source writes: in the list's own
+    slot (``<stream_key>:{<list's tag or whole name>}``), so its Lua moves records in one
+    slot; the pump reads it beside the daemon's shards."""
+    return f"{stream_key}:{{{hash_tag(list_key) or list_key}}}"
 
 
 def shard_for(ring_id: str, shards: int) -> int:

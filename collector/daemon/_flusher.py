@@ -29,6 +29,13 @@ with a partial batch is looked at again at the earliest of
 * the time a burst of ``BURST_BYTES_PER_S`` would take to fill half the
   ring (64 ms for an 8 MiB ring).
 
+With ``min_replicas_acked: N`` the round trip ends with ``WAIT N
+replica_ack_timeout_ms`` and the ring is committed only if N replicas have
+the batch; otherwise it stays pending and is sent again (the stream may hold
+it twice, with the same record ids), so a master's failover loses nothing
+that was committed. On a Redis Cluster the flusher writes to the master of
+each shard's slot (``_xadd.StreamWriter``).
+
 When Redis fails, the batch stays pending (its records stay in the ring),
 the flusher backs off (``retry_initial_ms`` doubling to ``retry_max_ms``,
 jittered) and reports ``redis_ok = 0``. When a shard holds
@@ -67,12 +74,12 @@ import ringbuf
 from collector.common import redisconn
 from collector.common.log import RateLimited, get_logger
 from collector.common.log import setup as setup_logging
-from collector.common.stream import encode_entry, shard_keys
+from collector.common.stream import encode_entry
 from collector.config import CollectorConfig
 
 from ._messages import Assign, BadKind, BadRing, Release, Stop
 from ._served import MIN_SLEEP_S, RingGone, ServedRing, Unservable
-from ._xadd import xadd_xlen
+from ._xadd import NotReplicated, StreamWriter
 
 _log = get_logger(__name__)
 
@@ -90,10 +97,12 @@ class Flusher:
         self.counters = counters
         self.parent_pid = parent_pid
         self.rings: dict[str, ServedRing] = {}
-        self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
+        self.keys = cfg.shard_keys()
         # No CLIENT SETNAME: an ACL user limited to streams (+@stream +ping) must work.
         self.client = redisconn.connect_from_config(cfg)
-        self.redis_conn: Any = None  # the one connection this flusher writes on
+        # its connections (one per master of a cluster) and the XADD round trip
+        self.writer = StreamWriter(self.client, replicas=cfg.min_replicas_acked,
+                                   timeout_ms=cfg.replica_ack_timeout_ms)
         self.batch_size = cfg.batch_size
         self.batch_bytes = cfg.batch_bytes
         self.flush_s = cfg.flush_interval_ms / 1000.0
@@ -227,10 +236,7 @@ class Flusher:
         return False
 
     def _round_trip(self, key: bytes, fields: dict[str, bytes]) -> int:
-        conn = self.redis_conn
-        if conn is None:
-            conn = self.redis_conn = self.client.connection_pool.get_connection()
-        return xadd_xlen(conn, key, fields)
+        return self.writer.send(key, fields)
 
     def _send(self, ring: ServedRing) -> bool:
         reader = ring.reader
@@ -239,6 +245,11 @@ class Flusher:
         t0 = time.monotonic()
         try:
             length = self._round_trip(ring.key_bytes, fields)
+        except NotReplicated as exc:
+            # The master has it, too few replicas do: keep it in the ring, send it again.
+            self.counters.add("replica_ack_failures")
+            self._failed(exc, "WAIT")
+            return False
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, "XADD")
             return False

@@ -33,6 +33,8 @@ FLUSHER_COUNTERS = Layout(
         "batches_written": "Stream entries (batches) Redis accepted.",
         "written_bytes": "Record payload bytes Redis accepted.",
         "redis_errors": "Failed Redis round trips (retried later).",
+        "replica_ack_failures": "Batches fewer than min_replicas_acked replicas acknowledged "
+                                "(kept in the ring and sent again).",
         "backpressure": "Times a batch was held back because its stream shard was over "
                         "max_backlog_entries.",
     },

@@ -18,7 +18,6 @@ import os
 
 import ringbuf
 from collector.common.log import get_logger
-from collector.common.stream import shard_for
 
 from ._messages import BadKind, BadRing
 
@@ -119,7 +118,8 @@ class ServedRing:
         self.lock_fd = fd
         self.reader = reader
         self.burst_s = max(MIN_SLEEP_S, reader.capacity / 2 / BURST_BYTES_PER_S)
-        self.key = keys[shard_for(reader.ring_id, len(keys))]
+        # rings are numbered from 1 as the supervisor finds them: round robin over shards
+        self.key = keys[(self.no - 1) % len(keys)]
         self.key_bytes = self.key.encode()
         _log.debug("Serving ring.", ring=path, ring_id=reader.ring_id, shard=self.key)
         return True

@@ -30,7 +30,6 @@ from collector.common import redisconn
 from collector.common.health import HealthServer
 from collector.common.log import get_logger
 from collector.common.log import setup as setup_logging
-from collector.common.stream import shard_keys
 from collector.config import CollectorConfig
 
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
@@ -55,7 +54,7 @@ class Supervisor:
         self.rings_dir = Path(cfg.rings_dir)
         self.pool = FlusherPool(cfg, stopping=lambda: self.stopping)
         self.triage = RingTriage(self.rings_dir, self.pool)
-        self.keys = shard_keys(cfg.stream_key, cfg.stream_shards)
+        self.keys = cfg.shard_keys()
         self.embedded: EmbeddedRedis | None = None
         self.http: HealthServer | None = None
         self.client: redis.Redis | None = None

@@ -22,6 +22,10 @@ Redis
     ``client()``. :func:`make_tls_files` makes a CA and a server
     certificate for 127.0.0.1 with ``openssl`` (``tls=``), :func:`make_ca`
     another CA (a certificate that must be refused).
+    :class:`RedisClusterNodes` ``(workdir, masters=3, replicas=1)``: a Redis
+    Cluster of such servers made with ``redis-cli --cluster create``;
+    ``url`` (``redis+cluster://``), ``client()``, ``master_of(key)``,
+    ``masters()``, ``kill(node)``, ``wait_failover()``, ``reshard(...)``.
 
 collector-daemon, collector-pump, gunicorn
     :meth:`Daemon.write` ``(workdir, redis_url, **keys)`` writes
@@ -152,6 +156,7 @@ _WHERE = {
     "Pump": "_services",
     "QUICK_DAEMON": "_services",
     "QUICK_PUMP": "_services",
+    "RedisClusterNodes": "_redis_server",
     "RedisServer": "_redis_server",
     "Service": "_process",
     "SilentTcpServer": "_peers",
@@ -215,6 +220,7 @@ __all__ = [
     "Producers",
     "Prometheus",
     "Pump",
+    "RedisClusterNodes",
     "RedisServer",
     "Service",
     "SilentTcpServer",

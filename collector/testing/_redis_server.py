@@ -1,4 +1,5 @@
-"""A real ``redis-server`` on a free loopback port, optionally TLS-only with a password."""
+"""A real ``redis-server`` on a free loopback port, optionally TLS-only with a password;
+a Redis Cluster of such servers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+import redis.cluster
 
 from ._wait import free_port, wait_until
 
-__all__ = ["RedisServer", "TlsFiles", "make_ca", "make_tls_files"]
+__all__ = ["RedisClusterNodes", "RedisServer", "TlsFiles", "make_ca", "make_tls_files"]
 
 
 @dataclass(frozen=True)
@@ -180,3 +182,149 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+class RedisClusterNodes:
+    """A Redis Cluster of its own: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is a :class:`RedisServer` on a free loopback port in
+    ``workdir/node-<port>`` started with ``--cluster-enabled yes``, a short
+    ``--cluster-node-timeout`` (``node_timeout_ms``: a killed master is failed
+    over within a few seconds) and ``--cluster-replica-validity-factor 0`` (a
+    replica that lost its master for long may still be promoted); the
+    cluster is made with ``redis-cli --cluster create``. :attr:`url` is a
+    ``redis+cluster://`` URL with every node as a seed; :meth:`client` a
+    redis-py ``RedisCluster``; :meth:`master_of` the node serving a key now;
+    :meth:`kill` (``kill -9``) a node, :meth:`wait_failover` until a replica
+    took its slots over; :meth:`reshard` moves slots with ``redis-cli``.
+    """
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 1000,
+                 appendfsync: Literal["always", "everysec", "no"] = "everysec") -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH: run `sh .ci/setup` first")
+        self.cli = cli
+        self.workdir = workdir
+        self.masters_wanted = masters
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+        for _ in range(masters * (1 + replicas)):
+            port = free_port()
+            self.nodes.append(RedisServer(
+                workdir / f"node-{port}", port=port, appendfsync=appendfsync, extra=[
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                    "--cluster-replica-validity-factor", "0"]))
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return f"redis+cluster://{seeds}"
+
+    def client(self, **kw: Any) -> redis.RedisCluster:
+        nodes = [redis.cluster.ClusterNode("127.0.0.1", n.port) for n in self.nodes
+                 if n.is_running()]
+        return redis.RedisCluster(startup_nodes=nodes, **kw)
+
+    def start(self, timeout: float = 60.0) -> RedisClusterNodes:
+        for node in self.nodes:
+            node.start()
+        subprocess.run([self.cli, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=timeout)
+        self.wait_healthy(timeout)
+        return self
+
+    def _info(self, node: RedisServer, section: str) -> dict[str, Any]:
+        return node.client(socket_timeout=1).info(section)
+
+    def healthy(self) -> bool:
+        """Every live node says ``cluster_state:ok``; every master has its replicas in sync."""
+        masters = 0
+        for node in self.nodes:
+            if not node.is_running():
+                continue
+            try:
+                if node.client(socket_timeout=1).cluster("info")["cluster_state"] != "ok":
+                    return False
+                repl = self._info(node, "replication")
+            except redis.RedisError:
+                return False
+            if repl["role"] == "master" and int(repl.get("connected_slaves", 0)) > 0:
+                masters += 1
+                if any(repl[f"slave{i}"]["state"] != "online"
+                       for i in range(int(repl["connected_slaves"]))):
+                    return False
+        return masters >= self.masters_wanted or not self.replicas
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        wait_until(self.healthy, timeout, "the cluster healthy, replicas in sync",
+                   interval=0.1)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now (by a fresh client's slot map)."""
+        client = self.client()
+        try:
+            port = int(client.get_node_from_key(key).port)
+        finally:
+            client.close()
+        return next(n for n in self.nodes if n.port == port)
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that are masters now."""
+        out = []
+        for node in self.nodes:
+            if node.is_running():
+                try:
+                    if self._info(node, "replication")["role"] == "master":
+                        out.append(node)
+                except redis.RedisError:
+                    pass
+        return out
+
+    def kill(self, node: RedisServer) -> None:
+        """``kill -9`` of ``node`` (its replica takes over after the node timeout)."""
+        node.kill()
+
+    def wait_failover(self, timeout: float = 60.0) -> None:
+        """Until every slot is served again by a live master (``cluster_state:ok``)."""
+        def served() -> bool:
+            for node in self.nodes:
+                if node.is_running():
+                    try:
+                        if node.client(socket_timeout=1).cluster("info")[
+                                "cluster_state"] != "ok":
+                            return False
+                    except redis.RedisError:
+                        return False
+            return True
+        wait_until(served, timeout, "a replica promoted, every slot served", interval=0.1)
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(node.client(socket_timeout=1).cluster("myid"))
+
+    def reshard(self, source: RedisServer, target: RedisServer, slots: int,
+                timeout: float = 120.0) -> None:
+        """Move ``slots`` slots from ``source`` to ``target`` with ``redis-cli --cluster
+        reshard`` (keys move one by one with MIGRATE while clients keep writing)."""
+        subprocess.run([self.cli, "--cluster", "reshard", f"127.0.0.1:{source.port}",
+                        "--cluster-from", self.node_id(source),
+                        "--cluster-to", self.node_id(target),
+                        "--cluster-slots", str(slots), "--cluster-yes",
+                        "--cluster-pipeline", "10"],
+                       check=True, capture_output=True, timeout=timeout)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> RedisClusterNodes:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

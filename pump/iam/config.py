@@ -107,11 +107,12 @@ def _redis(m: _Mapper, value: Any) -> dict[str, Any]:
     r = _section(m, "redis", value)
     host, port = str(r.get("host") or "127.0.0.1"), r.get("port") or 6379
     addrs = [a for a in (r.get("addrs") or []) if a]
+    cluster = bool(r.get("enable-cluster"))
     if addrs:
         host, _, port = str(addrs[0]).rpartition(":")
-        if len(addrs) > 1:
-            m.unmapped("redis.addrs", f"only the first address ({addrs[0]}) is used; Redis "
-                                      "Cluster is not supported yet")
+        if len(addrs) > 1 and not cluster:
+            m.unmapped("redis.addrs", f"only the first address ({addrs[0]}) is used; set "
+                                      "enable-cluster for a Redis Cluster")
     if not str(port).isdigit():
         m.bad("redis.port", f"must be a port number (got {port!r})")
     user = str(r.get("username") or "")
@@ -120,7 +121,11 @@ def _redis(m: _Mapper, value: Any) -> dict[str, Any]:
     if user or password:
         creds = f"{quote(user, safe='')}:{quote(password, safe='')}@"
     scheme = "rediss" if r.get("use-ssl") else "redis"
-    url = f"{scheme}://{creds}{host}:{port}/{int(r.get('database') or 0)}"
+    if cluster:  # every address a seed; a cluster has database 0 only
+        seeds = ",".join(str(a) for a in addrs) or f"{host}:{port}"
+        url = f"{scheme}+cluster://{creds}{seeds}"
+    else:
+        url = f"{scheme}://{creds}{host}:{port}/{int(r.get('database') or 0)}"
     if r.get("use-ssl") and r.get("ssl-insecure-skip-verify"):
         url += "?ssl_cert_reqs=none"
     out: dict[str, Any] = {"redis_url": url}
@@ -128,12 +133,8 @@ def _redis(m: _Mapper, value: Any) -> dict[str, Any]:
         out["redis_timeout_s"] = _number(m, "redis.timeout", r["timeout"])
     known = {"host", "port", "addrs", "username", "password", "database", "use-ssl",
              "ssl-insecure-skip-verify", "timeout"}
-    for key, v in r.items():
-        if key == "enable-cluster":
-            if v:
-                m.unmapped("redis.enable-cluster", "Redis Cluster is not supported yet; "
-                                                   "the first address is used as one server")
-        elif key not in known:
+    for key in r:
+        if key not in known | {"enable-cluster"}:
             m.unmapped(f"redis.{key}", "no equivalent (one connection per worker, no pool)"
                        if key.startswith("optimisation") else "no equivalent")
     return out
