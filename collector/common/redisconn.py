@@ -7,7 +7,14 @@ and ``unix:///path/to/redis.sock?db=0``, and a Redis Cluster as
 the same query parameters): any subset of the cluster's nodes as seeds,
 redis-py's :class:`redis.cluster.RedisCluster` on top, which follows MOVED
 and ASK redirections itself and re-reads the slot map after a connection
-error (a failover); its own retries are off as for one node. The ACL user name and password come
+error (a failover); its own retries are off as for one node. A
+Sentinel-managed primary is
+``redis+sentinel://host:port[,host:port...]/<service>[/db]`` (the
+sentinels; ``rediss+sentinel://`` for TLS to the data nodes; the URL's user
+and password are the data nodes', ``?sentinel_password=`` the sentinels'):
+redis-py's :class:`redis.sentinel.Sentinel` asks the sentinels for the
+current primary on every new connection, so after a failover the next
+attempt reaches the promoted replica. The ACL user name and password come
 from the URL or, winning over it, from the arguments (config keys
 ``redis_username`` / ``redis_password`` or ``COLLECTOR_REDIS_PASSWORD``).
 
@@ -24,13 +31,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from .cluster import LazyCluster
 from .log import get_logger
@@ -39,8 +47,9 @@ from .redact import redact_url
 if TYPE_CHECKING:
     from .service import ServiceSettings
 
-SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)
 
 #: What :func:`connect` returns: one node's client or a cluster's.
 RedisClient = redis.Redis | LazyCluster
@@ -72,7 +81,8 @@ def connect(
     if scheme not in SCHEMES:
         raise ValueError(
             f"Redis URL {redact_url(url)!r} has scheme {scheme!r}: it must be "
-            "redis://, rediss:// (TLS), unix://, redis+cluster:// or rediss+cluster://"
+            "redis://, rediss:// (TLS), unix://, redis+cluster://, rediss+cluster://, "
+            "redis+sentinel:// or rediss+sentinel://"
         )
     if timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s} must be positive")
@@ -89,6 +99,8 @@ def connect(
     opts.update(kwargs)
     if scheme in CLUSTER_SCHEMES:
         return _cluster(url, opts, username, password)
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel(url, opts, username, password)
     client = redis.Redis.from_url(url, **opts)
     # from_url lets the URL's credentials win over keyword arguments; ours win.
     creds = {k: v for k, v in (("username", username), ("password", password)) if v}
@@ -97,13 +109,19 @@ def connect(
     return client
 
 
+def is_sentinel(url: str) -> bool:
+    """True for a ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
+    return urlsplit(url).scheme in SENTINEL_SCHEMES
+
+
 def is_cluster(url: str) -> bool:
     """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL."""
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
 def cluster_seeds(url: str) -> list[tuple[str, int]]:
-    """The ``(host, port)`` seeds of a cluster URL (port 6379 when none is given)."""
+    """The ``(host, port)`` seeds of a cluster or sentinel URL (port 6379, or 26379
+    for a sentinel, when none is given)."""
     hosts = urlsplit(url).netloc.rpartition("@")[2]
     seeds = []
     for item in hosts.split(","):
@@ -114,7 +132,8 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
         else:
             host, _, port = item.partition(":")
         try:
-            seeds.append((host or "localhost", int(port or 6379)))
+            default = 26379 if urlsplit(url).scheme in SENTINEL_SCHEMES else 6379
+            seeds.append((host or "localhost", int(port or default)))
         except ValueError:
             raise ValueError(f"Redis URL {redact_url(url)!r}: bad seed {item!r} "
                              "(host:port)") from None
@@ -123,17 +142,8 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
 
 def _cluster(url: str, opts: dict[str, Any], username: str | None,
              password: str | None) -> LazyCluster:
-    parts = urlsplit(url)
     seeds = cluster_seeds(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    base = "rediss" if parts.scheme.startswith("rediss") else "redis"
-    host, port = seeds[0]
-    single = f"{base}://{userinfo + '@' if userinfo else ''}{host}:{port}{parts.path}"
-    if parts.query:
-        single += f"?{parts.query}"
-    kw: dict[str, Any] = parse_url(single)
-    for name in ("host", "port"):
-        kw.pop(name, None)
+    kw = _single_url_options(url, urlsplit(url).path)
     if int(kw.pop("db", 0) or 0) != 0:
         raise ValueError(f"Redis URL {redact_url(url)!r}: a cluster has database 0 only")
     kw.update(opts)
@@ -146,6 +156,50 @@ def _cluster(url: str, opts: dict[str, Any], username: str | None,
     nodes = [ClusterNode(h, p) for h, p in seeds]
     return LazyCluster(lambda: RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0),
                                             **kw))
+
+
+def _single_url_options(url: str, path: str = "") -> dict[str, Any]:
+    """redis-py's options for a cluster or sentinel URL as if it named its first seed."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    base = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    host, port = cluster_seeds(url)[0]
+    single = f"{base}://{userinfo + '@' if userinfo else ''}{host}:{port}{path}"
+    if parts.query:
+        single += f"?{parts.query}"
+    kw: dict[str, Any] = parse_url(single)
+    for name in ("host", "port"):
+        kw.pop(name, None)
+    return kw
+
+
+def _sentinel(url: str, opts: dict[str, Any], username: str | None,
+              password: str | None) -> redis.Redis:
+    parts = urlsplit(url)
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service:
+        raise ValueError(f"Redis URL {redact_url(url)!r}: name the primary's service "
+                         "after the sentinels: redis+sentinel://host:port/<service>[/db]")
+    query = dict(parse_qsl(parts.query))
+    sentinel_password = query.pop("sentinel_password", None)
+    sentinel_username = query.pop("sentinel_username", None)
+    rest = urlunsplit(("", "", "", urlencode(query), ""))
+    kw = _single_url_options(url.split("?")[0] + rest, f"/{db or 0}")
+    if kw.pop("connection_class", None) is not None and parts.scheme.startswith("rediss"):
+        kw["ssl"] = True  # the sentinel pool picks its own SSL connection class
+    kw.update(opts)
+    if username:
+        kw["username"] = username
+    if password:
+        kw["password"] = password
+    sentinel_kw = {k: v for k, v in opts.items() if k.startswith("socket_")}
+    sentinel_kw["retry"] = opts.get("retry")
+    if sentinel_password:
+        sentinel_kw["password"] = sentinel_password
+    if sentinel_username:
+        sentinel_kw["username"] = sentinel_username
+    sentinel = Sentinel(cluster_seeds(url), sentinel_kwargs=sentinel_kw)
+    return sentinel.master_for(service, **kw)
 
 
 def connect_from_config(cfg: ServiceSettings, *, timeout_s: float | None = None,

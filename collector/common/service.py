@@ -22,7 +22,8 @@ from .settings import ConfigWarning, HostPort, Settings
 from .stream import DEFAULT_STREAM_KEY, shard_keys
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES)
 
 
 def _empty_is_none(v: Any) -> Any:
@@ -45,9 +46,13 @@ def _is_loopback(host: str) -> bool:
 def _redis_scheme(v: SecretUrl) -> SecretUrl:
     parts = urlsplit(v.get_secret_value())
     if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError("must be a redis://, rediss://, unix://, redis+cluster:// or "
-                         f"rediss+cluster:// URL, got scheme {parts.scheme!r}")
-    if parts.scheme in CLUSTER_SCHEMES:
+        raise ValueError("must be a redis://, rediss://, unix://, redis+cluster://, "
+                         "rediss+cluster://, redis+sentinel:// or rediss+sentinel:// URL, "
+                         f"got scheme {parts.scheme!r}")
+    if parts.scheme in SENTINEL_SCHEMES and not parts.path.strip("/"):
+        raise ValueError("a sentinel URL names the primary's service after the sentinels: "
+                         "redis+sentinel://host:port[,host:port]/<service>[/db]")
+    if parts.scheme in CLUSTER_SCHEMES or parts.scheme in SENTINEL_SCHEMES:
         for seed in parts.netloc.rpartition("@")[2].split(","):
             port = seed.rpartition(":")[2] if ":" in seed else "6379"
             if not port.isdigit() or not 0 < int(port) < 65536:

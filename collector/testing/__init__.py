@@ -26,6 +26,10 @@ Redis
     Cluster of such servers made with ``redis-cli --cluster create``;
     ``url`` (``redis+cluster://``), ``client()``, ``master_of(key)``,
     ``masters()``, ``kill(node)``, ``wait_failover()``, ``reshard(...)``.
+    :class:`RedisSentinelGroup` ``(workdir, replicas=1, sentinels=3)``: a
+    primary with replicas and ``redis-server --sentinel`` processes;
+    ``url`` (``redis+sentinel://.../<service>``), ``primary()``,
+    ``kill(node)``, ``wait_failover(old)``, ``healthy()``.
 
 collector-daemon, collector-pump, gunicorn
     :meth:`Daemon.write` ``(workdir, redis_url, **keys)`` writes
@@ -157,6 +161,7 @@ _WHERE = {
     "QUICK_DAEMON": "_services",
     "QUICK_PUMP": "_services",
     "RedisClusterNodes": "_redis_server",
+    "RedisSentinelGroup": "_redis_server",
     "RedisServer": "_redis_server",
     "Service": "_process",
     "SilentTcpServer": "_peers",
@@ -221,6 +226,7 @@ __all__ = [
     "Prometheus",
     "Pump",
     "RedisClusterNodes",
+    "RedisSentinelGroup",
     "RedisServer",
     "Service",
     "SilentTcpServer",

@@ -1,5 +1,5 @@
 """A real ``redis-server`` on a free loopback port, optionally TLS-only with a password;
-a Redis Cluster of such servers."""
+a Redis Cluster of such servers; a primary with replicas watched by sentinels."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import redis.cluster
 
 from ._wait import free_port, wait_until
 
-__all__ = ["RedisClusterNodes", "RedisServer", "TlsFiles", "make_ca", "make_tls_files"]
+__all__ = ["RedisClusterNodes", "RedisSentinelGroup", "RedisServer", "TlsFiles", "make_ca",
+           "make_tls_files"]
 
 
 @dataclass(frozen=True)
@@ -328,3 +329,130 @@ class RedisClusterNodes:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+class RedisSentinelGroup:
+    """A primary, ``replicas`` replicas and ``sentinels`` sentinels watching them.
+
+    The data nodes are :class:`RedisServer` s (replicas started with
+    ``--replicaof`` the primary); each sentinel is ``redis-server --sentinel``
+    on a free loopback port with its own config file, monitoring service
+    :attr:`service` with quorum 2, ``down_after_ms`` to call the primary
+    down and a short failover timeout. :attr:`url` is
+    ``redis+sentinel://<sentinels>/<service>``; :meth:`primary` the data
+    node the sentinels name now; :meth:`kill` (``kill -9``) a node;
+    :meth:`wait_failover` until the sentinels name another primary and it
+    answers as one.
+    """
+
+    def __init__(self, workdir: Path, *, replicas: int = 1, sentinels: int = 3,
+                 service: str = "collector", down_after_ms: int = 1000,
+                 appendfsync: Literal["always", "everysec", "no"] = "everysec") -> None:
+        self.workdir = workdir
+        self.service = service
+        self.down_after_ms = down_after_ms
+        first = RedisServer(workdir / "data-0", appendfsync=appendfsync)
+        self.nodes = [first] + [
+            RedisServer(workdir / f"data-{i + 1}", appendfsync=appendfsync,
+                        extra=["--replicaof", "127.0.0.1", str(first.port)])
+            for i in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{seeds}/{self.service}"
+
+    def start(self, timeout: float = 60.0) -> RedisSentinelGroup:
+        for node in self.nodes:
+            node.start()
+        primary = self.nodes[0]
+        for port in self.sentinel_ports:
+            d = self.workdir / f"sentinel-{port}"
+            d.mkdir(parents=True, exist_ok=True)
+            conf = d / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {d}\nlogfile {d / 'sentinel.log'}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+                f"sentinel parallel-syncs {self.service} 1\n")
+            self.sentinels.append(subprocess.Popen(
+                [primary.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        wait_until(self.healthy, timeout, "the sentinels see the primary and its replicas",
+                   interval=0.1)
+        return self
+
+    def _sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as most sentinels name it now (None: they do not agree)."""
+        votes: dict[int, int] = {}
+        for port in self.sentinel_ports:
+            try:
+                addr = self._sentinel(port).sentinel_get_master_addr_by_name(self.service)
+            except redis.RedisError:
+                continue
+            if addr:
+                votes[int(addr[1])] = votes.get(int(addr[1]), 0) + 1
+        best = max(votes.items(), key=lambda kv: kv[1], default=(None, 0))
+        return best[0] if best[1] * 2 > len(self.sentinel_ports) else None
+
+    def primary(self) -> RedisServer:
+        port = self.primary_port()
+        return next(n for n in self.nodes if n.port == port)
+
+    def healthy(self) -> bool:
+        """The sentinels agree on a live primary that has every live replica in sync,
+        and each sentinel knows the others."""
+        port = self.primary_port()
+        node = next((n for n in self.nodes if n.port == port and n.is_running()), None)
+        if node is None:
+            return False
+        try:
+            repl = node.client(socket_timeout=1).info("replication")
+            if repl["role"] != "master":
+                return False
+            online = sum(1 for i in range(int(repl.get("connected_slaves", 0)))
+                         if repl[f"slave{i}"]["state"] == "online")
+            if online < sum(1 for n in self.nodes if n is not node and n.is_running()):
+                return False
+            for sport in self.sentinel_ports:
+                info = self._sentinel(sport).sentinel_master(self.service)
+                if int(info["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
+                    return False
+        except (redis.RedisError, KeyError):
+            return False
+        return True
+
+    def kill(self, node: RedisServer) -> None:
+        """``kill -9`` of a data node."""
+        node.kill()
+
+    def wait_failover(self, old: RedisServer, timeout: float = 60.0) -> RedisServer:
+        """Until the sentinels name a primary other than ``old`` that answers as one."""
+        def promoted() -> RedisServer | None:
+            port = self.primary_port()
+            if port is None or port == old.port:
+                return None
+            node = next(n for n in self.nodes if n.port == port)
+            role = node.client(socket_timeout=1).info("replication")["role"]
+            return node if role == "master" else None
+        return wait_until(promoted, timeout, "the sentinels promoted a replica", interval=0.1)
+
+    def close(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> RedisSentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
