@@ -100,7 +100,8 @@ class StreamWriter:
         self.client = client
         self.cluster = isinstance(client, LazyCluster)
         self.wait = (replicas, timeout_ms) if replicas > 0 else None
-        self.conns: dict[str, Any] = {}  # node name ("" for a single node) -> connection
+        # node name ("" for a single node) -> (its pool, the connection taken from it)
+        self.conns: dict[str, tuple[Any, Any]] = {}
         self.stale = False  # re-read the cluster's slot map before the next round trip
 
     def _connection(self, key: bytes, at: tuple[str, int] | None = None) -> tuple[str, Any]:
@@ -122,9 +123,13 @@ class StreamWriter:
                 name, pool = node.name, cluster.get_redis_connection(node).connection_pool
             except RedisClusterException as exc:
                 raise ClusterUnavailable(str(exc)) from exc
-        conn = self.conns.get(name)
-        if conn is None:
-            conn = self.conns[name] = pool.get_connection()
+        held = self.conns.get(name)
+        if held is not None and held[0] is pool:
+            return name, held[1]
+        if held is not None:  # the node's client was made again (a new slot map)
+            held[0].release(held[1])
+        conn = pool.get_connection()
+        self.conns[name] = (pool, conn)
         return name, conn
 
     def _once(self, key: bytes, fields: dict[str, bytes],
@@ -133,7 +138,11 @@ class StreamWriter:
         try:
             return xadd_xlen(conn, key, fields, wait=self.wait, asking=at is not None)
         except BaseException:
-            self.conns.pop(name, None)
+            # Disconnected by xadd_xlen: back to its pool, whose get_connection connects
+            # it again (a Sentinel pool asks for the primary then; a reconnect on the
+            # connection's own first send would go to the old address).
+            pool, _ = self.conns.pop(name)
+            pool.release(conn)
             raise
 
     def send(self, key: bytes, fields: dict[str, bytes]) -> int:

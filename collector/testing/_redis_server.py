@@ -201,7 +201,7 @@ class RedisClusterNodes:
     """
 
     def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1,
-                 node_timeout_ms: int = 1000,
+                 node_timeout_ms: int = 2000,
                  appendfsync: Literal["always", "everysec", "no"] = "everysec") -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -306,18 +306,22 @@ class RedisClusterNodes:
         wait_until(served, timeout, "a replica promoted, every slot served", interval=0.1)
 
     def node_id(self, node: RedisServer) -> str:
-        return str(node.client(socket_timeout=1).cluster("myid"))
+        myid = node.client(socket_timeout=1).cluster("myid")
+        return myid.decode() if isinstance(myid, bytes) else str(myid)
 
     def reshard(self, source: RedisServer, target: RedisServer, slots: int,
                 timeout: float = 120.0) -> None:
         """Move ``slots`` slots from ``source`` to ``target`` with ``redis-cli --cluster
         reshard`` (keys move one by one with MIGRATE while clients keep writing)."""
-        subprocess.run([self.cli, "--cluster", "reshard", f"127.0.0.1:{source.port}",
-                        "--cluster-from", self.node_id(source),
-                        "--cluster-to", self.node_id(target),
-                        "--cluster-slots", str(slots), "--cluster-yes",
-                        "--cluster-pipeline", "10"],
-                       check=True, capture_output=True, timeout=timeout)
+        done = subprocess.run([self.cli, "--cluster", "reshard", f"127.0.0.1:{source.port}",
+                               "--cluster-from", self.node_id(source),
+                               "--cluster-to", self.node_id(target),
+                               "--cluster-slots", str(slots), "--cluster-yes",
+                               "--cluster-pipeline", "10"],
+                              capture_output=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster reshard failed ({done.returncode}): "
+                               f"{done.stdout.decode()[-1500:]}{done.stderr.decode()[-500:]}")
 
     def close(self) -> None:
         for node in self.nodes:
