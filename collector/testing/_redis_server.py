@@ -201,7 +201,7 @@ class RedisClusterNodes:
     """
 
     def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1,
-                 node_timeout_ms: int = 2000,
+                 node_timeout_ms: int = 2000, appendonly: bool = True,
                  appendfsync: Literal["always", "everysec", "no"] = "everysec") -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
@@ -214,7 +214,8 @@ class RedisClusterNodes:
         for _ in range(masters * (1 + replicas)):
             port = free_port()
             self.nodes.append(RedisServer(
-                workdir / f"node-{port}", port=port, appendfsync=appendfsync, extra=[
+                workdir / f"node-{port}", port=port, appendonly=appendonly,
+                appendfsync=appendfsync, extra=[
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-port", str(free_port()),
                     "--cluster-node-timeout", str(node_timeout_ms),
