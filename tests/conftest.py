@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from collector.testing import RedisServer
+from collector.testing import KafkaBroker, RedisServer
 
 
 @pytest.fixture
@@ -28,6 +28,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A tansu broker (memory storage) on a free port; killed afterwards."""
+    broker = KafkaBroker(tmp_path / "kafka").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

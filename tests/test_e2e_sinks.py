@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import orjson
 import psycopg
 import pytest
 
 from collector.common.stream import decode_entry
 from collector.testing import (
     Daemon,
+    KafkaBroker,
     Producers,
     Pump,
     RedisServer,
@@ -263,3 +265,46 @@ def _stored(table: str) -> dict[tuple, tuple]:
         rows = conn.execute(f"SELECT bucket, username, effect, count, latency_ms_count, "
                             f"latency_ms_sum, latency_ms_min, latency_ms_max FROM {table}")
         return {r[:3]: tuple(r[3:]) for r in rows}
+
+
+# --------------------------------------------------------------------- kafka
+
+
+def _write_errors(pump: Pump) -> float:
+    return sum(v for k, v in pump.metrics().items()
+               if k.startswith("collector_pump_write_errors") and '"sink"' in k)
+
+
+def test_kafka_through_daemon_and_pump_across_a_paused_broker(
+        stack: Stack, kafka_broker: KafkaBroker) -> None:
+    """Into tansu, read back by a consumer and counted by id.
+
+    In the middle of the load the broker is paused (SIGSTOP: connections stay
+    open, nothing answers) until the pump has failed several writes, then
+    resumed. Nothing may be lost; duplicates are allowed (a batch whose
+    delivery reports did not come back is sent again: ``deduplicates`` is
+    false) and reported. The poison record is larger than ``message_max_bytes``.
+    """
+    kafka_broker.create_topic("analytics", partitions=3)
+    sink = {"type": "kafka", "workers": 2, "timeout_s": 2,
+            "meta": {"bootstrap_servers": kafka_broker.bootstrap, "topic": "analytics",
+                     "message_max_bytes": 50_000}}
+    pump, load = start(stack, sink, batch_deadline_s=4)
+    wait_until(lambda: stack.r.xlen(KEY) >= 100, 60, "a hundred entries", interval=0.05)
+    kafka_broker.pause()
+    try:
+        wait_until(lambda: _write_errors(pump) >= 3, 60, "writes to fail", interval=0.1)
+    finally:
+        kafka_broker.resume()
+    settle(stack, load)
+    assert pump.stop() == 0
+
+    def key(msg: Any) -> str:
+        p, s = record_key(orjson.loads(msg.value()))
+        return f"{p}:{s}"
+
+    seen = kafka_broker.consume("analytics", lambda c: set(c) >= expected_ids(), key=key,
+                                timeout=60)
+    lost, unexpected, _duplicated = report("kafka", seen)  # duplicates are allowed
+    assert lost == 0 and unexpected == 0
+    assert dead_lettered(stack) == {POISON_ID}, "only the poison record is dead-lettered"

@@ -2,7 +2,8 @@
 
 Targets: the local PostgreSQL, a redis-server (``redis_server`` fixture), a
 local HTTP server, a TCP syslog receiver, a temporary directory, captured
-stdout, a scraped Prometheus endpoint, and for ``mongo`` the real pymongo
+stdout, a scraped Prometheus endpoint, a tansu broker for ``kafka`` (read
+back with confluent-kafka; stalled by SIGSTOP), and for ``mongo`` the real pymongo
 driver against ``mockupdb``, an in-process MongoDB wire-protocol server
 (``mongod`` cannot be installed on this machine; see ``collector.testing.MongoPeer``).
 
@@ -186,6 +187,25 @@ def _redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield Target({"url": server.url, "key": "fwd"}, observe, stall)
 
 
+def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    broker = request.getfixturevalue("kafka_broker")
+    broker.create_topic("contract")
+
+    def observe(sink: Sink) -> Counter[str]:
+        return broker.consume("contract", lambda seen: sum(seen.values()) >= 2 * BATCH,
+                              key=lambda m: orjson.loads(m.value())["_id"], timeout=30)
+
+    @contextmanager
+    def stall(sink: Sink) -> Iterator[Sink]:
+        broker.pause()
+        try:
+            yield sink
+        finally:
+            broker.resume()
+
+    yield Target({"bootstrap_servers": broker.bootstrap, "topic": "contract"}, observe, stall)
+
+
 def _prometheus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     import urllib.request
 
@@ -204,7 +224,7 @@ def _prometheus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Targ
 TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[Target]]] = {
     "memory": _memory, "null": _null, "file": _file, "stdout": _stdout, "syslog": _syslog,
     "http": _http, "mongo": _mongo, "postgres": _postgres, "redis": _redis,
-    "prometheus": _prometheus, "aggregate": _aggregate,
+    "prometheus": _prometheus, "aggregate": _aggregate, "kafka": _kafka,
 }
 # Every built-in sink (a new one without a target above fails loudly). Sinks that
 # tests register for themselves (tests/pump_plugins.py) bring their own tests.
@@ -283,7 +303,7 @@ def test_bad_meta_names_the_key(sink_type: str) -> None:
 
 
 def test_unknown_sink_type_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown sink type 'kafka'") as info:
-        build_sink("kafka", {})
+    with pytest.raises(ValueError, match="unknown sink type 'kafkaesque'") as info:
+        build_sink("kafkaesque", {})
     for name in ("file", "mongo", "postgres", "http", "syslog", "redis", "prometheus"):
         assert name in str(info.value)

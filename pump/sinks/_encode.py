@@ -13,6 +13,7 @@ import orjson
 
 from ._base import PermanentError, Record
 from ._values import json_default as _default
+from ._values import pack_record
 
 T = TypeVar("T")
 _BASE = orjson.OPT_PASSTHROUGH_DATETIME  # every datetime through _default: one format
@@ -33,6 +34,18 @@ def dumps(value: Any, *, indent: bool = False) -> bytes:
         return orjson.dumps(value, default=_default, option=option | orjson.OPT_NON_STR_KEYS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise PermanentError(f"a record cannot be encoded as JSON: {exc}") from exc
+
+
+def packb(data: dict[str, Any]) -> bytes:
+    """A record's fields as msgpack: ormsgpack, or msgpack for what it cannot write
+    (times become the msgpack timestamp extension, like the producer wrote them)."""
+    import ormsgpack
+
+    try:
+        return ormsgpack.packb(data, option=ormsgpack.OPT_NON_STR_KEYS
+                               | ormsgpack.OPT_PASSTHROUGH_DATETIME)
+    except (TypeError, ormsgpack.MsgpackEncodeError):
+        return pack_record(data)
 
 
 def encode_each(records: Sequence[Record], encode: Callable[[Record], T]

@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._values import pack_record
+from ._encode import packb as _pack
 
 # KEYS: target, seen-set. ARGV: mode, now_s, window_s, max_entries, then id, rec pairs.
 _SCRIPT = """
@@ -84,17 +84,6 @@ else
 end
 return #ids
 """
-def _pack(data: dict[str, Any]) -> bytes:
-    """ormsgpack, or msgpack for what it cannot write (times: the timestamp extension)."""
-    import ormsgpack
-
-    try:
-        return ormsgpack.packb(data, option=ormsgpack.OPT_NON_STR_KEYS
-                               | ormsgpack.OPT_PASSTHROUGH_DATETIME)
-    except (TypeError, ormsgpack.MsgpackEncodeError):
-        return pack_record(data)
-
-
 _RETRYABLE_PREFIXES = ("BUSY", "LOADING", "READONLY", "TRYAGAIN", "OOM", "MASTERDOWN",
                        "CLUSTERDOWN", "NOREPLICAS")
 
