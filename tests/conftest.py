@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from collector.testing import KafkaBroker, RedisServer
+from collector.testing import InfluxServer, KafkaBroker, RedisServer
 
 
 @pytest.fixture
@@ -38,6 +38,16 @@ def kafka_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def influx_server(tmp_path: Path) -> Iterator[InfluxServer]:
+    """A private influxd (InfluxDB 1.x, authentication off) on free ports; stopped afterwards."""
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

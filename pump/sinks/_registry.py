@@ -23,7 +23,7 @@ from ._base import _REGISTRY, Sink
 # missing driver is reported by missing_driver() when the pump loads its config.
 BUILTIN_MODULES = (
     "memory", "null", "stdout", "file", "mongo", "postgres", "syslog", "http",
-    "prometheus", "redis", "aggregate", "kafka",
+    "prometheus", "redis", "aggregate", "kafka", "influx", "elasticsearch",
 )
 ENTRY_POINT_GROUP = "collector.sinks"
 
