@@ -7,9 +7,11 @@ format), then runs the real ``collector-pump`` once per (sink, workers):
 each run has its own consumer group on the same stream, so every run reads
 every record. The figure is records/s from the first delivery until the
 group has read and acknowledged everything (polled every 20 ms). Sinks:
-``null``, ``file`` (JSON Lines, ``fsync: batch``) and ``postgres`` (when
+``null``, ``file`` (JSON Lines, ``fsync: batch``), ``postgres`` (when
 PostgreSQL answers at $COLLECTOR_TEST_PG_DSN, default ``dbname=collector_test``),
-each with 1 and 2 workers. It also prints the decode cost per record (best of 5):
+``kafka``, ``influx`` and ``elasticsearch`` (into the servers of
+``bench/_sink_peers.py``), each with 1 and 2 workers. It also prints the decode
+cost per record (best of 5):
 ``msgpack.unpackb`` alone, the ormsgpack decode the worker uses, and the whole per-record pipeline
 (entry decode, record decode, Record object).
 
@@ -36,6 +38,8 @@ from pump._pipeline import RecordPipeline
 from pump.config import Filters
 
 from . import _harness as h
+from ._sink_peers import SINKS as PEER_SINKS
+from ._sink_peers import SinkPeers
 
 KEY = "collector:analytics"
 TARGETS = {"null": 200_000, "file": 200_000, "postgres": 50_000}
@@ -108,7 +112,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench pump", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100,000 records instead of 1,000,000")
     ap.add_argument("--records", type=int, default=None)
-    ap.add_argument("--sinks", default="null,file,postgres")
+    ap.add_argument("--sinks", default="null,file,postgres," + ",".join(PEER_SINKS))
     args = ap.parse_args(argv)
     total = args.records or (100_000 if args.quick else 1_000_000)
     work = Path(tempfile.mkdtemp(prefix="bench-pump-"))
@@ -116,6 +120,7 @@ def main(argv: list[str]) -> int:
     url = server.url
     r = server.client()
     results: list[tuple[str, int, float]] = []
+    peers = SinkPeers(work)
     try:
         t0 = time.perf_counter()
         fill_stream(r, total, key=KEY, ring="b" * 32, record=_record)
@@ -139,6 +144,8 @@ def main(argv: list[str]) -> int:
                         break
                     meta = {"dsn": dsn, "table": f"bench_pump_{workers}"}
                     drop_tables(meta["table"], dsn=dsn)
+                elif sink in PEER_SINKS:
+                    meta = peers.meta(sink, name)
                 rate = _run(r, url, work, name, sink, workers, meta, entries, total)
                 results.append((sink, workers, rate))
                 if sink == "file":
@@ -146,13 +153,15 @@ def main(argv: list[str]) -> int:
                 if sink == "postgres" and dsn:
                     drop_tables(meta["table"], dsn=dsn)
     finally:
+        peers.stop()
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'sink':<10}{'workers':>8}{'records/s':>14}{'target':>12}")
+    print(f"\n{'sink':<14}{'workers':>8}{'records/s':>14}{'target':>12}")
     for sink, workers, rate in results:
         target = TARGETS.get(sink, 0)
-        mark = "ok" if rate >= target else "BELOW"
-        print(f"{sink:<10}{workers:>8}{rate:>14,.0f}{target:>12,} {mark}")
+        mark = "" if not target else "ok" if rate >= target else "BELOW"
+        shown = f"{target:,}" if target else "-"
+        print(f"{sink:<14}{workers:>8}{rate:>14,.0f}{shown:>12} {mark}")
     return 0
 
 

@@ -1,0 +1,48 @@
+"""The servers ``bench pump`` writes the kafka, influx and elasticsearch sinks into.
+
+kafka: a tansu broker (``collector.testing.KafkaBroker``, memory storage), a
+topic of 3 partitions per run; influx: a private ``influxd``
+(``InfluxServer``), a database per run; elasticsearch: ``EsPeer``, the
+wire-level bulk API peer of the tests, keeping ids but not sources (no
+Elasticsearch server can be installed here; the peer is Python in the
+bench's own process, so that figure bounds the peer as much as the sink).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from collector.testing import EsPeer, InfluxServer, KafkaBroker
+
+SINKS = ("kafka", "influx", "elasticsearch")
+
+
+class SinkPeers:
+    """Started on first use, one of each; ``meta(sink, run)`` is a run's sink meta."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.running: dict[str, Any] = {}
+
+    def meta(self, sink: str, run: str) -> dict[str, Any]:
+        peer = self.running.get(sink)
+        if sink == "kafka":
+            if peer is None:
+                peer = self.running[sink] = KafkaBroker(self.work / "kafka").start()
+            peer.create_topic(run, partitions=3)
+            return {"bootstrap_servers": peer.bootstrap, "topic": run}
+        if sink == "influx":
+            if peer is None:
+                peer = self.running[sink] = InfluxServer(self.work / "influx").start()
+            return {"url": peer.url, "database": run, "create_database": True}
+        if sink == "elasticsearch":
+            if peer is None:
+                peer = self.running[sink] = EsPeer(keep_sources=False).start()
+            return {"hosts": [peer.url], "index": f"{run}-%Y.%m.%d"}
+        raise ValueError(f"no bench peer for sink {sink!r}")
+
+    def stop(self) -> None:
+        for peer in self.running.values():
+            peer.stop()
+        self.running.clear()
