@@ -9,6 +9,11 @@ In one run, for the ~450-byte authz record (``collector.testing.authz_record``):
   the alternatives of :mod:`bench._designs`: (a) a synchronous ``RPUSH``,
   (b) the seed's queue + worker threads, (c) an OpenTelemetry-style deque
   + one thread, and ``multiprocessing.Queue`` to a sender process;
+- deterministic figures (:mod:`bench._record_cost`): instructions per call
+  from ``valgrind --tool=callgrind`` and the cold-cache time per call (4 MiB
+  streamed between calls) for ours (each path built), a deque append, the
+  OTel-style ``record()``, ``msgpack.packb`` and ``ormsgpack.packb``
+  (``--cost-only`` runs just these, ``--no-callgrind`` skips valgrind);
 - the app process's CPU per record including its own threads:
   ``time.process_time()`` from the first record until ``stop()`` returned
   (everything sent) divided by the records accepted. Ours has no threads;
@@ -40,6 +45,7 @@ from collector.testing import RedisServer, authz_record, wait_until
 
 from . import _designs as d
 from . import _harness as h
+from . import _record_cost as cost
 
 TARGET_P50_NS = 1500
 TARGET_SYNC_RATIO = 50
@@ -207,6 +213,17 @@ def _fmt_ns(v: float) -> str:
     return f"{v / 1000:,.1f} us" if v >= 10_000 else f"{v:,.0f} ns"
 
 
+def _cost_only(args: argparse.Namespace) -> int:
+    print(f"record_hit benchmark (instructions and cold cache only): python "
+          f"{platform.python_version()}, {os.cpu_count()} cpus, "
+          f"{'quick' if args.quick else 'full'} run")
+    res = cost.measure(args.quick, callgrind=not args.no_callgrind)
+    print("\n".join(cost.report(res, cost.active_path())))
+    if args.json:
+        args.json.write_text(json.dumps({"cost": res}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench record_hit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not start collector-daemon (ours' ring is drained in-process, "
                          "outside the measured windows)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only the instruction counts and cold-cache times (no Redis)")
+    ap.add_argument("--no-callgrind", action="store_true", help="skip valgrind's counts")
     args = ap.parse_args(argv)
+    if args.cost_only:
+        return _cost_only(args)
     n_fast = 30_000 if args.quick else 200_000
     n_slow = 1_000 if args.quick else 10_000
 
@@ -303,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {labels[name]:<28} p50 is {ratios[name]['p50']:6.1f}x ours, "
                   f"app CPU per record is {ratios[name]['cpu']:5.1f}x ours")
         results["ratios"] = ratios
+
+        res = cost.measure(args.quick, callgrind=not args.no_callgrind)
+        results["cost"] = res
+        print("\n".join(cost.report(res, cost.active_path())))
 
         checks = [
             (f"record_hit p50 <= {TARGET_P50_NS} ns", ours["p50_ns"] <= TARGET_P50_NS,

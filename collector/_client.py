@@ -3,7 +3,9 @@
 Hot path
 --------
 ``record_hit(record)`` is a closure installed on the instance (like
-``RingWriter.try_write``), built by :mod:`collector._hotpath`: encode, then
+``RingWriter.try_write``), built by :mod:`collector._hotpath`: on the
+native path (``stats().path``) the C writer encodes the record straight into
+the ring's next frame; otherwise, and for whatever it declines, encode, then
 the ring's lock-free ``write_unlocked`` under one in-process lock, every
 piece of state in closure cells. Threads of one process share the ring
 through that lock; it is the client's own (not the ring's) because it also

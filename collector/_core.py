@@ -4,8 +4,12 @@
 need on its way: opening this process's ring (on ``start()`` or the first
 record), refusing records after ``stop()``, waiting for room with the block
 policy, the reset in a forked child and the counters only this process can
-see. It steers the hot path through ``set_write`` and ``set_lock`` alone,
-always with the lock held (or, after a fork, before any other thread runs).
+see. It steers the hot path through ``set_write``, ``set_lock`` and, on the
+native path, ``set_take`` (the open ring's ``write_record``, installed with
+its writer and removed with it) alone, always with the lock held (or, after
+a fork, before any other thread runs). The path (``native`` or ``pure``,
+:mod:`ringbuf._native`; ``ring_checksum`` keeps to pure) is chosen when the
+client is created, logged once and in ``stats().path``.
 
 ``write`` is one of three functions:
 
@@ -37,7 +41,7 @@ from typing import Literal
 import ringbuf
 
 from ._encode import make_encoder
-from ._hotpath import Write, make_record_hit
+from ._hotpath import Write, make_record_hit, take_nothing
 from .common.log import RateLimited
 from .config import CollectorConfig
 
@@ -72,6 +76,7 @@ class AnalyticsStats:
     dropped_no_ring: int  # the ring could not be created; visible only here
     rings_opened: int
     lost_ring_gone: int = 0  # in rings removed or replaced under this process, uncommitted
+    path: str = "pure"  # the record path: "native" (ringbuf._cring) or "pure" Python
 
 
 class _Core:
@@ -80,6 +85,9 @@ class _Core:
     def __init__(self, cfg: CollectorConfig) -> None:
         self._rings_dir = cfg.rings_dir
         block = cfg.full_policy == "block"
+        # The native path takes the record into the ring itself; not with checksums.
+        self.path = "pure" if cfg.ring_checksum else ringbuf.ring_path()
+        native = self.path == "native"
         self._ring_options = {
             "capacity_bytes": cfg.ring_capacity_bytes,
             "max_record_bytes": cfg.max_record_bytes,
@@ -88,6 +96,7 @@ class _Core:
             "count_full_drops": not block,  # the block policy counts its final drop itself
             "on_gone": self._ring_gone,
             "check_interval_s": RING_CHECK_S,
+            "native": native,
         }
         self._block_timeout_s = cfg.block_timeout_ms / 1000.0
         self.state: State = NEW
@@ -100,11 +109,15 @@ class _Core:
         fast, slow = make_encoder(cfg.encoder)
         if block:
             hot = make_record_hit(fast, slow, self._write, self._lock,
-                                  note_full=self._note_full, wait_for_room=self._wait_for_room)
+                                  note_full=self._note_full, wait_for_room=self._wait_for_room,
+                                  native=native)
         else:
-            hot = make_record_hit(fast, slow, self._write, self._lock)
+            hot = make_record_hit(fast, slow, self._write, self._lock, native=native)
         self.record_hit = hot.record_hit
         self._hot = hot
+        why = "ring_checksum" if cfg.ring_checksum else ringbuf._native.why_pure()
+        log.info("analytics client path=%s%s pid=%d", self.path,
+                 "" if native else f" why={why!r}", os.getpid())
 
     def _reset_counts(self) -> None:
         self.rings_opened = 0
@@ -114,17 +127,19 @@ class _Core:
         self.dropped_no_ring = 0
         self.lost_ring_gone = 0
 
-    def _install(self, write: Write) -> None:
-        """Make ``write`` the hot path's write function (lock held)."""
+    def _install(self, write: Write, writer: ringbuf.RingWriter | None = None) -> None:
+        """Make ``write`` the hot path's write function (lock held); on the native
+        path the open ``writer``'s ``write_record`` takes records, or nothing."""
         self._write = write
         self._hot.set_write(write)
+        self._hot.set_take(writer.write_record if writer is not None else take_nothing)
 
     # -- the three write functions ----------------------------------------------------
     def _open_ring(self) -> ringbuf.RingWriter:
         """Create this process's ring and write into it from now on (lock held)."""
         w = ringbuf.RingWriter.create(self._rings_dir, **self._ring_options)  # type: ignore[arg-type]
         self._writer = w
-        self._install(w.write_unlocked)
+        self._install(w.write_unlocked, w)
         self.state = RUNNING
         self.rings_opened += 1
         log.debug("analytics ring opened path=%s pid=%d", w.path, os.getpid())
@@ -261,6 +276,7 @@ class _Core:
                 dropped_no_ring=self.dropped_no_ring,
                 rings_opened=self.rings_opened,
                 lost_ring_gone=self.lost_ring_gone,
+                path=self.path,
             )
 
 

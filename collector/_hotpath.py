@@ -13,9 +13,18 @@ The client's life cycle (:mod:`collector._core`) steers the hot path
 through two setters and never touches it otherwise: ``set_write`` installs
 the function that takes the encoded bytes (the ring's writer, the opener
 that creates the ring on first use, the refusal after ``stop()``), and
-``set_lock`` installs a new lock (after a fork). A native fast path that
-encodes straight into the ring's next frame would be another
-:func:`make_record_hit` with the same setters.
+``set_lock`` installs a new lock (after a fork).
+
+The native path (``native=True``, :mod:`ringbuf._native`): ``record_hit``
+first hands the record to ``take`` (``set_take`` installs the open ring's
+``RingWriter.write_record``; else a function that takes nothing), which
+encodes it straight into the ring's next frame and publishes it, with no
+Python lock: the C call holds the GIL and runs no Python code, so it is
+atomic with respect to the other threads, and it declines while the ring's
+careful path (Python, under the lock) moves the position. What it declines
+(None: a type needing conversion, an oversize record, a new lap, a possibly
+full ring, no ring open, stopped) goes through the pure ``record_hit``
+above, unchanged.
 
 With the block policy a write that finds the ring full asks ``note_full``
 (with the lock held: is a ring open, so that waiting makes sense?) and then
@@ -32,16 +41,27 @@ Encoder = Callable[[Any], bytes]
 Write = Callable[[bytes], bool]
 
 
+Take = Callable[[Any], "bool | None"]
+
+
 class HotPath(NamedTuple):
     record_hit: Callable[[Mapping[str, Any]], bool]
     set_write: Callable[[Write], None]
     set_lock: Callable[[threading.Lock], None]
+    set_take: Callable[[Take], None]
+
+
+def take_nothing(record: Any) -> None:
+    """The native path's ``take`` while no ring is open: the pure path does it."""
+    return None
 
 
 def make_record_hit(fast: Encoder, slow: Encoder, write: Write, lock: threading.Lock, *,
                     note_full: Callable[[], bool] | None = None,
-                    wait_for_room: Write | None = None) -> HotPath:
+                    wait_for_room: Write | None = None, native: bool = False) -> HotPath:
     """Build ``record_hit`` over ``write`` and ``lock``, and its setters.
+
+    With ``native`` it first tries ``take`` (module doc).
 
     Without ``note_full`` a full ring is a drop (the ring counts it); with
     ``note_full`` and ``wait_for_room`` (the block policy) the hot path
@@ -93,4 +113,23 @@ def make_record_hit(fast: Encoder, slow: Encoder, write: Write, lock: threading.
                 release()
             return wait_for_room(payload)
 
-    return HotPath(record_hit, set_write, set_lock)
+    if not native:
+        return HotPath(record_hit, set_write, set_lock, _no_take)
+    careful = record_hit
+    take: Take = take_nothing
+
+    def set_take(new_take: Take) -> None:
+        nonlocal take
+        take = new_take
+
+    def native_record_hit(record: Mapping[str, Any]) -> bool:
+        done = take(record)
+        if done is None:
+            return careful(record)
+        return done
+
+    return HotPath(native_record_hit, set_write, set_lock, set_take)
+
+
+def _no_take(take: Take) -> None:
+    """The pure path's ``set_take``: it has nothing to install."""

@@ -4,14 +4,20 @@ The public surface: :class:`RingWriter` (the producer), :class:`RingReader`
 (the consumer), :class:`RingProbe` (a ring's header and liveness, read
 without mapping it), :func:`discover`, :func:`check_capacity` (the capacity
 rule every ring size must follow), the private-directory check, the
-liveness locks and the exception tree of :mod:`ringbuf._errors`.
+liveness locks, the exception tree of :mod:`ringbuf._errors` and
+:func:`ring_path` (``native`` or ``pure``: the path a writer or reader created
+now takes, :mod:`ringbuf._native`).
 
 Modules::
 
     _layout     the binary layout, its constants and the capacity rule (the contract)
     _files      private directories, creating and opening ring files, the liveness locks
-    _writer     RingWriter and its hot path
-    _reader     RingReader, RecordBatch and the frame scanners
+    _writer     RingWriter
+    _writepath  the producer's write functions (closures; the native glue)
+    _native     which path: the C extension _cring (built by pip when it can) or pure Python
+    _cring      the native fast path (C, optional): encode into the frame, release/acquire
+    _reader     RingReader, RecordBatch; settling a frame seen before its bytes
+    _scan       the reader's frame scanners
     _probe      RingProbe: header and liveness by pread, never mapped
     _discovery  the rings of a directory
     _errors     the exception tree
@@ -41,6 +47,7 @@ from ._layout import (
     RingStats,
     check_capacity,
 )
+from ._native import active_path as ring_path
 from ._probe import RingProbe
 from ._reader import RecordBatch, RingReader
 from ._writer import RingWriter
@@ -69,4 +76,5 @@ __all__ = [
     "is_ring_name",
     "lock_consumer",
     "producer_alive",
+    "ring_path",
 ]

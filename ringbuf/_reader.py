@@ -25,6 +25,8 @@ or after ``settle_s`` that still finds it bad raises
 :class:`RingCorrupted` with the reason, and so does every later call (never
 skipping it): only damage that persists gets a ring quarantined.
 ``unsettled_looks`` counts the calls that found a frame still in flight.
+On the native path (:mod:`ringbuf._native`) ``read_batch`` loads ``tail``
+with an acquire load, the pair of the writer's release store.
 
 :meth:`RingReader.commit` publishes ``head`` (then ``committed``) with one
 aligned 8-byte store each (:mod:`ringbuf._layout`); a reader that dies
@@ -34,6 +36,7 @@ prints what reading costs.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import time
@@ -41,6 +44,7 @@ import zlib
 from collections.abc import Iterable
 from typing import NoReturn
 
+from . import _native
 from ._errors import RingCorrupted
 from ._files import open_ring_file, ring_file_problem, unmap
 from ._layout import (
@@ -124,6 +128,11 @@ class RingReader:
         self._mm = mm
         self._mv = memoryview(mm)
         self._q = self._mv[:HEADER_SIZE].cast("Q")
+        # tail gates the frames: an acquire load on the native path (module doc)
+        if _native.active_path() == "native":
+            self._load_tail = functools.partial(_native.load_acquire, mm, W_TAIL * 8)
+        else:
+            self._load_tail = functools.partial(self._q.__getitem__, W_TAIL)
         self._mask = header.capacity - 1
         self._head = self._q[W_HEAD]
         self._read_pos = self._head
@@ -159,7 +168,7 @@ class RingReader:
             raise ValueError(f"max_records={max_records} must be at least 1")
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes={max_bytes} must not be negative")
-        tail = self._q[W_TAIL]
+        tail = self._load_tail()
         pos = self._read_pos
         batch = RecordBatch()
         if tail == pos:

@@ -1,57 +1,33 @@
-"""The producer side: :class:`RingWriter` and its hot path.
+"""The producer side: :class:`RingWriter`.
 
-``try_write`` and ``write_unlocked`` are closures built by
-:func:`_make_writers` over the producer's state in closure cells: attribute
-and global lookups would cost more than the copy itself at these sizes. Per
-payload size a ``(Struct("<QQ{n}s").pack_into, frame size, header word)``
-entry is cached, so one ``pack_into`` call copies the 16-byte frame header
-and the payload. The fast path is: look up the size entry, one comparison
-with ``stop`` (a bound that needs no other check, see :func:`_make_writers`),
-``pack_into``, two 8-byte stores (``tail``, then ``written``). Anything else
-(a size not seen yet, an oversize or non-bytes payload, the end of the data
-area, a possibly full ring, and ``checksum=True``, whose CRC costs more than
-the checks) goes through ``careful``, the reference implementation of the
-room rule of :mod:`ringbuf._layout`.
-
-With ``thread_safe=True`` the fast path is inlined under an in-process
-``threading.Lock`` taken with bound ``acquire``/``release`` (cheaper than
-``with lock`` or a nested call); ``write_unlocked`` is the same code without
-the lock, for callers that serialise writes themselves. No lock-free scheme
-between threads is used: a thread switch can happen between any two
-bytecodes, so the lock is what makes the read-modify-write of the producer
-state safe. ``python -m bench ring`` prints what a write costs.
-
-A ring file removed or replaced under its live producer (by an operator,
-a tmpfs clean-up, a daemon that quarantined it) would take every later
-record into a file nobody reads. With ``on_gone`` the writer looks at its
-file (:func:`ringbuf._files.ring_file_problem`: two ``stat`` calls) at most
-every ``check_interval_s``, in ``careful`` only: the fast path's bound
-``stop`` is also capped by the bytes the measured write rate would put
-before the next look is due, so a busy producer takes ``careful`` about
-once per interval and a slow one on every write (which a slow producer can
-afford). Nothing is added per call. When the file is gone, ``on_gone(payload,
-why)`` gets the write (the client opens a new ring and counts what the old
-one held unread).
+Its write functions (``try_write``, ``write_unlocked`` and, on the native
+path, ``write_record``) are installed per instance by
+:func:`ringbuf._writepath._make_writers`, which documents the hot path, the
+lock and the watch over the file (``on_gone``). Which path a writer takes
+is decided when it is created (:mod:`ringbuf._native`): native when the C
+extension is built, ``COLLECTOR_PURE_PYTHON`` is not set and
+``checksum=False``; ``RingWriter.native`` says which.
 
 Payloads are ``bytes`` (or ``bytearray``); anything else is a ``TypeError``
 and a payload over ``max_record_bytes`` is :class:`RecordTooLarge`
 (counted in ``dropped_oversize``). Neither changes the ring. A full ring
 makes ``try_write`` return False, counted in ``dropped_full`` unless
-``count_full_drops=False``.
+``count_full_drops=False``. ``write_record(record)`` (a dict, encoded as
+msgpack straight into the frame) returns True when it wrote it and None
+when it did not take it (always None on the pure path): the caller then
+encodes and calls ``write_unlocked``.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import struct
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Callable
+from typing import Any
 
-from ._errors import RecordTooLarge
+from . import _native
 from ._files import (
     create_ring_file,
     default_directory,
@@ -65,212 +41,25 @@ from ._layout import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_RECORD_BYTES,
     HEADER_SIZE,
-    PAD64,
     RING_SUFFIX,
-    TAG,
     W_CLOSED,
     W_COMMITTED,
     W_DROPPED_FULL,
     W_DROPPED_OVERSIZE,
     W_HEAD,
     W_TAIL,
-    W_WRITTEN,
     Header,
     check_capacity,
 )
-
-_TAG = TAG << 32
-_CACHE_LIMIT = 4096  # payload sizes whose frame packer the fast path keeps
-
-
-OnGone = Callable[[bytes, str], bool]
-
-
-def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
-                  checksum: bool, lock: threading.Lock | None,
-                  count_full: bool = True, check: Callable[[], str | None] | None = None,
-                  on_gone: OnGone | None = None,
-                  check_interval_s: float = 1.0):  # type: ignore[no-untyped-def]
-    """Build the producer's write functions as closures over one shared state.
-
-    Returns ``(try_write, write_unlocked, written)``. Every piece of state the
-    hot path touches is a closure cell or a constant: attribute and global
-    lookups cost more than the copy itself at this size.
-
-    State (closure cells), all absolute byte offsets into the file:
-
-    * ``off``   where the next frame goes (``HEADER_SIZE <= off <= dend``);
-    * ``tbase`` so that ``tail == tbase + off`` (grows by ``capacity`` per lap);
-    * ``seq``   the next record's sequence number (== records published);
-    * ``head``  the consumer's ``head`` as last loaded;
-    * ``stop``  the fast path may put a frame ending at or before ``stop``
-      without any check: ``stop <= dend`` and ``stop - off`` never exceeds
-      the free space as of the last ``head`` load (free space only grows as
-      the consumer commits, and shrinks exactly as the producer writes).
-
-    ``careful`` is the reference implementation of a write (type and size
-    checks, the room rule, padding, the CRC) and re-reads ``head`` only when
-    the cached value says the ring is full; the fast path handles only the
-    common case (no wrap, room known, payload size already seen) and hands
-    everything else to ``careful``.
-
-    With ``check`` (None while the file is fine, else why not), ``careful``
-    calls it at most every ``check_interval_s`` and hands the write to
-    ``on_gone`` when it answers; ``stop`` is then also capped so that the fast
-    path, at the rate measured between two ``careful`` calls, reaches it about
-    when the next check is due (cells ``next_check``, ``mark_t``, ``mark_pos``).
-    """
-    base = HEADER_SIZE
-    dend = HEADER_SIZE + capacity
-    off = base
-    tbase = -base
-    seq = 0
-    head = 0
-    stop = base  # forces the first write through ``careful``
-    # payload size -> (pack_into of "<QQ{n}s", frame size, header word)
-    packers: dict[int, tuple] = {}  # type: ignore[type-arg]
-    crc32 = zlib.crc32
-    monotonic = time.monotonic
-    next_check = 0.0  # the first careful write looks at the file
-    mark_t = 0.0
-    mark_pos = 0
-
-    def careful(payload: bytes) -> bool:
-        nonlocal off, tbase, seq, head, stop, next_check, mark_t, mark_pos
-        if check is not None:
-            now = monotonic()
-            if now >= next_check:
-                why = check()
-                if why is not None:
-                    return on_gone(payload, why)  # type: ignore[misc]
-                next_check = now + check_interval_s
-        if not isinstance(payload, (bytes, bytearray)):
-            raise TypeError(
-                f"payload must be bytes (or bytearray), got {type(payload).__name__}"
-            )
-        n = len(payload)
-        if n > max_record:
-            q[W_DROPPED_OVERSIZE] += 1
-            raise RecordTooLarge(n, max_record)
-        entry = packers.get(n)
-        if entry is None:
-            if len(packers) >= _CACHE_LIMIT:
-                packers.clear()
-            entry = packers[n] = (struct.Struct(f"<QQ{n}s").pack_into,
-                                  (n + 23) & -8, n | _TAG)
-        pack, frame, word = entry
-        contig = dend - off  # bytes before the end of the data area
-        # The room rule: a frame that does not fit before the end of the data
-        # area also consumes the rest of the area (padding).
-        need = frame if frame <= contig else frame + contig
-        used = tbase + off - head
-        if used + need > capacity:
-            head = q[W_HEAD]  # the consumer's one store; a plain 8-byte load
-            used = tbase + off - head
-            if used + need > capacity:
-                if count_full:
-                    q[W_DROPPED_FULL] += 1
-                return False
-        if frame > contig:
-            if contig:
-                # Mark the rest of the area as padding (contig >= 8: aligned).
-                q[off >> 3] = PAD64
-            tbase += capacity
-            off = base
-        if checksum:
-            word = n | (crc32(payload) << 32)
-        pack(mv, off, word, seq, payload)
-        seq += 1
-        off += frame
-        free = capacity - (tbase + off - head)
-        room = min(free, dend - off)
-        if check is not None:
-            # Bytes the fast path may write before the next check is due, at the
-            # rate since the last careful write (0: careful again next time).
-            pos = tbase + off
-            dt = now - mark_t
-            if dt > 0:
-                room = min(room, int((pos - mark_pos) * (next_check - now) / dt))
-            mark_t, mark_pos = now, pos
-        stop = off + room
-        # Publish: one aligned 8-byte store makes the frame (and any padding
-        # before it) visible; then the record counter.
-        q[W_TAIL] = tbase + off
-        q[W_WRITTEN] = seq
-        return True
-
-    if checksum:
-        # The CRC costs more than the careful path's extra checks: no fast path.
-        unlocked = careful
-    else:
-        def unlocked(payload: bytes) -> bool:
-            nonlocal off, seq
-            try:
-                pack, frame, word = packers[len(payload)]
-                end = off + frame
-                if end > stop:
-                    return careful(payload)
-                pack(mv, off, word, seq, payload)
-            except KeyError:  # a payload size not seen yet, or an oversize one
-                return careful(payload)
-            except (TypeError, struct.error):
-                raise TypeError(
-                    f"payload must be bytes (or bytearray), got {type(payload).__name__}"
-                ) from None
-            seq += 1
-            off = end
-            # Publish (see careful): tail, then the record counter.
-            q[16] = tbase + end  # W_TAIL (a constant index: cheaper than a global)
-            q[17] = seq  # W_WRITTEN
-            return True
-
-    if lock is None:
-        locked = unlocked
-    elif checksum:
-        acquire, release = lock.acquire, lock.release
-
-        def locked(payload: bytes) -> bool:
-            acquire()
-            try:
-                return careful(payload)
-            finally:
-                release()
-    else:
-        acquire, release = lock.acquire, lock.release
-
-        def locked(payload: bytes) -> bool:
-            # The body of ``unlocked``, inlined: a nested call would cost
-            # as much as the lock itself.
-            nonlocal off, seq
-            acquire()
-            try:
-                pack, frame, word = packers[len(payload)]
-                end = off + frame
-                if end > stop:
-                    return careful(payload)
-                pack(mv, off, word, seq, payload)
-                seq += 1
-                off = end
-                q[16] = tbase + end  # W_TAIL
-                q[17] = seq  # W_WRITTEN
-                return True
-            except KeyError:
-                return careful(payload)
-            except (TypeError, struct.error):
-                raise TypeError(
-                    f"payload must be bytes (or bytearray), got {type(payload).__name__}"
-                ) from None
-            finally:
-                release()
-
-    def written() -> int:
-        return seq
-
-    return locked, unlocked, written
+from ._writepath import OnGone, _make_writers
 
 
 def _closed_write(payload: bytes) -> bool:
     raise ValueError("this ring writer is closed")
+
+
+def _not_taken(record: Any) -> None:
+    return None  # the pure path's write_record: the caller encodes and writes
 
 
 class RingWriter:
@@ -304,6 +93,7 @@ class RingWriter:
         count_full_drops: bool = True,
         on_gone: OnGone | None = None,
         check_interval_s: float = 1.0,
+        native: bool | None = None,
     ) -> RingWriter:
         """Create a new ring file (mode 0600, exclusively) in ``directory``.
 
@@ -316,8 +106,17 @@ class RingWriter:
         (looked at every ``check_interval_s``, module doc) is handed to
         ``on_gone(payload, why)``, whose result it returns; ``on_gone`` may
         :meth:`abandon` this writer (not :meth:`close` it: the write holds
-        the lock of a ``thread_safe`` writer).
+        the lock of a ``thread_safe`` writer). ``native=None`` takes the
+        native path when :func:`ringbuf._native.active_path` says so and
+        ``checksum`` is off; ``True`` insists (``RuntimeError`` if not built),
+        ``False`` refuses it.
         """
+        if native is None:
+            native = _native.active_path() == "native" and not checksum
+        elif native and not _native.BUILT:
+            raise RuntimeError(f"native=True: {_native.why_pure()}")
+        elif native and checksum:
+            raise ValueError("native=True: checksum rings have no native fast path")
         check_capacity(capacity_bytes, max_record_bytes)
         directory = ensure_private_directory(directory or default_directory())
         ring_id = uuid.uuid4()
@@ -343,6 +142,9 @@ class RingWriter:
         self._closed = False
         self._pid = pid
         self._lock = threading.Lock() if thread_safe else None
+        self._native = _native.new_writer(self._mm, max_record_bytes) if native else None
+        self.native = bool(native)
+        self.write_record = self._native.write_record if native else _not_taken
         size = HEADER_SIZE + capacity_bytes
         check = None
         if on_gone is not None:
@@ -351,7 +153,7 @@ class RingWriter:
                 return None if problem is None else problem[1]
         self.try_write, self.write_unlocked, self._written_fn = _make_writers(
             self._q, self._mv, capacity_bytes, max_record_bytes, checksum,
-            self._lock, count_full_drops, check, on_gone, check_interval_s)
+            self._lock, count_full_drops, check, on_gone, check_interval_s, self._native)
         return self
 
     def try_write(self, payload: bytes) -> bool:  # replaced per instance in create()
@@ -425,6 +227,9 @@ class RingWriter:
         self._release()
 
     def _release(self) -> None:
+        if self._native is not None:
+            self._native.release()  # its buffer first: later native writes decline
+        self.write_record = _not_taken
         unmap(self._mm, (self._q, self._mv), self._fd)
 
     def __enter__(self) -> RingWriter:

@@ -7,12 +7,28 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 import ringbuf
 from collector.testing import account, wait_until
-from ringbuf import _layout
+from ringbuf import _layout, _native
 
 H = _layout.HEADER_SIZE
+
+
+@pytest.fixture(params=["native", "pure"], autouse=True)
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test of a module that imports this runs on both paths (``ringbuf._native``):
+    the environment is what a writer, reader or client created in the test (or in a
+    process it starts) goes by. Without the extension the native half is skipped."""
+    if request.param == "native":
+        if not _native.BUILT:
+            pytest.skip(_native.why_pure() or "native path unavailable")
+        monkeypatch.delenv(_native.PURE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_native.PURE_ENV, "1")
+    assert ringbuf.ring_path() == request.param
+    return str(request.param)
 
 
 def ring_with(rings_dir: Path, records: list[bytes], **kw: object) -> ringbuf.RingWriter:

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import logging
 import os
 import threading
 import uuid
@@ -27,7 +28,14 @@ import ringbuf
 from collector import Analytics, ConfigError, RecordTooLarge
 from collector.testing import wait_until
 
-from ._rings import AUTHZ, check_sequence, drain, rings, small
+from ._rings import (
+    AUTHZ,
+    check_sequence,
+    drain,
+    rings,
+    small,
+    write_path,  # noqa: F401 (both paths)
+)
 
 
 def test_round_trip_decodes_to_what_was_sent(rings_dir: Path) -> None:
@@ -48,6 +56,24 @@ def test_round_trip_decodes_to_what_was_sent(rings_dir: Path) -> None:
     assert a.state == "stopped"
     with ringbuf.RingReader.open(path) as r:
         assert r.stats().closed
+
+
+def test_the_active_path_is_named(rings_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """In a log line at start and in stats(); ring_checksum keeps to the pure path."""
+    active = ringbuf.ring_path()  # the param of this run (tests/_rings.py)
+    with caplog.at_level(logging.INFO, logger="collector.analytics"):
+        a = Analytics(small(rings_dir))
+        c = Analytics(small(rings_dir, ring_checksum=True))
+    assert f"analytics client path={active}" in caplog.text
+    assert "why='ring_checksum'" in caplog.text
+    if active == "pure":
+        assert f"why='{ringbuf._native.PURE_ENV}=1'" in caplog.text
+    for client, path in ((a, active), (c, "pure")):
+        with client:
+            assert client.record_hit(dict(AUTHZ)) and client.record_hit(dict(AUTHZ))
+            assert client.stats().path == path and client.stats().written == 2
+            got = drain(client.ring_path)  # type: ignore[arg-type]
+            assert [r["username"] for r in got] == ["alice"] * 2
 
 
 @pytest.mark.parametrize("encoder", ["ormsgpack", "msgpack"])

@@ -18,7 +18,14 @@ import ringbuf
 from collector import Analytics
 from collector.testing import wait_until
 
-from ._rings import AUTHZ, check_sequence, drain, rings, small
+from ._rings import (
+    AUTHZ,
+    check_sequence,
+    drain,
+    rings,
+    small,
+    write_path,  # noqa: F401 (both paths)
+)
 
 # -- forks ---------------------------------------------------------------------
 

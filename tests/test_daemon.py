@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import redis
 
+import ringbuf
 from collector.common.stream import shard_keys
 from collector.testing import (
     Daemon,
@@ -124,6 +125,9 @@ def test_http_endpoints(tmp_path: Path, rings_dir: Path, redis_server: RedisServ
             assert name in text, f"{name} missing from /metrics"
         m = daemon.metrics()
         assert m["collector_daemon_records_written_total"] == 2_000
+        # the ring path its readers take (this environment's, ringbuf.ring_path())
+        assert m[f'collector_daemon_ring_path{{path="{ringbuf.ring_path()}"}}'] == 1
+        assert f"ring_path={ringbuf.ring_path()}" in daemon.log_text()
         assert daemon.get("/nope")[0] == 404
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 import ringbuf
 
-from ._rings import RECORDS, H, corrupt_after_settling, poke, read_all, ring_with
+from ._rings import (
+    RECORDS,
+    H,
+    corrupt_after_settling,
+    poke,
+    read_all,
+    ring_with,
+    write_path,  # noqa: F401 (both paths)
+)
 
 # -- junk in the header ----------------------------------------------------------
 

@@ -17,7 +17,13 @@ import pytest
 import ringbuf
 from ringbuf import _files
 
-from ._rings import H, poke, read_all, ring_with
+from ._rings import (
+    H,
+    poke,
+    read_all,
+    ring_with,
+    write_path,  # noqa: F401 (both paths)
+)
 
 # -- bad arguments -------------------------------------------------------------
 

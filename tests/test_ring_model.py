@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections import deque
 
+import ormsgpack
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from hypothesis.stateful import (
 )
 
 import ringbuf
+from ringbuf import _native
 
 CAPACITY = 4096
 MAX_RECORD = 1000
@@ -60,11 +62,14 @@ class RingModel(RuleBasedStateMachine):
         self.dropped_full = 0
         self.dropped_oversize = 0
 
-    @initialize(checksum=st.booleans(), thread_safe=st.booleans())
-    def create(self, checksum: bool, thread_safe: bool) -> None:
+    @initialize(checksum=st.booleans(), thread_safe=st.booleans(), native=st.booleans())
+    def create(self, checksum: bool, thread_safe: bool, native: bool) -> None:
+        # both paths (a unittest-style machine takes no fixture): native when built
+        native = native and not checksum and _native.BUILT
+        event("native path" if native else "pure path")
         self.writer = ringbuf.RingWriter.create(
             self.dir, capacity_bytes=CAPACITY, max_record_bytes=MAX_RECORD,
-            checksum=checksum, thread_safe=thread_safe)
+            checksum=checksum, thread_safe=thread_safe, native=native)
         self.reader = ringbuf.RingReader.open(self.writer.path)
 
     def teardown(self) -> None:
@@ -91,6 +96,25 @@ class RingModel(RuleBasedStateMachine):
         assert fn(arg) is fits
         event("write: ring full" if not fits else
               "write: padded to the end" if need > _frame(n) else "write: fits")
+        if fits:
+            self.tail += need
+            self.pending.append((self.seq, payload, self.tail))
+            self.seq += 1
+        else:
+            self.dropped_full += 1
+
+    @rule(n=sizes)
+    def write_record(self, n: int) -> None:
+        """A dict record, as the client writes it: native when taken, else encoded."""
+        assert self.writer is not None
+        record = {"p": bytes((self.seq * 7 + i) & 0xFF for i in range(max(0, n - 8)))}
+        payload = ormsgpack.packb(record)
+        fits, need = self._room(len(payload))
+        done = self.writer.write_record(record)
+        event("write_record: " + ("native" if done is not None else "careful"))
+        if done is None:
+            done = self.writer.write_unlocked(payload)
+        assert done is fits
         if fits:
             self.tail += need
             self.pending.append((self.seq, payload, self.tail))

@@ -16,7 +16,14 @@ import pytest
 
 import ringbuf
 
-from ._rings import RECORDS, H, corrupt_after_settling, poke, ring_with
+from ._rings import (
+    RECORDS,
+    H,
+    corrupt_after_settling,
+    poke,
+    ring_with,
+    write_path,  # noqa: F401 (both paths)
+)
 
 
 def _frame_at(records: list[bytes], i: int) -> tuple[int, int]:

@@ -12,6 +12,8 @@ import pytest
 
 import ringbuf
 
+from ._rings import write_path  # noqa: F401 (both paths)
+
 ID = struct.Struct("<II")
 
 

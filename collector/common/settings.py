@@ -74,7 +74,7 @@ __all__ = [
 # and who reads it. The daemon and the app refuse any other COLLECTOR_* name.
 RESERVED_ENV: Mapping[str, str] = {
     "COLLECTOR_CONFIG": "the config file of collector-daemon and Analytics.from_config",
-    "COLLECTOR_PURE_PYTHON": "forces the ring's pure-Python path",
+    "COLLECTOR_PURE_PYTHON": "1 forces the ring's pure-Python path (ringbuf/_native.py)",
     "COLLECTOR_MONGO_PASSWORD": "the mongo sink's password (pump/sinks/mongo.py)",
     "COLLECTOR_POSTGRES_PASSWORD": "the postgres sink's password (pump/sinks/postgres.py)",
     "COLLECTOR_CHAOS_SEED": "the seed of tests/test_chaos_short.py",

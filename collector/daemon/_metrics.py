@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from collector.common.counters import Layout
 from collector.common.health import HealthServer
 from collector.common.log import get_logger
+from ringbuf import ring_path
 
 log = get_logger(__name__)
 
@@ -114,6 +115,11 @@ class DaemonCollector(Collector):
                                 value=float(len(slots)))
         yield CounterMetricFamily(P + "flusher_restarts", "Dead flushers restarted.",
                                   value=float(sum(s.restarts for s in slots)))
+        path = GaugeMetricFamily(P + "ring_path", "The ring path this daemon reads with "
+                                 "(native: tail loaded with acquire), 1 on its label.",
+                                 labels=["path"])
+        path.add_metric([ring_path()], 1.0)
+        yield path
 
 
 def health_server(host: str, port: int, sup: Supervisor) -> HealthServer:

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+import ringbuf
 from collector.common import redisconn
 from collector.common.health import HealthServer
 from collector.common.log import get_logger
@@ -179,7 +180,8 @@ class Supervisor:
             self.pool.start_all()
             _log.info("collector-daemon is running.", rings_dir=str(self.rings_dir),
                       pool_size=cfg.pool_size, redis=cfg.redacted_redis_url(),
-                      shards=len(self.keys), rings=len(self.triage.served))
+                      shards=len(self.keys), rings=len(self.triage.served),
+                      ring_path=ringbuf.ring_path())
             self._loop()
             return self._shutdown()
         except (DaemonError, EmbeddedRedisError) as exc:

@@ -1,0 +1,199 @@
+"""The native fast path writes what the pure path writes, byte for byte (``ringbuf._native``).
+
+Generated records (hypothesis) go through both paths: the C encoder's
+output equals ``ormsgpack.packb`` (and ``msgpack.packb``) for every type it
+takes; two rings fed the same records, one by the native writer and one by
+the pure one, hold the same data area, ``tail`` and ``written`` after every
+write, drain and wrap; what the C encoder does not take (a conversion, a
+big int, a str subclass, a non-str key, a lone surrogate, deep nesting) goes
+to the pure path and still comes out the same. Without the extension built
+these tests are skipped (in CI a skip is a failure: the extension is built).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import ormsgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ringbuf
+from collector import Analytics
+from ringbuf import _native
+
+from ._rings import AUTHZ, H
+
+pytestmark = pytest.mark.skipif(not _native.BUILT, reason="the C extension is not built")
+
+_EDGES = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, -32, -33, -128, -129, -32768,
+          -32769, -(2**31), -(2**31) - 1, 2**63 - 1, 2**63, 2**64 - 1, "x" * 31, "x" * 32,
+          "x" * 255, "x" * 256, b"y" * 255, b"y" * 256, float("inf"), -0.0, (), [], {}]
+_BIG = ["x" * 65535, "x" * 65536, b"y" * 65535, b"y" * 65536, list(range(65536)),
+        {str(i): i for i in range(65536)}]
+
+
+def _strategy(edges: list[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+               | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=40)
+               | st.sampled_from(edges))
+    values = st.recursive(
+        scalars,
+        lambda inner: (st.lists(inner, max_size=20) | st.tuples(inner, inner)
+                       | st.dictionaries(st.text(max_size=10), inner, max_size=20)),
+        max_leaves=40)
+    return st.dictionaries(st.text(max_size=20), values, max_size=20)
+
+
+_records = _strategy(_EDGES)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+_not_taken = [
+    {"when": datetime.datetime(2026, 12, 1, 23, 0, tzinfo=datetime.UTC)},
+    {"id": uuid.UUID(int=7)},
+    {"big": 2**64},
+    {"small": -(2**63) - 1},
+    {"sub": type("S", (str,), {})("abc")},
+    {1: "non-str key"},
+    {"surrogate": "\ud800"},
+    {"deep": _nested(40)},
+    {"set": {3, 1, 2}},
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_records)
+def test_the_encoder_writes_what_ormsgpack_writes(record: dict[str, Any]) -> None:
+    got = _native.encode(record)
+    assert got is not None
+    assert got == ormsgpack.packb(record) == msgpack.packb(record)
+
+
+@pytest.mark.parametrize("value", _BIG, ids=lambda v: f"{type(v).__name__}-{len(v)}")
+def test_the_encoder_writes_16_and_32_bit_lengths_as_ormsgpack(value: Any) -> None:
+    record = {"v": value}
+    assert _native.encode(record) == ormsgpack.packb(record) == msgpack.packb(record)
+
+
+@pytest.mark.parametrize("record", _not_taken, ids=lambda r: next(iter(r)).__class__.__name__
+                         + ":" + str(next(iter(r))))
+def test_what_the_encoder_does_not_take_is_declined(record: dict[Any, Any]) -> None:
+    assert _native.encode(record) is None
+
+
+def _pair(d: str) -> tuple[ringbuf.RingWriter, ringbuf.RingWriter]:
+    opts: dict[str, Any] = {"capacity_bytes": 1 << 13, "max_record_bytes": 2000}
+    return (ringbuf.RingWriter.create(d, native=True, **opts),
+            ringbuf.RingWriter.create(d, native=False, **opts))
+
+
+def _state(w: ringbuf.RingWriter) -> tuple[bytes, bytes]:
+    """tail and written, and the published data (``[head, tail)``): bytes past tail
+    are free space, where a declined native encoding may have left some."""
+    raw = Path(w.path).read_bytes()
+    tail, head = (int.from_bytes(raw[at:at + 8], "little") for at in (128, 256))
+    data = raw[H:]
+    cap = len(data)
+    start, end = head % cap, tail % cap
+    if tail - head == cap or (start >= end and tail != head):
+        published = data[start:] + data[:end]
+    else:
+        published = data[start:end]
+    return raw[128:144], published
+
+
+def _write(w: ringbuf.RingWriter, record: dict[str, Any]) -> bool | str:
+    try:
+        done = w.write_record(record)
+        if done is None:
+            done = w.write_unlocked(ormsgpack.packb(record))
+        return done
+    except ringbuf.RecordTooLarge:
+        return "too large"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_records | st.just(AUTHZ), min_size=1, max_size=60),
+       st.lists(st.integers(1, 8), min_size=1, max_size=10))
+def test_native_and_pure_rings_hold_the_same_bytes(
+        rings_dir: Path, records: list[dict[str, Any]], drains: list[int]) -> None:
+    native, pure = _pair(str(rings_dir))
+    assert native.native and not pure.native
+    readers = [ringbuf.RingReader.open(w.path) for w in (native, pure)]
+    try:
+        for i, rec in enumerate(records):
+            assert _write(native, rec) == _write(pure, rec)
+            assert _state(native) == _state(pure)
+            if i % drains[i % len(drains)] == 0:  # drain now and then: the ring wraps
+                got = [list(r.read_batch(5)) for r in readers]
+                assert got[0] == got[1]
+                for r in readers:
+                    r.commit()
+        assert native.written == pure.written
+    finally:
+        for r in readers:
+            r.close()
+        native.close()
+        pure.close()
+        for f in rings_dir.iterdir():
+            f.unlink()
+
+
+def _client_bytes(rings_dir: Path, pure: bool, records: list[dict[Any, Any]]) -> bytes:
+    os.environ[_native.PURE_ENV] = "1" if pure else "0"
+    try:
+        a = Analytics({"rings_dir": str(rings_dir), "ring_capacity_bytes": 1 << 16,
+                       "max_record_bytes": 4096})
+    finally:
+        del os.environ[_native.PURE_ENV]
+    assert a.stats().path == ("pure" if pure else "native")
+    for rec in records:
+        assert a.record_hit(rec)
+    raw = Path(a.ring_path).read_bytes()  # type: ignore[arg-type]
+    a.stop()
+    tail = int.from_bytes(raw[128:136], "little")
+    return raw[128:144] + raw[H:H + tail]  # nothing committed, no lap: all of it is published
+
+
+def test_records_the_encoder_declines_come_out_the_same(rings_dir: Path) -> None:
+    records = [r for r in _not_taken if all(isinstance(k, str) for k in r)] + [AUTHZ] * 3
+    # refused on both paths (TypeError naming the field): no 64-bit int, not UTF-8
+    records = [r for r in records if not {"surrogate", "big", "small"} & set(r)]
+    assert (_client_bytes(rings_dir, False, records)
+            == _client_bytes(rings_dir, True, records))
+
+
+def test_a_closed_writer_declines(rings_dir: Path) -> None:
+    w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 13, max_record_bytes=1024,
+                                  native=True)
+    assert w.write_record({"a": 1}) is None  # the first write goes the careful way
+    assert w.try_write(b"\x81\xa1a\x01")
+    assert w.write_record({"a": 1}) is True
+    take = w.write_record
+    w.close()
+    assert take({"a": 1}) is None  # a call that raced the close: declined, never written
+    assert w.write_record({"a": 1}) is None
+
+
+def test_native_true_needs_the_extension_and_no_checksum(rings_dir: Path) -> None:
+    with pytest.raises(ValueError, match="checksum"):
+        ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 13, max_record_bytes=1024,
+                                  native=True, checksum=True)
+    w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 13, max_record_bytes=1024,
+                                  checksum=True)
+    assert not w.native and w.write_record({"a": 1}) is None
+    w.close()
