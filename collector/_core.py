@@ -5,7 +5,7 @@ need on its way: opening this process's ring (on ``start()`` or the first
 record), refusing records after ``stop()``, waiting for room with the block
 policy, the reset in a forked child and the counters only this process can
 see. It steers the hot path through ``set_write``, ``set_lock`` and, on the
-native path, ``set_take`` (the open ring's ``write_record``, installed with
+native path, ``set_take`` (the open ring's native writer, installed with
 its writer and removed with it) alone, always with the lock held (or, after
 a fork, before any other thread runs). The path (``native`` or ``pure``,
 :mod:`ringbuf._native`; ``ring_checksum`` keeps to pure) is chosen when the
@@ -41,7 +41,7 @@ from typing import Literal
 import ringbuf
 
 from ._encode import make_encoder
-from ._hotpath import Write, make_record_hit, take_nothing
+from ._hotpath import Write, make_record_hit
 from .common.log import RateLimited
 from .config import CollectorConfig
 
@@ -129,10 +129,10 @@ class _Core:
 
     def _install(self, write: Write, writer: ringbuf.RingWriter | None = None) -> None:
         """Make ``write`` the hot path's write function (lock held); on the native
-        path the open ``writer``'s ``write_record`` takes records, or nothing."""
+        path the open ``writer``'s native writer takes records, or none."""
         self._write = write
         self._hot.set_write(write)
-        self._hot.set_take(writer.write_record if writer is not None else take_nothing)
+        self._hot.set_take(writer.native_writer if writer is not None else None)
 
     # -- the three write functions ----------------------------------------------------
     def _open_ring(self) -> ringbuf.RingWriter:

@@ -16,15 +16,15 @@ that creates the ring on first use, the refusal after ``stop()``), and
 ``set_lock`` installs a new lock (after a fork).
 
 The native path (``native=True``, :mod:`ringbuf._native`): ``record_hit``
-first hands the record to ``take`` (``set_take`` installs the open ring's
-``RingWriter.write_record``; else a function that takes nothing), which
-encodes it straight into the ring's next frame and publishes it, with no
-Python lock: the C call holds the GIL and runs no Python code, so it is
+is a C callable (``ringbuf._cring.Hot``, no Python frame) that hands the
+record to the open ring's native writer (``set_take`` installs it, or None),
+which encodes it straight into the ring's next frame and publishes it, with
+no Python lock: the C call holds the GIL and runs no Python code, so it is
 atomic with respect to the other threads, and it declines while the ring's
 careful path (Python, under the lock) moves the position. What it declines
-(None: a type needing conversion, an oversize record, a new lap, a possibly
-full ring, no ring open, stopped) goes through the pure ``record_hit``
-above, unchanged.
+(a type needing conversion, an oversize record, a new lap, a possibly full
+ring, a look at the file due, no ring open, stopped) goes through the pure
+``record_hit`` above, unchanged.
 
 With the block policy a write that finds the ring full asks ``note_full``
 (with the lock held: is a ring open, so that waiting makes sense?) and then
@@ -41,19 +41,11 @@ Encoder = Callable[[Any], bytes]
 Write = Callable[[bytes], bool]
 
 
-Take = Callable[[Any], "bool | None"]
-
-
 class HotPath(NamedTuple):
     record_hit: Callable[[Mapping[str, Any]], bool]
     set_write: Callable[[Write], None]
     set_lock: Callable[[threading.Lock], None]
-    set_take: Callable[[Take], None]
-
-
-def take_nothing(record: Any) -> None:
-    """The native path's ``take`` while no ring is open: the pure path does it."""
-    return None
+    set_take: Callable[[Any], None]  # the open ring's native writer, or None
 
 
 def make_record_hit(fast: Encoder, slow: Encoder, write: Write, lock: threading.Lock, *,
@@ -61,7 +53,8 @@ def make_record_hit(fast: Encoder, slow: Encoder, write: Write, lock: threading.
                     wait_for_room: Write | None = None, native: bool = False) -> HotPath:
     """Build ``record_hit`` over ``write`` and ``lock``, and its setters.
 
-    With ``native`` it first tries ``take`` (module doc).
+    With ``native`` it first tries the native writer ``set_take`` installs
+    (module doc).
 
     Without ``note_full`` a full ring is a drop (the ring counts it); with
     ``note_full`` and ``wait_for_room`` (the block policy) the hot path
@@ -115,21 +108,11 @@ def make_record_hit(fast: Encoder, slow: Encoder, write: Write, lock: threading.
 
     if not native:
         return HotPath(record_hit, set_write, set_lock, _no_take)
-    careful = record_hit
-    take: Take = take_nothing
+    from ringbuf import _native
 
-    def set_take(new_take: Take) -> None:
-        nonlocal take
-        take = new_take
-
-    def native_record_hit(record: Mapping[str, Any]) -> bool:
-        done = take(record)
-        if done is None:
-            return careful(record)
-        return done
-
-    return HotPath(native_record_hit, set_write, set_lock, set_take)
+    hot = _native.new_hot(record_hit)  # what the native writer declines goes to record_hit
+    return HotPath(hot, set_write, set_lock, hot.set_writer)
 
 
-def _no_take(take: Take) -> None:
+def _no_take(writer: Any) -> None:
     """The pure path's ``set_take``: it has nothing to install."""

@@ -9,11 +9,16 @@
  *                         publishes tail with a release store (and written);
  *   write_bytes(payload)  the same for an already encoded payload.
  *
- * Each returns True when the frame is published and None when it does not
+ * and Hot(careful), the client's record_hit: hot(record) is
+ * writer.write_record(record), or careful(record) when that declines.
+ *
+ * Each write returns True when the frame is published and None when it does not
  * take the write: a type it does not encode, an int beyond 64 bits, a str
  * that is not UTF-8, nesting deeper than MAX_DEPTH, a frame that would end
  * past `stop` (the end of the data area, a possibly full ring, the next
- * look at the file) or a payload over max_record_bytes. Nothing is
+ * look at the file by bytes) or at or after `deadline` (the next look by
+ * time: a producer that slowed down after a burst) or a payload over
+ * max_record_bytes. Nothing is
  * published then, no exception is set and the caller takes the careful
  * Python path. Bytes scribbled past tail by an abandoned encoding are never
  * read: only tail publishes.
@@ -33,6 +38,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the ring layout is little-endian; the native path is built on little-endian CPUs only"
@@ -51,8 +57,18 @@ typedef struct {
     Py_ssize_t size;
     Py_ssize_t max_record;
     Py_ssize_t off, tbase, seq, stop;
+    double deadline;  /* CLOCK_MONOTONIC seconds (time.monotonic()); 0: none */
     int busy;
 } Writer;
+
+/* Whether the careful path is due for a look at the ring's file: a coarse
+ * clock read (vDSO, a few ns; at most one tick late) against `deadline`. */
+static inline int look_due(Writer *w) {
+    if (w->deadline <= 0) return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec >= w->deadline;
+}
 
 typedef struct {
     unsigned char *p;
@@ -198,7 +214,8 @@ static PyObject *publish(Writer *w, Py_ssize_t n) {
 }
 
 static PyObject *Writer_write_record(Writer *w, PyObject *record) {
-    if (w->busy || w->base == NULL || Py_TYPE(record) != &PyDict_Type) Py_RETURN_NONE;
+    if (w->busy || w->base == NULL || Py_TYPE(record) != &PyDict_Type || look_due(w))
+        Py_RETURN_NONE;
     Py_ssize_t room = payload_room(w);
     if (room <= 0) Py_RETURN_NONE;
     unsigned char *start = (unsigned char *)w->base + w->off + 16;
@@ -208,7 +225,8 @@ static PyObject *Writer_write_record(Writer *w, PyObject *record) {
 }
 
 static PyObject *Writer_write_bytes(Writer *w, PyObject *payload) {
-    if (w->busy || w->base == NULL || Py_TYPE(payload) != &PyBytes_Type) Py_RETURN_NONE;
+    if (w->busy || w->base == NULL || Py_TYPE(payload) != &PyBytes_Type || look_due(w))
+        Py_RETURN_NONE;
     Py_ssize_t n = PyBytes_GET_SIZE(payload);
     if (n > payload_room(w)) Py_RETURN_NONE;
     memcpy(w->base + w->off + 16, PyBytes_AS_STRING(payload), (size_t)n);
@@ -242,6 +260,7 @@ static int Writer_init(Writer *w, PyObject *args, PyObject *kw) {
     w->off = w->stop = 4096;
     w->tbase = -4096;
     w->seq = 0;
+    w->deadline = 0;
     w->busy = 0;
     return 0;
 }
@@ -266,6 +285,8 @@ static PyMemberDef Writer_members[] = {
     {"tbase", T_PYSSIZET, offsetof(Writer, tbase), 0, "tail == tbase + off"},
     {"seq", T_PYSSIZET, offsetof(Writer, seq), 0, "the next record's sequence number"},
     {"stop", T_PYSSIZET, offsetof(Writer, stop), 0, "a frame may end at or before it"},
+    {"deadline", T_DOUBLE, offsetof(Writer, deadline), 0,
+     "decline from this time.monotonic() on (the careful path's next look), 0: never"},
     {"busy", T_INT, offsetof(Writer, busy), 0, "nonzero while the careful path writes"},
     {NULL, 0, 0, 0, NULL},
 };
@@ -281,6 +302,98 @@ static PyTypeObject WriterType = {
     .tp_dealloc = (destructor)Writer_dealloc,
     .tp_methods = Writer_methods,
     .tp_members = Writer_members,
+};
+
+/* Hot(careful): the client's record_hit on the native path, a C callable.
+ *
+ * hot(record) hands the record to the installed Writer (set_writer); when
+ * it declines (None), or no writer is installed, it returns careful(record),
+ * the pure record_hit. No Python frame runs on the way to the frame.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *careful;
+    Writer *writer;
+    vectorcallfunc vectorcall;
+} Hot;
+
+static PyObject *Hot_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames) {
+    Hot *h = (Hot *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "record_hit(record) takes one argument");
+        return NULL;
+    }
+    Writer *w = h->writer;
+    if (w != NULL) {
+        PyObject *done = Writer_write_record(w, args[0]);
+        if (done != Py_None) return done;
+        Py_DECREF(done);
+    }
+    return PyObject_CallOneArg(h->careful, args[0]);
+}
+
+static PyObject *Hot_set_writer(Hot *h, PyObject *w) {
+    if (w != Py_None && !PyObject_TypeCheck(w, &WriterType)) {
+        PyErr_SetString(PyExc_TypeError, "set_writer(Writer or None)");
+        return NULL;
+    }
+    Writer *old = h->writer;
+    h->writer = w == Py_None ? NULL : (Writer *)Py_NewRef(w);
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static int Hot_init(Hot *h, PyObject *args, PyObject *kw) {
+    PyObject *careful;
+    if (!PyArg_ParseTuple(args, "O", &careful)) return -1;
+    if (!PyCallable_Check(careful)) {
+        PyErr_SetString(PyExc_TypeError, "Hot(careful): careful must be callable");
+        return -1;
+    }
+    Py_XSETREF(h->careful, Py_NewRef(careful));
+    h->vectorcall = Hot_vectorcall;
+    return 0;
+}
+
+static int Hot_traverse(Hot *h, visitproc visit, void *arg) {
+    Py_VISIT(h->careful);
+    return 0;
+}
+
+static int Hot_clear(Hot *h) {
+    Py_CLEAR(h->careful);
+    Py_CLEAR(h->writer);
+    return 0;
+}
+
+static void Hot_dealloc(Hot *h) {
+    PyObject_GC_UnTrack(h);
+    Hot_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyMethodDef Hot_methods[] = {
+    {"set_writer", (PyCFunction)Hot_set_writer, METH_O,
+     "Install the open ring's Writer (or None: every record goes to careful)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ringbuf._cring.Hot",
+    .tp_basicsize = sizeof(Hot),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Hot(careful): record_hit on the native path; careful(record) takes the rest.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Hot_init,
+    .tp_dealloc = (destructor)Hot_dealloc,
+    .tp_traverse = (traverseproc)Hot_traverse,
+    .tp_clear = (inquiry)Hot_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Hot, vectorcall),
+    .tp_methods = Hot_methods,
 };
 
 /* load_acquire(buffer, offset): the aligned uint64 at byte `offset`, acquire load. */
@@ -336,12 +449,18 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__cring(void) {
-    if (PyType_Ready(&WriterType) < 0) return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&HotType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
         Py_DECREF(&WriterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&HotType);
+    if (PyModule_AddObject(m, "Hot", (PyObject *)&HotType) < 0) {
+        Py_DECREF(&HotType);
         Py_DECREF(m);
         return NULL;
     }

@@ -51,6 +51,13 @@ def new_writer(mm: Any, max_record_bytes: int) -> Any:
     return _cring.Writer(mm, max_record_bytes)
 
 
+def new_hot(careful: Any) -> Any:
+    """``ringbuf._cring.Hot(careful)``: a record_hit that tries the installed native
+    writer (``set_writer``) and hands what it declines to ``careful``; only when BUILT."""
+    assert _cring is not None
+    return _cring.Hot(careful)
+
+
 if _cring is not None:
     load_acquire = _cring.load_acquire
     encode = _cring.encode

@@ -44,7 +44,10 @@ wrapped so that it loads the state from the object and stores it back, with
 rather than moving the position under it. A native call holds the GIL and
 runs no Python code, so it is atomic with respect to the process's other
 threads; checksum rings have no native fast path (the CRC is computed in
-``careful``).
+``careful``). With ``on_gone`` the native writer also declines once
+``next_check`` is reached (``deadline``, a coarse clock read in C): the
+byte bound alone, from a rate measured over a burst, would let a producer
+that slowed down after it write for long without a look at its file.
 """
 
 from __future__ import annotations
@@ -203,6 +206,8 @@ def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
                 return careful(payload)
             finally:
                 native.off, native.tbase, native.seq, native.stop = off, tbase, seq, stop
+                if check is not None:
+                    native.deadline = next_check  # also a look by time (module doc)
                 native.busy = 0
 
         return _native_writers(native, on_native, lock)

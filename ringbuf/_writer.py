@@ -144,6 +144,7 @@ class RingWriter:
         self._lock = threading.Lock() if thread_safe else None
         self._native = _native.new_writer(self._mm, max_record_bytes) if native else None
         self.native = bool(native)
+        self.native_writer = self._native  # for ringbuf._cring.Hot (the client), or None
         self.write_record = self._native.write_record if native else _not_taken
         size = HEADER_SIZE + capacity_bytes
         check = None
