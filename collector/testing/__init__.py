@@ -29,7 +29,11 @@ Redis
     :class:`RedisSentinelGroup` ``(workdir, replicas=1, sentinels=3)``: a
     primary with replicas and ``redis-server --sentinel`` processes;
     ``url`` (``redis+sentinel://.../<service>``), ``primary()``,
-    ``kill(node)``, ``wait_failover(old)``, ``healthy()``.
+    ``kill(node)``, ``wait_failover(old)``, ``healthy()``. :class:`NetnsLink`: a
+    network namespace of the test's own joined by a veth pair on random
+    link-local addresses (``inner``, ``prefix`` to run a server in it,
+    ``cut()``, ``heal()``, ``close()``); ``RedisServer(host=link.inner,
+    prefix=link.prefix)`` runs Redis there.
 
 collector-daemon, collector-pump, gunicorn
     :meth:`Daemon.write` ``(workdir, redis_url, **keys)`` writes
@@ -170,6 +174,7 @@ _WHERE = {
     "InfluxServer": "_influx",
     "KafkaBroker": "_kafka",
     "MongoPeer": "_peers",
+    "NetnsLink": "_netns",
     "Producers": "_producers",
     "Prometheus": "_prometheus",
     "Pump": "_services",
@@ -241,6 +246,7 @@ __all__ = [
     "InfluxServer",
     "KafkaBroker",
     "MongoPeer",
+    "NetnsLink",
     "Producers",
     "Prometheus",
     "Pump",

@@ -71,7 +71,8 @@ class RedisServer:
     def __init__(self, workdir: Path, *, appendonly: bool = True,
                  appendfsync: Literal["always", "everysec", "no"] = "everysec",
                  port: int | None = None, password: str | None = None,
-                 tls: TlsFiles | None = None, extra: list[str] | None = None) -> None:
+                 tls: TlsFiles | None = None, extra: list[str] | None = None,
+                 host: str = "127.0.0.1", prefix: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH: run `sh .ci/setup` first")
@@ -84,6 +85,8 @@ class RedisServer:
         self.password = password
         self.tls = tls
         self.extra = list(extra or [])
+        self.host = host  # where it listens (also 127.0.0.1); a NetnsLink's inner address
+        self.prefix = list(prefix or [])  # e.g. NetnsLink.prefix: run it in a namespace
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -99,8 +102,8 @@ class RedisServer:
     def url_with_ca(self, ca: Path | None = None) -> str:
         """:attr:`url`; with TLS, verifying the server against ``ca`` (default its own)."""
         if self.tls is None:
-            return f"redis://127.0.0.1:{self.port}/0"
-        return (f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={ca or self.tls.ca}"
+            return f"redis://{self.host}:{self.port}/0"
+        return (f"rediss://{self.host}:{self.port}/0?ssl_ca_certs={ca or self.tls.ca}"
                 "&ssl_cert_reqs=required")
 
     def args(self) -> list[str]:
@@ -110,8 +113,12 @@ class RedisServer:
                       "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
                       "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
         auth = ["--requirepass", self.password] if self.password else []
+        if self.host != "127.0.0.1" and not self.password:
+            # a NetnsLink's address is not loopback: protected mode would refuse it
+            auth += ["--protected-mode", "no"]
         return [
-            self.binary, *listen, "--bind", "127.0.0.1", *auth,
+            *self.prefix, self.binary, *listen, "--bind", *dict.fromkeys(["127.0.0.1", self.host]),
+            *auth,
             "--dir", str(self.workdir), "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
