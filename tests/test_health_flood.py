@@ -148,6 +148,15 @@ def test_remote_health_address_only_when_allowed(tmp_path: Path) -> None:
     code, out = check("collector-pump", health_address="[::]:7070", health_allow_remote=True,
                       **pumps)
     assert code == 0 and "no authentication" in out, out
+    # iam-pump's file: its 0.0.0.0 and ":9090" become loopback, with a warning each
+    iam = tmp_path / "iam-pump.yaml"
+    iam.write_text("health-check-address: 0.0.0.0:7070\npumps:\n  prometheus:\n"
+                   "    type: prometheus\n    meta:\n      listen_address: \":9090\"\n")
+    res = subprocess.run([*console_script("collector-pump"), "--config", str(iam), "--check"],
+                         capture_output=True, text=True, timeout=60, env=clean_environ())
+    assert res.returncode == 0, res.stderr
+    assert "serving them on 127.0.0.1:7070" in res.stderr
+    assert "serving it on 127.0.0.1:9090" in res.stderr
     for loopback in ("127.0.0.2:7071", "localhost:7071", "[::1]:7071"):
         code, out = check("collector-daemon", health_address=loopback)
         assert code == 0 and "no authentication" not in out, out

@@ -88,3 +88,27 @@ def test_bad_meta_names_the_key() -> None:
         build_sink("prometheus", {"histograms": [{"name": "h"}]})
     with pytest.raises(ValidationError, match="lables"):
         build_sink("prometheus", {"counters": [{"name": "a", "lables": ["x"]}]})
+
+
+def test_endpoint_is_bounded_and_loopback_only() -> None:
+    """The sink's /metrics is the bounded health server: idle connections beyond its
+    limit do not keep a scrape out; a non-loopback address needs allow_remote."""
+    with pytest.raises(ValidationError, match="allow_remote"):
+        build_sink("prometheus", {"address": "0.0.0.0:9464"})
+    build_sink("prometheus", {"address": "0.0.0.0:9464", "allow_remote": True})  # not opened
+    sink = build_sink("prometheus", {"address": "127.0.0.1:0"})
+    sink.open()
+    idle = []
+    try:
+        for _ in range(200):  # more than the server keeps open
+            idle.append(socket.create_connection(("127.0.0.1", sink.port), timeout=5))
+        sink.write(_batch(0, 10), deadline=time.monotonic() + 5)
+        assert sum(v for (name, _), v in _scrape(sink.port).items()
+                   if name == "collector_decisions_total") == 10
+        sink.health_check(deadline=time.monotonic() + 5)
+    finally:
+        for s in idle:
+            s.close()
+        sink.close()
+    with pytest.raises(RetryableError):
+        sink.health_check(deadline=time.monotonic() + 5)

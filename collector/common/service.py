@@ -34,7 +34,8 @@ def _empty_is_none(v: Any) -> Any:
     return v
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (a host name may be anything: False)."""
     if host == "localhost":
         return True
     try:
@@ -86,7 +87,7 @@ class ServiceSettings(Settings):
     @model_validator(mode="after")
     def _health_local(self) -> ServiceSettings:
         host = self.health_host_port[0]
-        if _is_loopback(host):
+        if is_loopback(host):
             return self
         if not self.health_allow_remote:
             raise ValueError(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from collector.common.service import is_loopback
 from collector.common.settings import ConfigError, ConfigWarning
 
 __all__ = ["IAM_TOP_KEYS", "from_iam", "is_iam_config"]
@@ -259,7 +260,14 @@ def _prometheus(m: _Mapper, where: str, meta: Mapping[str, Any]) -> dict[str, An
     out: dict[str, Any] = {}
     for key, v in meta.items():
         if key == "listen_address":
+            host, _, port = str(v).rpartition(":")
             out["address"] = str(v)
+            if not is_loopback(host.strip("[]")):
+                out["address"] = f"127.0.0.1:{port}"
+                warnings.warn(ConfigWarning(m.label, (
+                    f"iam-pump key {where}.{key}: {v} would serve /metrics, which carries no "
+                    f"authentication, beyond this machine; serving it on 127.0.0.1:{port} "
+                    "(our meta allow_remote: true serves other interfaces)")), stacklevel=3)
         else:
             m.unmapped(f"{where}.{key}", "no equivalent (metrics are served on /metrics)")
     return out

@@ -1,7 +1,11 @@
 """``prometheus`` sink: counters and histograms aggregated from record fields.
 
 The sink serves its own registry on ``address`` (default ``127.0.0.1:9464``,
-path ``/metrics``) with prometheus_client. Configured metrics::
+path ``/metrics``) through the daemon's and pump's own bounded server
+(:mod:`collector.common.health`: one thread, at most 64 connections, a short
+request timeout). The endpoint carries no authentication: a non-loopback
+``address`` is refused unless ``allow_remote: true`` (then a warning when it
+opens). Configured metrics::
 
     counters:
       - name: collector_decisions_total        # the default
@@ -38,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.common.log import get_logger
+from collector.common.service import is_loopback
 
 from ._base import Batch, RetryableError, Sink, SinkConfig, Verdict, register
 from ._values import time_text
@@ -80,6 +85,8 @@ class PrometheusConfig(SinkConfig):
     """``meta`` of a ``prometheus`` sink."""
 
     address: str = Field(default="127.0.0.1:9464", description="host:port to serve /metrics")
+    allow_remote: bool = Field(default=False,
+                               description="serve a non-loopback address (no authentication)")
     counters: tuple[CounterSpec, ...] = DEFAULT_COUNTERS
     histograms: tuple[HistogramSpec, ...] = ()
     max_label_sets: int = Field(default=10_000, ge=1)
@@ -90,6 +97,10 @@ class PrometheusConfig(SinkConfig):
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"address {self.address!r} must be host:port")
+        if not is_loopback(host.strip("[]")) and not self.allow_remote:
+            raise ValueError(f"address {self.address!r} is not a loopback address; /metrics "
+                             "carries no authentication: set allow_remote: true to serve it "
+                             "on other interfaces anyway")
         names = [m.name for m in (*self.counters, *self.histograms)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -121,7 +132,6 @@ class PrometheusSink(Sink):
         super().__init__(config)
         self.cfg = config
         self._server: Any = None
-        self._thread: Any = None
         self._counters: list[_Metric] = []
         self._histograms: list[_Metric] = []
         self._ids: set[str] = set()
@@ -134,7 +144,9 @@ class PrometheusSink(Sink):
         return self.cfg.dedupe_window_records > 0
 
     def open(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        from collector.common.health import HealthServer
 
         if self._server is not None:
             return
@@ -149,14 +161,20 @@ class PrometheusSink(Sink):
             for h in self.cfg.histograms]
         host, _, port = self.cfg.address.rpartition(":")
         try:
-            self._server, self._thread = start_http_server(int(port), host.strip("[]"),
-                                                           registry=registry)
+            server = HealthServer(host.strip("[]"), int(port), registry=registry,
+                                  readiness=lambda: (True, {"ready": True}),
+                                  name="prometheus-sink-http")
         except OSError as exc:
             raise RetryableError(
                 f"prometheus sink cannot serve on {self.cfg.address}: {exc} (each process "
                 "binds its own address: run this sink with workers: 1)") from exc
-        self.port = self._server.server_address[1]
+        server.start()
+        self._server = server
+        self.port = server.address[1]
         log.info("Serving /metrics.", address=f"{host}:{self.port}")
+        if not is_loopback(host.strip("[]")):
+            log.warning("Serving /metrics beyond this machine; it carries no authentication.",
+                        address=self.cfg.address)
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
@@ -190,17 +208,13 @@ class PrometheusSink(Sink):
 
     def health_check(self, *, deadline: float) -> None:
         self.time_left(deadline)
-        if self._server is None or self._thread is None or not self._thread.is_alive():
+        if self._server is None or not self._server.thread.is_alive():
             raise RetryableError("prometheus sink is not serving its metrics endpoint")
 
     def close(self, timeout_s: float = 5.0) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout_s)
+            server.stop()
 
 
 def _label(value: Any) -> str:
