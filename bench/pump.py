@@ -9,7 +9,7 @@ every record. The figure is records/s from the first delivery until the
 group has read and acknowledged everything (polled every 20 ms). Sinks:
 ``null``, ``file`` (JSON Lines, ``fsync: batch``), ``postgres`` (when
 PostgreSQL answers at $COLLECTOR_TEST_PG_DSN, default ``dbname=collector_test``),
-``kafka``, ``influx`` and ``elasticsearch`` (into the servers of
+``kafka``, ``influx``, ``elasticsearch`` and ``aggregate`` (into the servers of
 ``bench/_sink_peers.py``), each with 1 and 2 workers. It also prints the decode
 cost per record (best of 5):
 ``msgpack.unpackb`` alone, the ormsgpack decode the worker uses, and the whole per-record pipeline

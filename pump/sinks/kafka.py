@@ -32,7 +32,9 @@ Any retryable report (timeouts, transport errors, purges, leader changes,
 ``NOT_ENOUGH_REPLICAS``: ``KafkaError.retriable()`` or librdkafka's local
 transient errors) makes the write retryable. A fatal producer error (the
 idempotent producer's sequence broken) drops the producer; the next write
-makes a new one.
+makes a new one. The client's error reports (one per reconnect attempt) are
+logged once per 10 s per error, librdkafka's own log lines once per 10 s per
+facility, in the pump's log format.
 
 TLS and SASL: ``security_protocol``, ``sasl_*`` and ``ssl_*`` are passed to
 librdkafka as they are (``sasl_password`` and ``ssl_key_password`` are
@@ -53,16 +55,30 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from collector.common.log import get_logger
+from collector.common.log import RateLimited, get_logger
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
 from ._encode import dumps, packb, record_object
 
 log = get_logger(__name__)
 
+
+class _DriverLog:
+    """librdkafka's own log lines (served by poll()) as ours, once per 10 s per facility:
+    it logs every reconnect attempt. confluent-kafka calls ``log(level, fmt, *args)``."""
+
+    def __init__(self) -> None:
+        self.limited = RateLimited(10.0, log)
+
+    def log(self, level: int, fmt: str, facility: str = "", name: str = "",
+            message: str = "", *rest: object) -> None:
+        self.limited.log(facility, level, "The Kafka client logged.", facility=facility,
+                         detail=message)
+
 #: librdkafka properties this sink sets itself (``options`` may not override them).
 _OWNED = frozenset({"bootstrap.servers", "enable.idempotence", "acks", "compression.type",
-                    "message.max.bytes", "linger.ms", "error_cb", "security.protocol"})
+                    "message.max.bytes", "linger.ms", "error_cb", "logger",
+                    "security.protocol"})
 #: librdkafka's local error names (``KafkaError.name()``) that a later try may not hit.
 _LOCAL_RETRYABLE = frozenset({
     "_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_PURGE_QUEUE",
@@ -176,6 +192,7 @@ class KafkaSink(Sink):
         self.cfg = config
         self._producer: Any = None
         self._fatal: Any = None
+        self._limited = RateLimited(10.0, log)  # the client reports each reconnect attempt
         self._encode = self._json if config.value_format == "json" else self._msgpack
 
     def _json(self, data: dict[str, Any]) -> bytes:
@@ -190,7 +207,8 @@ class KafkaSink(Sink):
     def _on_error(self, err: Any) -> None:
         if err.fatal():
             self._fatal = err
-        log.warning("The Kafka client reported an error.", sink=self.name, error=str(err))
+        self._limited.warning(err.name(), "The Kafka client reported an error.", sink=self.name,
+                              error=str(err))
 
     def _client(self) -> Any:
         if self._fatal is not None:
@@ -201,7 +219,8 @@ class KafkaSink(Sink):
         if self._producer is None:
             from confluent_kafka import Producer
 
-            self._producer = Producer({**self.cfg.producer_config(), "error_cb": self._on_error})
+            self._producer = Producer({**self.cfg.producer_config(), "error_cb": self._on_error,
+                                       "logger": _DriverLog()})
         return self._producer
 
     def open(self) -> None:
