@@ -100,3 +100,22 @@ def test_options_cannot_weaken_delivery_and_secrets_stay_hidden() -> None:
     conf = sink.config.producer_config()  # type: ignore[attr-defined]
     assert conf["sasl.password"] == "hunter2" and conf["acks"] == "all"
     assert conf["enable.idempotence"] is True
+
+
+def test_an_unreachable_broker_is_retryable_and_logged_once_per_kind(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka reports every reconnect attempt; the sink logs each kind once per 10 s."""
+    from collector.testing import free_port
+    from pump.sinks import RetryableError
+
+    sink = build_sink("kafka", {"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    caplog.set_level("INFO", logger="pump.sinks.kafka")
+    try:
+        with pytest.raises(RetryableError, match="missing at the deadline"):
+            sink.write(Batch(_records(3)), deadline=time.monotonic() + 2)
+    finally:
+        sink.close()
+    kinds = [(r.getMessage(), r.kv.get("facility") or r.kv.get("error"))  # type: ignore[attr-defined]
+             for r in caplog.records if r.name == "pump.sinks.kafka"]
+    assert kinds, "the unreachable broker was not logged at all"
+    assert len(kinds) == len(set(kinds)), f"logged more than once per kind: {kinds}"
