@@ -39,6 +39,12 @@ A file is closed and a new one started when the next record would take it
 past ``max_bytes`` (a single record larger than that gets a file of its
 own), and when the UTC hour changes.
 
+Writing: a batch is encoded in one pass (``_encode.json_lines``: one
+``orjson.dumps`` per record, the id merged in, the newline appended by
+orjson) and appended with one ``write`` of the joined buffer (several when
+``max_bytes`` rotates inside the batch, one per record with ``fsync:
+always``). Torn-line repair and the health probe live in ``_files.py``.
+
 Durability (``fsync``)
 ----------------------
 ``batch`` (default): one ``fsync`` before ``write`` returns, so a batch the
@@ -69,7 +75,6 @@ at once) in the directory, as a write would.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import time
@@ -83,7 +88,6 @@ from collector.common.log import get_logger
 from . import _csv
 from ._base import (
     Batch,
-    OutageError,
     PermanentError,
     RetryableError,
     Sink,
@@ -91,11 +95,10 @@ from ._base import (
     Verdict,
     register,
 )
-from ._encode import encode_each, json_line
+from ._encode import json_lines
+from ._files import fsync_dir, repair_abandoned, repair_tail, utc_hour, write_error, write_probe
 
 log = get_logger(__name__)
-
-_PROBE_BYTES = 4096  # one page: a file system without room for it takes no record
 
 DEFAULT_CSV_COLUMNS = (
     "timestamp", "username", "effect", "conclusion", "request", "policies", "deciders", "_id",
@@ -164,7 +167,7 @@ class FileSink(Sink):
     def open(self) -> None:
         try:
             if self.cfg.rotating:
-                self._repair_abandoned()
+                repair_abandoned(Path(self.cfg.path), self.cfg.filename_prefix)
             self._open_file()
         except OSError as exc:
             raise RetryableError(f"file sink cannot open {self.cfg.path!r}: {exc}") from exc
@@ -175,18 +178,7 @@ class FileSink(Sink):
     def health_check(self, *, deadline: float) -> None:
         """Write and fsync a probe file where the records go, then remove it."""
         self.time_left(deadline)
-        probe = self.cfg.directory / f".collector-probe-{os.getpid()}"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, b"\0" * _PROBE_BYTES)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                probe.unlink(missing_ok=True)
-        except OSError as exc:
-            raise _write_error(f"file sink cannot write in {str(self.cfg.directory)!r}",
-                               exc) from exc
+        write_probe(self.cfg.directory)
         if self._fd is not None:
             try:
                 os.fstat(self._fd)
@@ -239,7 +231,7 @@ class FileSink(Sink):
                 os.fsync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
             self._close_file()  # reopen (and re-check the path) on the next batch
-            raise _write_error(f"file sink cannot write {self._describe()}", exc) from exc
+            raise write_error(f"file sink cannot write {self._describe()}", exc) from exc
         finally:
             if locked and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -247,7 +239,7 @@ class FileSink(Sink):
     def _prepare_shared(self) -> int:
         """Under the lock: cut a torn last line, write the CSV header if empty; the size."""
         assert self._fd is not None
-        size = _repair_tail(self._fd, self._file_path)
+        size = repair_tail(self._fd, self._file_path)
         if self.cfg.format == "csv" and size == 0:
             data = self._csv_header()
             os.write(self._fd, data)
@@ -267,8 +259,7 @@ class FileSink(Sink):
     def _lines(self, batch: Batch) -> tuple[list[bytes], dict[str, str]]:
         """One encoded line per record, and the records that cannot be encoded."""
         if self.cfg.format == "jsonl":
-            id_key = self.cfg.id_key
-            return encode_each(batch.records, lambda r: json_line(r, id_key))
+            return json_lines(batch.records, self.cfg.id_key)
         if self.cfg.csv_style == "iam":
             return _csv.iam_lines(batch.records), {}
         return _csv.collector_lines(batch.records, self.cfg.csv_columns, self.cfg.id_key), {}
@@ -286,7 +277,7 @@ class FileSink(Sink):
             self._open_file()
             return
         if self.cfg.rotating:
-            if self.cfg.rotate_hourly and _utc_hour() != self._hour:
+            if self.cfg.rotate_hourly and utc_hour() != self._hour:
                 self._rotate()
         else:
             target = self._shared_path()
@@ -324,9 +315,9 @@ class FileSink(Sink):
         st = os.fstat(fd)
         self._fd, self._file_path, self._size = fd, path, st.st_size
         self._inode = (st.st_dev, st.st_ino)
-        self._hour = _utc_hour()
+        self._hour = utc_hour()
         if self.cfg.fsync != "never":
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         if self.cfg.rotating:
             # A file of our own: hold it for its whole life (see "Torn lines").
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -344,26 +335,6 @@ class FileSink(Sink):
                 return os.open(path, flags | os.O_EXCL, self.cfg.file_mode), path
             except FileExistsError:
                 n += 1
-
-    def _repair_abandoned(self) -> None:
-        """Cut torn last lines of rotated files that no live writer holds."""
-        directory = Path(self.cfg.path)
-        if not directory.is_dir():
-            return
-        for path in sorted(directory.glob(f"{self.cfg.filename_prefix}-*")):
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # a live writer holds it
-            try:
-                _repair_tail(fd, path)
-            finally:
-                os.close(fd)
 
     def _close_file(self) -> None:
         fd, self._fd = self._fd, None
@@ -384,45 +355,3 @@ class FileSink(Sink):
     def current_path(self) -> Path | None:
         """The file being written (None before open and after close)."""
         return self._file_path if self._fd is not None else None
-
-
-def _repair_tail(fd: int, path: Path | None) -> int:
-    """Cut a partial last line left by a writer killed mid-write; the new size.
-
-    The caller holds an exclusive ``flock`` on ``fd``.
-    """
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    keep = 0
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        i = os.pread(fd, end - start, start).rfind(b"\n")
-        if i >= 0:
-            keep = start + i + 1
-            break
-        end = start
-    os.ftruncate(fd, keep)
-    log.warning("Cut a partial last line left by a writer that died mid-write.",
-                path=path, bytes=size - keep)
-    return keep
-
-
-def _write_error(what: str, exc: OSError) -> RetryableError:
-    """A full file system or quota is an outage (every record would hit it)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutageError(f"{what}: {exc}")
-    return RetryableError(f"{what}: {exc}")
-
-
-def _utc_hour() -> int:
-    return int(time.time() // 3600)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
