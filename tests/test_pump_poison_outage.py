@@ -50,7 +50,7 @@ from pump._redis import ensure_groups, group_lag
 from pump._worker import Stopper, Worker
 from pump.config import load_config
 from pump.sinks import OutageError
-from pump.sinks.file import _write_error
+from pump.sinks._files import write_error as _write_error
 
 KEY = "collector:analytics"
 RING = "a" * 32

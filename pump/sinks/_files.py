@@ -13,7 +13,7 @@ from collector.common.log import get_logger
 
 from ._base import OutageError, RetryableError
 
-log = get_logger(__name__)
+log = get_logger("pump.sinks.file")  # the file sink's lines keep its logger name
 
 _PROBE_BYTES = 4096  # one page: a file system without room for it takes no record
 
