@@ -122,8 +122,13 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    sources_out: dict[tuple[str, ...], str] | None = None,
 ) -> CollectorConfig:
-    """Build the configuration from a YAML file or mapping, env and overrides."""
+    """Build the configuration from a YAML file or mapping, env and overrides.
+
+    ``sources_out`` receives key path -> the environment variable that set it
+    (``collector config show``).
+    """
     if isinstance(source, CollectorConfig):
         return source
     label = "config"
@@ -137,7 +142,7 @@ def load_config(
     rename_keys(CollectorConfig, data, label)
     env = os.environ if environ is None else environ
     table = env_table(CollectorConfig, ENV_PREFIX)
-    sources: dict[tuple[str, ...], str] = {}
+    sources: dict[tuple[str, ...], str] = {} if sources_out is None else sources_out
     problems = _unknown_variables(env, table) + apply_env(data, table, env, sources)
     if problems:
         raise ConfigError("\n".join(problems))

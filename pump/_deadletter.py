@@ -9,8 +9,9 @@ entry that does not decode at all (it has no records to tell apart). It holds
   format): for a record, an entry of that one record with its original
   bytes and its own sequence number, so its record id stays the same; for an
   entry that does not decode, its fields exactly as they were. Without the
-  ``dl_*`` fields it is an entry the pump reads again: XADD it to the shard
-  to replay it;
+  ``dl_*`` fields it is an entry the pump reads again: ``collector
+  dead-letters replay`` XADDs it to the shard with ``replay_for: <sink>``, so
+  only that sink's group writes it;
 - ``dl_sink``, ``dl_reason`` (a :class:`DeadReason`), ``dl_error`` (the
   error text, at most 4,000 characters), ``dl_stream`` and ``dl_entry_id``
   (where it was read), ``dl_record_id`` (empty for an undecodable entry),

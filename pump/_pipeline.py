@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from collector.common.log import get_logger
-from collector.common.stream import BadEntry, Entry, decode_entry, encode_entry, record_id
+from collector.common.stream import (
+    REPLAY_FOR,
+    BadEntry,
+    Entry,
+    decode_entry,
+    encode_entry,
+    record_id,
+)
 
 from ._deadletter import DeadItem, DeadReason
 from .config import Filters
@@ -41,6 +48,11 @@ log = get_logger(__name__)
 FILTER_FIELD_PROBE = 100
 
 Fields = dict[Any, Any]
+_REPLAY_FOR_B = REPLAY_FOR.encode()
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 class EntryRecords(NamedTuple):
@@ -217,6 +229,10 @@ class RecordPipeline:
         out = Prepared()
         for eid_raw, fields in entries:
             eid = eid_raw.decode() if isinstance(eid_raw, bytes) else eid_raw
+            target = fields.get(_REPLAY_FOR_B, fields.get(REPLAY_FOR))
+            if target is not None and _text(target) != self.sink:
+                out.ack_only.append(eid)  # a dead letter replayed for another sink's group
+                continue
             try:
                 entry = decode_entry(fields)
             except BadEntry as exc:

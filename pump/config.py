@@ -275,11 +275,13 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     iam: bool | None = None,
+    sources_out: dict[tuple[str, ...], str] | None = None,
 ) -> PumpConfig:
     """Load and validate the pump configuration, including every sink's ``meta``.
 
     ``iam``: the file is iam-pump's ``iam-pump.yaml`` (True), ours (False), or
     either, told apart by its keys (None; :func:`pump.iam.config.is_iam_config`).
+    ``sources_out`` receives key path -> the environment variable that set it.
     """
     if isinstance(source, PumpConfig):
         return source
@@ -306,7 +308,7 @@ def load_config(
             f"(COLLECTOR_PUMP_{key.upper()}) or the redis_url")
     rename_keys(PumpConfig, data, label)
     env = os.environ if environ is None else environ
-    sources: dict[tuple[str, ...], str] = {}
+    sources: dict[tuple[str, ...], str] = {} if sources_out is None else sources_out
 
     # Top-level keys win over a sink's: COLLECTOR_PUMP_<SINK>_<KEY> entries first.
     top = env_table(PumpConfig, ENV_PREFIX, exclude=frozenset({"pumps"}))

@@ -8,7 +8,7 @@ import time
 import msgpack
 import pytest
 
-from collector.common.stream import encode_entry
+from collector.common.stream import REPLAY_FOR, encode_entry
 from pump._pipeline import RecordPipeline, compile_filter, trim_record
 from pump._retry import RetryPolicy, WriteFailed, write_with_retries
 from pump._worker import Stopper
@@ -58,6 +58,19 @@ def test_prepare_counts_and_ids() -> None:
     assert ids == [f"{'r' * 32}:{s}" for s in (10, 11, 12, 14)]
     assert all(r.data["policies"] == "" and r.data["deciders"] == "d1" for r in out.records())
     assert out.entry_ids() == ["1-0"]
+
+
+def test_a_replayed_entry_is_written_by_its_sink_only() -> None:
+    """``collector dead-letters replay`` marks an entry for one sink's group: the
+    others acknowledge it without writing it."""
+    fields = {k.encode(): v for k, v in encode_entry("r" * 32, 7, [make_record(7)]).items()}
+    entries = [(b"1-0", {**fields, REPLAY_FOR.encode(): b"t"})]
+    for sink, written in (("t", ["r" * 32 + ":7"]), ("file", [])):
+        pipe = RecordPipeline(Filters(), omit=False, detail_fields=[], max_record_size=None,
+                              sink=sink)
+        out = pipe.prepare(entries)
+        assert [r.id for r in out.records()] == written
+        assert out.ack_only == ([] if written else ["1-0"]) and not out.dead
 
 
 def test_retry_wrapper_retries_then_succeeds() -> None:

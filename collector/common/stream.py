@@ -29,6 +29,10 @@ One stream entry is one batch from one ring, with these fields::
                                      ``iam`` / ``auto``: records from
                                      iam-authz-server (the pump's list source,
                                      ``pump/iam/``), converted by the pump
+    replay_for  (optional) a sink    a dead letter put back by ``collector
+                                     dead-letters replay``: only that sink's
+                                     group writes it, every other group
+                                     acknowledges it without writing
 
 Record ``i`` of an entry has the stable id ``f"{ring}:{seq + i}"``
 (:func:`record_id`). Ring ids are random per ring and sequence numbers
@@ -53,6 +57,8 @@ FORMAT_VERSION = b"1"
 DEFAULT_STREAM_KEY = "collector:analytics"
 #: The fields of an entry, in the order they are written (then the optional ``fmt``).
 ENTRY_FIELDS = ("v", "ring", "seq", "n", "recs")
+#: The optional field naming the one sink (consumer group) a replayed entry is for.
+REPLAY_FOR = "replay_for"
 RECORD_FORMATS = ("iam", "auto")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
