@@ -160,3 +160,23 @@ def test_remote_health_address_only_when_allowed(tmp_path: Path) -> None:
     for loopback in ("127.0.0.2:7071", "localhost:7071", "[::1]:7071"):
         code, out = check("collector-daemon", health_address=loopback)
         assert code == 0 and "no authentication" not in out, out
+
+
+def test_a_large_metrics_body_arrives_whole() -> None:
+    """A body larger than the transport's write buffer is flushed before the close."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from collector.common.health import HealthServer
+
+    registry = CollectorRegistry()
+    gauge = Gauge("n10_big", "many label sets", ["label"], registry=registry)
+    for i in range(5_000):
+        gauge.labels(f"value-{i:05d}").set(i)
+    server = HealthServer("127.0.0.1", 0, readiness=lambda: (True, {}), registry=registry)
+    server.start()
+    try:
+        code, body = http_get(f"http://127.0.0.1:{server.address[1]}/metrics", timeout=10)
+    finally:
+        server.stop()
+    assert code == 200 and len(body) > 150_000
+    assert body.count(b"\nn10_big{") == 5_000

@@ -6,8 +6,9 @@ ready) and ``/metrics`` the Prometheus text of the caller's registry.
 
 Clients cannot exhaust it (nor the process's file descriptors): one asyncio
 event loop in one thread serves every connection, one ``GET`` per connection
-(``Connection: close``). At most :data:`MAX_CONNECTIONS` are open at once: a
-new one closes the oldest that has not sent its request yet, so idle
+(``Connection: close``). Connections are accepted one at a time and at most
+:data:`MAX_CONNECTIONS` are open at once: a new one closes the oldest that
+has not sent its request yet (the rest wait in the kernel's queue), so idle
 connections cost nothing and a real client always gets its answer. A
 request must arrive whole (at most :data:`MAX_REQUEST_BYTES`) within
 :data:`READ_TIMEOUT_S`. Readiness and metrics are computed on a pool of
@@ -61,15 +62,14 @@ class HealthServer:
         self.registry = registry
         self.on_error = on_error
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG,
-                                         reuse_port=False)
+        self.sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         self.sock.setblocking(False)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(_quiet)
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"{name}-worker")
-        self.waiting: OrderedDict[asyncio.Task[None], None] = OrderedDict()  # before a request
+        # connections that have not sent their request yet, oldest first
+        self.waiting: OrderedDict[asyncio.Task[None], None] = OrderedDict()
         self.open = 0
-        self.server: asyncio.Server | None = None
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready = threading.Event()
 
@@ -95,14 +95,12 @@ class HealthServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.server = self.loop.run_until_complete(
-                asyncio.start_server(self._serve, sock=self.sock, limit=MAX_REQUEST_BYTES))
             self._ready.set()
-            self.loop.run_forever()
+            self.loop.run_until_complete(self._accept())
+        except RuntimeError:  # the loop was stopped (stop())
+            pass
         finally:
             self._ready.set()
-            if self.server is not None:
-                self.server.close()
             for task in asyncio.all_tasks(self.loop):
                 task.cancel()
             with contextlib.suppress(Exception):
@@ -110,30 +108,48 @@ class HealthServer:
             self.sock.close()
             self.loop.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self) -> None:
+        """Accept one connection at a time, so that no more than MAX_CONNECTIONS
+        (and the one being closed) hold a descriptor, however many clients queue."""
+        while True:
+            try:
+                conn, _ = await self.loop.sock_accept(self.sock)
+            except OSError:  # EMFILE and the like: the process is short; try again soon
+                await asyncio.sleep(0.05)
+                continue
+            if self.open >= MAX_CONNECTIONS and self.waiting:
+                oldest, _ = self.waiting.popitem(last=False)
+                oldest.cancel()  # it has not sent its request: closed for this one
+            self.open += 1
+            held: list[asyncio.StreamWriter] = []
+            task = self.loop.create_task(self._serve(conn, held))
+            task.add_done_callback(lambda _t, c=conn, h=held: self._closed(c, h))
+            self.waiting[task] = None
+            await asyncio.sleep(0)  # let the cancelled one close before the next accept
+
+    def _closed(self, conn: socket.socket, held: list[asyncio.StreamWriter]) -> None:
+        self.open -= 1
+        if held:  # the transport owns the socket: close it, unless a close is flushing
+            if not held[0].transport.is_closing():
+                held[0].transport.abort()
+        else:
+            conn.close()
+
+    async def _serve(self, conn: socket.socket, held: list[asyncio.StreamWriter]) -> None:
         task = asyncio.current_task()
-        assert task is not None
-        self.open += 1
-        if self.open > MAX_CONNECTIONS and self.waiting:
-            oldest, _ = self.waiting.popitem(last=False)
-            oldest.cancel()  # its finally closes it
-        self.waiting[task] = None
         try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_REQUEST_BYTES)
+            held.append(writer)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ConnectionError):
-                return
             finally:
-                self.waiting.pop(task, None)
+                self.waiting.pop(task, None)  # type: ignore[arg-type]
             code, body, ctype = await self._answer(head)
             writer.write(_response(code, body, ctype))
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
-        except (TimeoutError, OSError, asyncio.CancelledError):
-            pass  # the client went away or was too slow: nothing to say about it
-        finally:
-            self.open -= 1
             writer.close()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # the client went away or was too slow: nothing to say about it
 
     async def _answer(self, head: bytes) -> tuple[int, bytes, str]:
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
