@@ -105,6 +105,9 @@ class Faults:
                 time.sleep(1.5)
             self.redis.kill()
             f.detail = f"redis kill -9, down {hold}s"
+            if getattr(self.redis, "last_killed", None):  # --cluster: one master
+                f.detail = (f"cluster master on port {self.redis.last_killed} kill -9, "
+                            f"down {hold}s")
             time.sleep(hold)
             self.redis.start()
             if lagging:

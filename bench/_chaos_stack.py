@@ -18,6 +18,7 @@ from collector.common.stream import shard_keys
 from collector.testing import HttpPeer, RedisServer, group_lags
 
 from . import _harness as h
+from ._chaos_cluster import SHARDS, ClusterRedis, cluster_keys
 from ._chaos_faults import Faults
 from ._chaos_ledger import Fault, Ledger, Producer, SinkReport, producer_main
 
@@ -66,13 +67,21 @@ class Chaos(Faults):
 
     def setup(self) -> None:
         a = self.args
-        self.redis = RedisServer(self.workdir / "redis", appendonly=not a.redis_no_persistence,
-                                 appendfsync=a.appendfsync).start()
+        scale: dict[str, Any] = {}
+        if a.cluster:  # bench/_chaos_cluster.py: redis_restart kills a master
+            self.redis: Any = ClusterRedis(
+                self.workdir / "cluster", self.rng, appendonly=not a.redis_no_persistence,
+                appendfsync=a.appendfsync).start()
+            scale = {"stream_shards": SHARDS}
+        else:
+            self.redis = RedisServer(self.workdir / "redis",
+                                     appendonly=not a.redis_no_persistence,
+                                     appendfsync=a.appendfsync).start()
         self.http = HttpPeer(on_items=self._on_http).start()
         self.daemon = h.daemon(
             self.workdir, self.redis.url, pool_size=2, ring_capacity_bytes=a.ring_bytes,
             full_policy="drop", redis_timeout_s=2.0, startup_redis_wait_s=120,
-            shutdown_timeout_s=10)
+            shutdown_timeout_s=10, min_replicas_acked=a.replicas_acked, **scale)
         self.collector_yaml = self.daemon.config
         pumps: dict[str, Any] = {}
         if "file" in self.sinks:
@@ -89,7 +98,7 @@ class Chaos(Faults):
         self.pump = h.pump(
             self.workdir, self.redis.url, pumps, read_block_s=0.2, claim_idle_ms=5000,
             max_deliveries=1000, batch_deadline_s=4, stuck_write_grace_s=2,
-            retry_max_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0)
+            retry_max_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0, **scale)
         self.daemon.start()
         self.pump.start()
         for _ in range(a.producers):
@@ -149,7 +158,7 @@ class Chaos(Faults):
         return out
 
     def stream_keys(self) -> list[str]:
-        return shard_keys()
+        return cluster_keys() if self.args.cluster else shard_keys()
 
     # -- main -----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -241,6 +250,8 @@ class Chaos(Faults):
             "redis_persistence": ("off" if self.args.redis_no_persistence
                                   else f"appendonly yes, appendfsync {self.args.appendfsync}"),
             "redis_restarts": self.redis.starts - 1,
+            "redis_cluster": bool(self.args.cluster),
+            "min_replicas_acked": self.args.replicas_acked,
             "http_503_answers": self.http.rejected,
             "quiescent": quiescent,
             "quiescence_detail": detail,
@@ -261,7 +272,7 @@ class Chaos(Faults):
                 svc.stop(30)  # a kill -9 of the whole tree if it does not stop in time
                 svc.close()
         if getattr(self, "redis", None) is not None:
-            self.redis.kill()
+            (self.redis.close if self.args.cluster else self.redis.kill)()
         if getattr(self, "http", None) is not None:
             self.http.stop()
         if "postgres" in self.sinks:

@@ -38,6 +38,13 @@ restart then empties it, and the records it held that not every sink had
 read are lost — Redis's own window, reported as such (the run does not fail
 for it). ``appendonly yes`` with ``appendfsync always`` (or ``everysec``)
 closes it.
+
+``--cluster`` runs Redis as a cluster of 3 masters with a replica each
+(``redis-cli --cluster create``) and 3 stream shards; the Redis fault then
+kills one master at random (``bench/_chaos_cluster.py``), which a replica
+takes over when it stays down longer than the 2 s node timeout, and the
+daemon runs with ``min_replicas_acked: 1`` (``--replicas-acked`` changes
+it; 0 shows what a failover loses without replica acknowledgement).
 """
 
 from __future__ import annotations
@@ -120,6 +127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"fault kinds to draw from (default all: {','.join(KINDS)})")
     ap.add_argument("--appendfsync", choices=("always", "everysec"), default="always",
                     help="Redis AOF fsync policy (default always)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="Redis as a 3-master cluster with a replica each, 3 stream shards; "
+                         "redis_restart kills one master (a failover when held long enough)")
+    ap.add_argument("--replicas-acked", type=int, default=None,
+                    help="the daemon's min_replicas_acked (default 1 with --cluster, else 0)")
     ap.add_argument("--redis-no-persistence", action="store_true",
                     help="run Redis without AOF/snapshots and report what a restart loses")
     ap.add_argument("--ring-bytes", type=int, default=2 * 1024 * 1024,
@@ -143,6 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 60.0 if args.quick else 300.0
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
+    if args.replicas_acked is None:
+        args.replicas_acked = 1 if args.cluster else 0
     bad = set(args.kinds or ()) - set(KINDS)
     if bad:
         ap.error(f"--kinds: unknown kind(s) {sorted(bad)}; known: {', '.join(KINDS)}")
