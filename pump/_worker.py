@@ -179,15 +179,16 @@ class Worker:
 #: frees; with the default (700) the collector scanned them ~7 times a batch, about
 #: 14% of the pipeline's instructions (callgrind; bench/pump.py).
 GC_THRESHOLD = 50_000
-#: glibc ``mallopt``: keep up to this much freed heap instead of giving it back to
-#: the kernel (``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), and serve allocations below it
-#: from the heap, not ``mmap`` (``M_MMAP_THRESHOLD``). A batch allocates and frees
-#: megabytes (decoded fields, encoded lines); by default each batch's memory came
-#: fresh from the kernel, about two page faults a record once the sink keeps its
-#: encoded records (decode + orjson 6.8 -> 2.0 us a record, bench/_pump_floor.py).
-#: A worker's memory then stays at its largest batch's.
-MALLOC_KEEP_BYTES = 32 << 20  # glibc caps M_MMAP_THRESHOLD at 32 MiB
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+#: glibc ``mallopt``: keep up to ``MALLOC_TRIM_BYTES`` of freed heap instead of
+#: giving it back to the kernel (``M_TRIM_THRESHOLD``; ``M_TOP_PAD`` grows the heap
+#: in larger steps), and serve allocations below 32 MiB (glibc's most) from the
+#: heap, not ``mmap`` (``M_MMAP_THRESHOLD``). A batch allocates and frees megabytes
+#: (decoded fields, encoded lines); by default each batch's memory came fresh from
+#: the kernel, about two page faults a record once the sink keeps its encoded
+#: records (decode + orjson 6.8 -> 2.0 us a record, bench/_pump_floor.py). A
+#: worker's memory then stays at its largest batch's.
+MALLOC_TRIM_BYTES = 256 << 20
+_MALLOPT = ((-1, MALLOC_TRIM_BYTES), (-2, 64 << 20), (-3, 32 << 20))  # trim, top pad, mmap
 
 
 def tune_process() -> None:
@@ -201,8 +202,8 @@ def tune_process() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc: its defaults
         return
-    for option in (_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD):
-        mallopt(option, MALLOC_KEEP_BYTES)
+    for option, value in _MALLOPT:
+        mallopt(option, value)
 
 
 def worker_main(config: PumpConfig, sink_name: str, index: int, slot: Slot,
