@@ -5,7 +5,8 @@
 equivalent gives one :class:`~collector.common.settings.ConfigWarning` naming
 it. The README's migration table lists each key. The records come from
 iam-authz-server's Redis list, so the result reads it: ``source: {type: list,
-format: iam}``. :func:`is_iam_config` tells iam's file from ours.
+format: iam}``. The kafka, influx and elasticsearch pumps' ``meta`` are
+mapped in :mod:`pump.iam.pumps`. :func:`is_iam_config` tells iam's file from ours.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlsplit
 
 from collector.common.service import is_loopback
 from collector.common.settings import ConfigError, ConfigWarning
+
+from .pumps import elasticsearch_meta, influx_meta, kafka_meta
 
 __all__ = ["IAM_TOP_KEYS", "from_iam", "is_iam_config"]
 
@@ -286,4 +289,7 @@ _META: dict[str, tuple[str, Callable[[_Mapper, str, Mapping[str, Any]], dict[str
     "syslog": ("syslog", _syslog),
     "prometheus": ("prometheus", _prometheus),
     "dummy": ("null", _none),
+    "kafka": ("kafka", kafka_meta),
+    "influx": ("influx", influx_meta),
+    "elasticsearch": ("elasticsearch", elasticsearch_meta),
 }
