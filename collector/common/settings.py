@@ -1,4 +1,5 @@
-"""The config base of ``collector.config`` and ``pump.config``.
+"""The config base of ``collector.config`` and ``pump.config`` (type introspection in
+``_types.py``, error messages in ``_config_errors.py``).
 
 Both services read their configuration the same way: defaults, then a YAML
 file (or a mapping), then environment variables, later ones winning.
@@ -28,27 +29,26 @@ from __future__ import annotations
 
 import json
 import os
-import types
 import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    SecretStr,
     ValidationError,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
-from .redact import MASK, remember_model, scrub
+from ._config_errors import error_lines, known_keys
+from ._types import is_model, nested_model, type_arms
+from .redact import remember_model
 
 __all__ = [
     "RESERVED_ENV",
@@ -184,41 +184,9 @@ def log_deprecations(found: Sequence[ConfigDeprecationWarning | ConfigWarning],
             log.warning(w.text, source=w.source)
 
 
-# -- types ---------------------------------------------------------------------
-
-def _arms(annotation: Any) -> list[Any]:
-    """The alternatives of a type (``X | None`` -> [X, None]), Annotated unwrapped."""
-    if typing.get_origin(annotation) is Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        out = []
-        for arm in typing.get_args(annotation):
-            out.extend(_arms(arm))
-        return out
-    return [annotation]
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def nested_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class of a key holding one nested model (``source:``), else None."""
-    arms = [a for a in _arms(annotation) if a is not type(None)]
-    return arms[0] if len(arms) == 1 and _is_model(arms[0]) else None
-
-
-def is_secret(annotation: Any) -> bool:
-    def secret(tp: Any) -> bool:
-        if isinstance(tp, type) and issubclass(tp, SecretStr):
-            return True
-        return any(secret(a) for a in typing.get_args(tp))
-    return any(secret(a) for a in _arms(annotation))
-
-
 def parse_env(raw: str, annotation: Any) -> Any:
     """An environment value as the type of its key wants it (module doc); ValueError if not."""
-    arms = _arms(annotation)
+    arms = type_arms(annotation)
     if raw.strip() == "" and type(None) in arms:
         return None
     origins = {typing.get_origin(a) or a for a in arms}
@@ -227,7 +195,7 @@ def parse_env(raw: str, annotation: Any) -> Any:
         if text.startswith("["):
             return _json(text)
         return [item.strip() for item in text.split(",") if item.strip()]
-    if origins & {dict, Mapping} or any(_is_model(a) for a in arms):
+    if origins & {dict, Mapping} or any(is_model(a) for a in arms):
         return _json(raw)
     return raw  # scalars: pydantic parses "5", "true", "2.5" by the key's type
 
@@ -309,110 +277,15 @@ def rename_keys(model: type[BaseModel], data: Any, label: str,
         if sub is not None:
             rename_keys(sub, value, label, (*path, name))
             continue
-        arms = _arms(field.annotation)
+        arms = type_arms(field.annotation)
         if len(arms) == 1 and typing.get_origin(arms[0]) is dict and isinstance(value, dict):
             inner = typing.get_args(arms[0])[1]
-            if _is_model(inner):
+            if is_model(inner):
                 for k, v in value.items():
                     rename_keys(inner, v, label, (*path, name, str(k)))
 
 
-# -- validation and its messages --------------------------------------------------
-
-def _walk(model: type[BaseModel], loc: Sequence[Any]) -> tuple[Any, FieldInfo | None]:
-    """What a validation error location points at: (the type there, the last field)."""
-    current: Any = model
-    field: FieldInfo | None = None
-    parts = [str(p) for p in loc]
-    while parts:
-        if not _is_model(current):
-            return None, None
-        field = current.model_fields.get(parts.pop(0))
-        if field is None:
-            return None, None
-        current = _single(field.annotation)
-        while typing.get_origin(current) in (dict, list, tuple) and parts:
-            args = typing.get_args(current)
-            parts.pop(0)  # a mapping key or a list index
-            inner = args[0] if len(args) == 2 and args[1] is Ellipsis else args[-1]
-            current = _single(inner)
-    return current, field
-
-
-def _single(annotation: Any) -> Any:
-    arms = [a for a in _arms(annotation) if a is not type(None)]
-    return arms[0] if len(arms) == 1 else None
-
-
-def known_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The keys allowed where the unknown key ``loc`` was found."""
-    owner, _ = _walk(model, loc[:-1])
-    if not _is_model(owner):
-        return []
-    hidden = getattr(owner, "env_only", frozenset())
-    return sorted(k for k in owner.model_fields if k not in hidden)
-
-
-def error_lines(exc: ValidationError, model: type[BaseModel], label: str,
-                sources: Mapping[tuple[str, ...], str],
-                prefix: tuple[str, ...] = ()) -> list[str]:
-    """One line per problem: source (file or variable), key path, rule; no secret shown."""
-    lines = []
-    for err in exc.errors():
-        rel = tuple(err["loc"])
-        loc = (*prefix, *(str(p) for p in rel))
-        path = ".".join(loc) or "(top level)"
-        src = sources.get(loc)
-        where = f"environment {src} ({path})" if src else f"{label}: {path}"
-        if err["type"] == "value_error" and not rel:
-            rule = scrub(err["msg"].removeprefix("Value error, "))
-            lines.append(f"{label}: {path}: {rule}" if loc else f"{label}: {rule}")
-            continue
-        if err["type"] == "extra_forbidden":
-            known = known_keys(model, rel)
-            rule = "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
-        else:
-            rule = err["msg"]
-            if err["type"] != "missing" and "input" in err:
-                rule = _with_input(rule, err["input"], model, rel)
-        lines.append(f"{where}: {scrub(rule)}")
-    return lines
-
-
-def _with_input(rule: str, given: Any, model: type[BaseModel], rel: Sequence[Any]) -> str:
-    """The rule and the value it refused, unless that value may hold a secret: a
-    secret key's value (of any type) is ``***`` and hidden inside the rule too; a
-    list or mapping is never shown (it may hold one); neither is a value whose key
-    cannot be told."""
-    _, field = _walk(model, rel)
-    if field is not None and is_secret(field.annotation):
-        for leaf in _leaves(given):
-            if len(leaf) >= 3:
-                rule = rule.replace(leaf, MASK)
-        return f"{rule} (got '{MASK}')"
-    if (field is None or not isinstance(given, str | int | float | bool | None)
-            or not _scalar(field.annotation)):
-        return rule
-    return f"{rule} (got {given!r})"
-
-
-def _scalar(annotation: Any) -> bool:
-    """A key holding one value, not a model, mapping or list (whose text may hold a secret)."""
-    return all((a is not Any and not _is_model(a) and typing.get_origin(a) is None)
-               or typing.get_origin(a) is typing.Literal for a in _arms(annotation))
-
-
-def _leaves(value: Any) -> Iterator[str]:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield str(k)
-            yield from _leaves(v)
-    elif isinstance(value, list | tuple | set):
-        for v in value:
-            yield from _leaves(v)
-    elif value is not None:
-        yield str(value)
-
+# -- validation ------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
 
