@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._compare_measure import DAEMON_SETTINGS
+from ._compare_rounds import RATIOS
 from ._designs import DESIGNS
 
 LABELS = {
@@ -207,3 +208,12 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
               f"[{s['p50_ms']['min']:.1f}-{s['p50_ms']['max']:.1f}], p99 "
               f"{s['p99_ms']['median']:.1f} ms [{s['p99_ms']['min']:.1f}-"
               f"{s['p99_ms']['max']:.1f}]")
+    if "saturated_rounds" in summary:
+        print_table("(e) gunicorn saturated, interleaved rounds (one run per design per round)",
+                    summary["saturated_rounds"], [("requests/s", "rps", 0)],
+                    ratio_key="rps", ratio_bases=("none", "ours"))
+        for a, b in RATIOS:
+            r = summary.get("saturated_paired", {}).get(f"{a}/{b}")
+            if r:
+                print(f"  {LABELS[a]} / {LABELS[b]}: median of {r['n']} paired ratios "
+                      f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]")

@@ -50,7 +50,9 @@ def _machine_cpu_seconds() -> float:
 
 def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration: float,
           saturate_conns: int, daemon: Daemon | None = None,
-          redis_pid: int | None = None) -> dict[str, Any]:
+          redis_pid: int | None = None, paced: bool = True) -> dict[str, Any]:
+    """A paced run (unless ``paced=False``: the rounds of :mod:`bench._compare_rounds`)
+    and a saturated one of the authz app with design ``name``."""
     stats_dir = Path(tempfile.mkdtemp(prefix=f"record-{name}-", dir=workdir))
     g = Gunicorn("bench._wsgi:app", workers=workers, cwd=h.ROOT,
                  args=["-k", "sync", "--backlog", "2048", "--log-level", "warning"],
@@ -65,8 +67,8 @@ def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration:
         # warm-up: every worker builds its design
         h.run_wrk(url, duration_s=1, connections=workers * 2, threads=1, body=_WRK_BODY,
                   workdir=workdir)
-        paced = h.run_wrk(url, duration_s=duration, connections=2, threads=1, body=_WRK_BODY,
-                          pause_ms=2, workdir=workdir)
+        paced_run = (h.run_wrk(url, duration_s=duration, connections=2, threads=1,
+                               body=_WRK_BODY, pause_ms=2, workdir=workdir) if paced else {})
         wpids = g.worker_pids()
         dpids = _tree(daemon.pid) if name == "ours" and daemon is not None else []
         rpids = [redis_pid] if redis_pid else []
@@ -90,4 +92,4 @@ def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration:
     if per_worker:
         for key in ("p50_ns", "p99_ns", "mean_ns"):
             sat[f"record_in_worker_{key}"] = statistics.fmean(w[key] for w in per_worker)
-    return {"paced": paced, "saturated": sat}
+    return {"paced": paced_run, "saturated": sat}

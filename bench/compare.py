@@ -33,7 +33,10 @@ fresh processes, designs interleaved within a repeat:
     stream is checked; for the others the list length);
 (d) for ours: time from ``record_hit`` to the record being in a sink
     (``collector-pump`` with a JSON Lines file sink; the record carries
-    ``time.time()``, the bench tails the file).
+    ``time.time()``, the bench tails the file);
+(e) the saturated-throughput target: ``--rounds`` (10; 3 with ``--quick``)
+    interleaved rounds of none / ours / OTel-style, one saturated run each,
+    judged on the median of the paired ratios (:mod:`bench._compare_rounds`).
 
 Prints medians with min/max and ratios to ours, writes
 ``bench/results/<date>.json`` and ``bench/results/<date>.png``.
@@ -60,6 +63,7 @@ from collector.testing import RedisServer
 from . import _harness as h
 from ._compare_measure import DAEMON_SETTINGS, end_to_end, sink_latency, tight_loop
 from ._compare_report import chart, report, summarize, targets
+from ._compare_rounds import paired, round_order, verdicts
 from ._compare_serve import serve
 from ._designs import DESIGNS
 
@@ -79,7 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--designs", default=",".join(DESIGNS),
                     help=f"comma-separated subset of {','.join(DESIGNS)}")
     ap.add_argument("--skip", default="",
-                    help="sections to skip: comma-separated of loop,gunicorn,e2e,latency")
+                    help="sections to skip: comma-separated of loop,gunicorn,e2e,latency,rounds")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="paired saturated rounds of none/ours/OTel (default 10; quick 3)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2,
                     help="gunicorn sync workers (default: number of cores)")
     ap.add_argument("--out", default=None, help="results JSON path (default bench/results/)")
@@ -93,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.skip = {s for s in args.skip.split(",") if s}
     if args.repeat is None:
         args.repeat = 1 if args.quick else 5
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 10
     return args
 
 
@@ -127,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             steps += [("e2e", n, p) for p in producer_counts for n in args.names if n != "none"]
         if "latency" not in args.skip and "ours" in args.names:
             steps.append(("latency", "ours", None))
+    if "rounds" not in args.skip:
+        for r in range(args.rounds):
+            steps += [("round", n, r) for n in round_order(args.names, r)]
 
     load_start = list(os.getloadavg())
     redis = RedisServer(workdir / "redis", appendonly=False).start()
@@ -141,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind, name, extra in steps:
             if bar is not None:
-                bar.set_description(f"{kind} {name}" + (f" x{extra}" if extra else ""))
+                what = f" round {extra}" if kind == "round" else f" x{extra}" if extra else ""
+                bar.set_description(f"{kind} {name}{what}")
             try:
                 if kind == "loop":
                     n = n_loop.get(name, n_loop_default)
@@ -159,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                     n = n_e2e.get(name, n_e2e_default) // extra
                     res = end_to_end(name, env, extra, n, redis, daemon)
                     raw.setdefault(f"end_to_end_{extra}", {}).setdefault(name, []).append(res)
+                elif kind == "round":
+                    res = serve(name, env, workdir, args.workers, wrk_s, saturate_conns=16,
+                                daemon=daemon, paced=False,
+                                redis_pid=redis.proc.pid if redis.proc else None)
+                    raw.setdefault("saturated_rounds", {}).setdefault(name, []).append(
+                        dict(res["saturated"], round=extra))
                 elif kind == "latency":
                     res = sink_latency(workdir, redis.url, ccfg, rate=1000 if q else 2000,
                                        seconds=2 if q else 5)
@@ -179,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t_start
     summary = summarize(raw)
+    if "saturated_rounds" in raw:
+        summary["saturated_paired"] = paired(raw["saturated_rounds"])
     report(summary, args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else RESULTS / f"{stamp}.json"
@@ -190,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform()},
         "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
         "gunicorn_workers": args.workers, "summary": summary, "raw": raw, "errors": errors,
-        "targets": targets(summary),
+        "targets": targets(summary) + verdicts(summary.get("saturated_paired", {})),
     }
     out.write_text(json.dumps(doc, indent=2))
     png = chart(summary, out.with_suffix(".png"),

@@ -85,9 +85,18 @@ static inline int put1(Enc *e, unsigned char b) {
 }
 
 static inline int put_be(Enc *e, unsigned char lead, uint64_t v, int n) {
-    if (e->end - e->p < 1 + n) return NO_ROOM;
-    *e->p++ = lead;
-    for (int i = n - 1; i >= 0; i--) *e->p++ = (unsigned char)(v >> (8 * i));
+    if (e->end - e->p < 9) {  /* near the end: byte by byte */
+        if (e->end - e->p < 1 + n) return NO_ROOM;
+        *e->p++ = lead;
+        for (int i = n - 1; i >= 0; i--) *e->p++ = (unsigned char)(v >> (8 * i));
+        return 0;
+    }
+    /* lead, then the n low bytes of v big-endian: one 8-byte store of the
+     * byte-swapped value shifted into place (the bytes past n are scratch) */
+    uint64_t be = __builtin_bswap64(v << (8 * (8 - n)));
+    e->p[0] = lead;
+    memcpy(e->p + 1, &be, 8);
+    e->p += 1 + n;
     return 0;
 }
 
@@ -109,9 +118,12 @@ static int put_len(Enc *e, Py_ssize_t n, unsigned char fix, Py_ssize_t fixmax,
 
 static int put_str(Enc *e, PyObject *o) {
     Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-    if (s == NULL) {  /* lone surrogates: the careful path explains */
-        PyErr_Clear();
+    const char *s;
+    if (PyUnicode_IS_COMPACT_ASCII(o)) {  /* ASCII: its characters are its UTF-8 */
+        s = (const char *)PyUnicode_DATA(o);
+        n = PyUnicode_GET_LENGTH(o);
+    } else if ((s = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) {
+        PyErr_Clear();  /* lone surrogates: the careful path explains */
         return NOT_TAKEN;
     }
     int r = put_len(e, n, 0xa0, 32, 0xd9, 0xda, 0xdb);

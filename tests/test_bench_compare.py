@@ -6,6 +6,8 @@ load, not for the test suite); this checks what it concludes from them.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.compare import summarize, targets
 
 
@@ -50,3 +52,26 @@ def test_a_slower_ours_is_not_met() -> None:
     lines = targets(summarize(_raw([6000], [5700])))
     assert lines[0].startswith("ours keeps 95.0% of design 1's saturated requests/s "
                                "(>= 97%): NOT met")
+
+
+def test_rounds_rotate_and_paired_ratios_take_the_median() -> None:
+    from bench._compare_rounds import paired, round_order, verdicts
+
+    names = ["none", "ours", "sync_rpush", "otel_deque"]
+    assert [round_order(names, r) for r in range(4)] == [
+        ["none", "ours", "otel_deque"], ["ours", "otel_deque", "none"],
+        ["otel_deque", "none", "ours"], ["none", "ours", "otel_deque"]]
+    # round 2 was slow for everybody: its ratios are still fair pairs
+    none = [5000, 5000, 2500, 5000, 5000]
+    ours = [4900, 5050, 2480, 4975, 4950]
+    otel = [4800, 5100, 2400, 4900, 4900]
+    rounds = {n: [{"round": i, "rps": v} for i, v in enumerate(vals)]
+              for n, vals in (("none", none), ("ours", ours), ("otel_deque", otel))}
+    p = paired(rounds)
+    assert p["rounds"] == 5
+    assert p["ours/none"]["median"] == pytest.approx(0.992) and p["ours/none"]["n"] == 5
+    assert p["ours/otel_deque"]["min"] == 5050 / 5100
+    lines = verdicts(p)
+    assert lines[0].startswith("ours keeps 99.2% of no analytics' saturated requests/s, "
+                               "median of 5 paired rounds") and lines[0].endswith(": met")
+    assert lines[1].endswith(": met")  # ahead of the OTel-style design in the median round
