@@ -22,6 +22,7 @@ import msgpack
 import pytest
 
 import ringbuf
+from collector.ops._sources import fetch_metrics
 from collector.testing import (
     Daemon,
     Pump,
@@ -115,6 +116,7 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
 
     wait_until(lambda: r.xlen(KEY) <= 1, 30, "trimming below what both groups acknowledged")
     doc = wait_until(settled, 30, "status ready with every record delivered")
+    spooling = "collector_pump_spool_bytes" in fetch_metrics(stack.pump.address, 5).names()
     assert doc["verdict"] == "ready" and doc["exit_code"] == 0 and doc["problems"] == []
     assert doc["schema"] == 1
     d = doc["daemon"]
@@ -123,8 +125,13 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
     assert len(d["flushers"]) == 2 and all(f["alive"] and not f["backing_off"]
                                            for f in d["flushers"])
     assert d["rates"]["interval_s"] == 0.2
+    # the paths: the daemon's own (its metric) and this install's; the ring has no checksums
+    assert d["ring_path"] == ringbuf.ring_path() and d["ring_path"] in ("native", "pure")
+    assert doc["rings"]["local_path"] == ringbuf.ring_path()
+    assert (doc["rings"]["local_path_why"] is None) == (ringbuf.ring_path() == "native")
     [ring] = doc["rings"]["rings"]
     assert ring["ring_id"] == w.ring_id and ring["producer_pid"] == os.getpid()
+    assert ring["checksum"] is False
     assert ring["producer_alive"] and not ring["closed"]
     assert (ring["written"], ring["committed"], ring["pending"]) == (N, N, 0)
     red = doc["redis"]
@@ -139,6 +146,8 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
         assert (s["delivered"], s["records_in"], s["lag_records"]) == (N, N, 0)
         assert s["dead_letters"] == 1 and s["dead_lettered"] == 1
         assert s["oldest_age_s"] is None and s["workers_alive"] == 1
+        # a pump that exports collector_pump_spool_bytes: 0 (nothing spooled); else null
+        assert s["spool_bytes"] == (0 if spooling else None)
     assert doc["warnings"] == [
         "sink file: 1 dead letters (collector dead-letters list --sink file)",
         "sink t: 1 dead letters (collector dead-letters list --sink t)"]
@@ -148,6 +157,8 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
     assert code == 0
     assert "collector status: ready (exit 0)" in text
     assert re.search(rf"written {N:,} records", text), text
+    assert f"reads rings on the {ringbuf.ring_path()} path" in text, text
+    assert f"writes on the {ringbuf.ring_path()} path" in text, text
     assert re.search(r"t \(testjsonl\)[\s│]+yes[\s│]+0[\s│]+0[\s│]+0[\s│]+-[\s│]+3,000", text), text
 
 

@@ -56,33 +56,38 @@ def sink_badness(s: dict[str, Any]) -> tuple[Any, ...]:
 def _sinks_table(doc: dict[str, Any]) -> Table:
     t = Table(title="sinks (worst first)", title_justify="left", expand=False)
     for col in ("sink", "ready", "lag ent", "lag rec", "pending", "oldest", "delivered",
-                "/s", "retries", "dead", "why"):
+                "/s", "retries", "dead", "spool", "why"):
         t.add_column(col, justify="left" if col in ("sink", "why", "ready") else "right")
     sinks = sorted(doc["pump"]["sinks"].items(), key=lambda kv: sink_badness(kv[1]))
     for name, s in sinks:
         t.add_row(f"{name} ({s['type']})", _yes(s["ready"]), _n(s["lag_entries"]),
                   _n(s["lag_records"]), _n(s["pending_entries"]), _age(s["oldest_age_s"]),
                   _n(s["delivered"]), _n(s["delivered_per_s"]), _n(s["retries"]),
-                  _n(s["dead_letters"]), "; ".join(s["why"])[:80])
+                  _n(s["dead_letters"]), _bytes(s["spool_bytes"]), "; ".join(s["why"])[:80])
     return t
 
 
 def _rings_table(doc: dict[str, Any]) -> Table:
     rings = doc["rings"]
-    t = Table(title=f"rings in {rings['dir']} ({len(rings['rings'])})", title_justify="left")
+    here = rings["local_path"] + (f" ({rings['local_path_why']})"
+                                  if rings["local_path_why"] else "")
+    t = Table(title=f"rings in {rings['dir']} ({len(rings['rings'])}); a producer from this "
+                    f"install writes on the {here} path, a ring with checksums on the pure "
+                    "path", title_justify="left")
     for col in ("ring", "producer", "alive", "fill", "written", "pending", "dropped full",
-                "dropped oversize"):
+                "dropped oversize", "checksum"):
         t.add_column(col, justify="left" if col in ("ring", "alive") else "right")
     worst = sorted(rings["rings"], key=lambda r: -(r.get("fill_ratio") or 0.0))
     for ring in worst[:20]:
         if ring.get("error"):
             t.add_row(ring["path"], "-", Text("bad", style="red"), ring["error"][:40],
-                      "", "", "", "")
+                      "", "", "", "", "")
             continue
         alive = _yes(ring["producer_alive"], "yes", "closed" if ring["closed"] else "gone")
         t.add_row(ring["ring_id"], str(ring["producer_pid"]), alive,
                   f"{ring['fill_ratio'] * 100:.1f}%", _n(ring["written"]), _n(ring["pending"]),
-                  _n(ring["dropped_full"]), _n(ring["dropped_oversize"]))
+                  _n(ring["dropped_full"]), _n(ring["dropped_oversize"]),
+                  "yes" if ring["checksum"] else "no")
     if len(worst) > 20:
         t.caption = f"and {len(worst) - 20} more"
     return t
@@ -97,6 +102,7 @@ def _daemon_lines(doc: dict[str, Any]) -> Text:
         out.append(f"unreachable: {d['error']}\n", style="bold red")
         return out
     out.append_text(_yes(d["ready"], "ready", "NOT READY"))
+    out.append(f"  reads rings on the {d['ring_path'] or '?'} path")
     rates = d.get("rates") or {}
     out.append(f"  written {_n(d['records_written'])} records in {_n(d['batches_written'])} "
                f"batches ({_n(rates.get('records_per_s'))} rec/s, "

@@ -25,6 +25,7 @@ from collector.config import CollectorConfig
 from pump._deadletter import dead_letter_key
 from pump._redis import group_info, group_lag
 from pump.config import PumpConfig
+from ringbuf._native import why_pure
 
 from ._sources import Endpoint, Metrics, Unreachable, entry_ms, fetch_endpoint, fetch_metrics
 
@@ -39,7 +40,10 @@ P = "collector_pump_"
 
 
 def _rings(rings_dir: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"dir": rings_dir, "error": None, "rings": []}
+    # The ring header does not record the path its producer writes with: what this
+    # install takes is said, and a ring with checksums is always written by pure Python.
+    out: dict[str, Any] = {"dir": rings_dir, "error": None, "local_path": ringbuf.ring_path(),
+                           "local_path_why": why_pure(), "rings": []}
     try:
         names = sorted(os.listdir(rings_dir))
     except OSError as exc:
@@ -51,7 +55,7 @@ def _rings(rings_dir: str) -> dict[str, Any]:
         path = os.path.join(rings_dir, name)
         try:
             with ringbuf.RingProbe.open(path) as probe:
-                s = probe.stats()
+                s, checksum = probe.stats(), probe.header.checksum
         except (OSError, ringbuf.RingError) as exc:
             out["rings"].append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
             continue
@@ -61,11 +65,17 @@ def _rings(rings_dir: str) -> dict[str, Any]:
             "fill_ratio": round(s.fill_ratio, 6), "bytes_used": s.bytes_used,
             "capacity_bytes": s.capacity, "written": s.written, "committed": s.committed,
             "pending": s.pending, "dropped_full": s.dropped_full,
-            "dropped_oversize": s.dropped_oversize,
+            "dropped_oversize": s.dropped_oversize, "checksum": checksum,
             "age_s": round(max(0.0, time.time() - s.created_at), 3),
             "error": None,
         })
     return out
+
+
+def _label_set(m: Metrics, name: str, label: str) -> str | None:
+    """The ``label`` of the sample of ``name`` that is 1 (an info-style gauge), or None."""
+    on = [value for value, v in m.by_label(name, label).items() if v == 1.0]
+    return on[0] if len(on) == 1 else None
 
 
 def _daemon(ep: Endpoint) -> dict[str, Any]:
@@ -76,6 +86,7 @@ def _daemon(ep: Endpoint) -> dict[str, Any]:
     return {
         "address": ep.address, "reachable": ep.reachable, "ready": ep.ready, "error": ep.error,
         "status": ep.detail.get("status"),
+        "ring_path": _label_set(m, D + "ring_path", "path"),
         "records_read": m.get(D + "records_read_total"),
         "records_written": m.get(D + "records_written_total"),
         "batches_written": m.get(D + "batches_written_total"),
@@ -159,6 +170,7 @@ def _sinks(pump: Endpoint, r: redis.Redis | None, cfg: PumpConfig) -> dict[str, 
     out: dict[str, Any] = {}
     now_ms = int(time.time() * 1000)
     ready_detail = pump.detail.get("sinks", {})
+    spool = m.by_label(P + "spool_bytes", "sink")  # empty from a pump without a spool
     for sink, spec in cfg.pumps.items():
         d = ready_detail.get(sink, {})
         why = [*d.get("outage", [])]
@@ -182,7 +194,8 @@ def _sinks(pump: Endpoint, r: redis.Redis | None, cfg: PumpConfig) -> dict[str, 
             "write_errors": m.get(P + "write_errors_total", sink=sink),
             "dead_lettered": m.get(P + "records_dead_lettered_total", sink=sink),
             "dead_letters": None, "lag_entries": None, "lag_records": None,
-            "pending_entries": None, "oldest_age_s": None, "spool_bytes": None,
+            "pending_entries": None, "oldest_age_s": None,
+            "spool_bytes": spool.get(sink) if spool.get(sink) is None else int(spool[sink]),
             "delivered_per_s": None, "streams": [],
         }
         if r is not None:
