@@ -17,12 +17,19 @@ entry that does not decode at all (it has no records to tell apart). It holds
   (where it was read), ``dl_record_id`` (empty for an undecodable entry),
   ``dl_deliveries`` (how often Redis had delivered the entry to the sink's
   group), ``dl_first_failure_ms`` and ``dl_last_failure_ms`` (Unix ms: when
-  this worker first saw the entry fail, and when it gave up).
+  this worker first saw the entry fail, and when it gave up), ``dl_v`` (the
+  version of these ``dl_*`` fields, ``1``).
 
-Writing the dead letters and acknowledging the entries they come from is one
-``MULTI``: a crash leaves either both or neither. An entry redelivered after
-its dead letters were written but before its other records were acknowledged
-writes them again: replay by ``dl_record_id``.
+Each dead-letter stream holds at most ``dead_letter_max_entries`` entries:
+the same ``MULTI`` trims it exactly (``XTRIM MAXLEN``), dropping the oldest,
+and every dead letter dropped is counted (``dead_letters_dropped`` per sink
+in ``/metrics``) and logged.
+
+Writing the dead letters, trimming their stream and acknowledging the
+entries they come from is one ``MULTI``: a crash leaves either all or none.
+An entry redelivered after its dead letters were written but before its
+other records were acknowledged writes them again: replay by
+``dl_record_id``.
 """
 
 from __future__ import annotations
@@ -36,14 +43,18 @@ from typing import Any
 import redis
 
 from collector.common.counters import Slot
+from collector.common.log import RateLimited, get_logger
 from collector.common.stream import decode_entry, encode_entry
+
+log = get_logger(__name__)
 
 __all__ = ["DeadItem", "DeadLetters", "DeadReason", "dead_letter_key", "record_item"]
 
 _MAX_ERROR_CHARS = 4000
 #: The fields a dead letter adds to the entry it holds.
 DL_FIELDS = ("dl_sink", "dl_reason", "dl_error", "dl_stream", "dl_entry_id", "dl_record_id",
-             "dl_deliveries", "dl_first_failure_ms", "dl_last_failure_ms")
+             "dl_deliveries", "dl_first_failure_ms", "dl_last_failure_ms", "dl_v")
+DL_VERSION = "1"
 
 
 class DeadReason(StrEnum):
@@ -87,11 +98,14 @@ def record_item(entry_fields: Mapping[Any, Any], entry_id: str, record_id: str,
 class DeadLetters:
     """Writes one sink's dead letters (see the module docstring)."""
 
-    def __init__(self, r: redis.Redis, sink: str, group: str, counters: Slot) -> None:
+    def __init__(self, r: redis.Redis, sink: str, group: str, counters: Slot,
+                 max_entries: int = 10_000, limited: RateLimited | None = None) -> None:
         self.r = r
         self.sink = sink
         self.group = group
         self.counters = counters
+        self.max_entries = max_entries
+        self.limited = limited or RateLimited(10.0, log)
 
     def write(self, key: str, items: Sequence[DeadItem], ack: Sequence[str],
               deliveries: Mapping[str, int] | None) -> None:
@@ -104,13 +118,22 @@ class DeadLetters:
             first = now_ms if it.first_failure is None else str(int(it.first_failure * 1000))
             fields.update(zip(DL_FIELDS, (
                 self.sink, it.reason.value, it.error[:_MAX_ERROR_CHARS], key, it.entry_id,
-                it.record_id, str((deliveries or {}).get(it.entry_id, 1)), first, now_ms),
-                strict=True))
+                it.record_id, str((deliveries or {}).get(it.entry_id, 1)), first, now_ms,
+                DL_VERSION), strict=True))
             pipe.xadd(dl_key, fields)
+        if items:
+            pipe.xtrim(dl_key, maxlen=self.max_entries, approximate=False)
         if ack:
             pipe.xack(key, self.group, *ack)
-        pipe.execute()
+        results = pipe.execute()
         if ack:
             self.counters.add("entries_acked", len(ack))
         if items:
             self.counters.add("records_dead_lettered", len(items))
+            dropped = int(results[len(items)])
+            if dropped:
+                self.counters.add("dead_letters_dropped", dropped)
+                self.limited.warning(
+                    "dl-dropped", "Dead-letter stream full; dropped its oldest dead letters.",
+                    sink=self.sink, stream=dl_key, dropped=dropped,
+                    dead_letter_max_entries=self.max_entries)

@@ -23,6 +23,8 @@ WORKER_COUNTERS = Layout(
         "records_out": "Records the sink accepted.",
         "records_filtered": "Records dropped by the sink's filters.",
         "records_dead_lettered": "Records sent to the sink's dead-letter stream.",
+        "dead_letters_dropped": "Oldest dead letters dropped to keep the sink's dead-letter "
+                                "stream within dead_letter_max_entries.",
         "decode_errors": "Stream entries or records that did not decode or convert.",
         "records_trimmed": "Records whose string fields were trimmed to max_record_bytes.",
         "write_retries": "Write attempts after the first.",

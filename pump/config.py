@@ -150,6 +150,7 @@ class PumpConfig(ServiceSettings):
     omit_detailed_recording: bool = False
     detail_fields: list[str] = Field(default_factory=lambda: ["policies", "deciders"])
     max_deliveries: int = Field(default=5, ge=1, le=1000)
+    dead_letter_max_entries: int = Field(default=10_000, ge=1)  # per dead-letter stream
     claim_idle_ms: int = Field(default=120_000, ge=100)
     retry_initial_ms: float = Field(default=100.0, gt=0)
     batch_deadline_s: float = Field(default=60.0, gt=0, le=3600)

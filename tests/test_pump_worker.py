@@ -152,6 +152,34 @@ def test_undecodable_entry_and_record_are_dead_lettered_not_passed_on(
     run_until([w], lambda: group_lag(r, KEY, "m") == (0, 0))
 
 
+def test_dead_letter_stream_is_bounded_and_carries_what_replay_needs(
+        redis_server: RedisServer) -> None:
+    """20 undecodable records with dead_letter_max_entries 5: the newest 5 stay, 15
+    dropped and counted; each dead letter is its record's entry with the same id."""
+    r = redis_server.client()
+    cfg = config(redis_server, {"m": memory("dlbound")}, dead_letter_max_entries=5)
+    w = make_worker(cfg, "m")
+    sink = MemorySink.instances["dlbound"]
+    _ready(r, w)
+    ring = "f" * 32
+    for i in range(20):  # each entry: a good record and one that is not msgpack
+        r.xadd(KEY, encode_entry(ring, 2 * i, [make_record(i), b"\xc1 bad %d" % i]))
+    run_until([w], lambda: len(sink.records) == 20 and group_lag(r, KEY, "m") == (0, 0))
+    dead = dead_entries(r, "m")
+    assert len(dead) == 5
+    assert w.counters.get("records_dead_lettered") == 20
+    assert w.counters.get("dead_letters_dropped") == 15
+    kept = [decode_entry(d) for d in dead]
+    assert [e.records[0] for e in kept] == [b"\xc1 bad %d" % i for i in range(15, 20)]
+    for d, e in zip(dead, kept, strict=True):  # everything a replay needs
+        assert e.ids() == [d[b"dl_record_id"].decode()] == [f"{ring}:{e.first_seq}"]
+        assert d[b"dl_sink"] == b"m" and d[b"dl_stream"] == KEY.encode()
+        assert d[b"dl_reason"] == b"undecodable_record" and d[b"dl_v"] == b"1"
+        assert int(d[b"dl_deliveries"]) == 1 and d[b"dl_entry_id"]
+        assert 0 < int(d[b"dl_first_failure_ms"]) <= int(d[b"dl_last_failure_ms"])
+    assert sorted(seqs(sink)) == list(range(20))
+
+
 def test_oversized_record_trimmed_and_counted(redis_server: RedisServer) -> None:
     r = redis_server.client()
     cfg = config(redis_server, {"m": {**memory("big"), "max_record_bytes": 300}})
