@@ -26,7 +26,7 @@ DAEMON_SETTINGS: dict[str, Any] = {
     **{k: _SHIPPED[k].default for k in ("pool_size", "batch_size", "flush_interval_ms",
                                         "max_flush_interval_ms", "scan_interval_ms")},
     "ring_capacity_bytes": 64 * 1024 * 1024,
-    "max_backlog_entries": 10_000_000,
+    "max_backlog_bytes": 1 << 40,
 }
 
 

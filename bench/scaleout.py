@@ -93,7 +93,7 @@ def run_setup(work: Path, url: str, shards: int, replicas_acked: int, producers:
     daemon = Daemon.write(work, url, base={
         "pool_size": 2, "log_level": "warning", "scan_interval_ms": 50,
         "stream_shards": shards, "min_replicas_acked": replicas_acked,
-        "max_backlog_entries": 1_000_000})
+        "max_backlog_bytes": 1 << 34})
     pump = Pump.write(work / "pump", url, {"null": {"workers": workers}}, base={
         "read_block_s": 0.1, "read_count": 50, "log_level": "warning",
         "stream_shards": shards, "trim_interval_s": 1})

@@ -16,6 +16,7 @@ The top-level keys ``enabled``, ``redis_url``, ``rings_dir``, ``pool_size``,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from .common.settings import (
     RESERVED_ENV,
     RESERVED_ENV_PREFIXES,
     ConfigError,
+    ConfigWarning,
     apply_env,
     env_table,
     read_yaml_mapping,
@@ -63,7 +65,8 @@ class CollectorConfig(ServiceSettings):
     encoder: Literal["ormsgpack", "msgpack"] = "ormsgpack"
 
     # -- daemon: Redis (and the shared redis_* / stream_* keys) ------------
-    max_backlog_entries: int = Field(default=100_000, ge=1)
+    max_backlog_bytes: int = Field(default=256 << 20, ge=64 << 10)
+    max_backlog_entries: int | None = Field(default=None, ge=1)  # deprecated
     # WAIT for this many replicas after each batch; commit the ring only then
     min_replicas_acked: int = Field(default=0, ge=0, le=16)
     replica_ack_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
@@ -151,4 +154,10 @@ def load_config(
             if value is not None:
                 data[key] = value
                 sources.pop((key,), None)
-    return validate(CollectorConfig, data, label, sources)
+    config = validate(CollectorConfig, data, label, sources)
+    if config.max_backlog_entries is not None:
+        warnings.warn(ConfigWarning(label, (
+            "max_backlog_entries is deprecated: the budget is max_backlog_bytes (bytes in "
+            "Redis, whatever the entries' sizes); until it is removed it still caps the "
+            "stream's length too")), stacklevel=2)
+    return config

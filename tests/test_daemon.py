@@ -169,6 +169,9 @@ def test_embedded_redis_mode(tmp_path: Path, rings_dir: Path) -> None:
         assert acc.ok
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("port")["port"] == "0"
+        # the stream's budget is half of what the embedded Redis may hold; never evicts
+        assert client.config_get("maxmemory")["maxmemory"] == str(2 * (256 << 20))
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         def redis_pids() -> list[int]:
             assert daemon.proc is not None
             return [c.pid for c in psutil.Process(daemon.proc.pid).children()

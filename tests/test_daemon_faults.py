@@ -216,3 +216,46 @@ def test_backpressure_keeps_data_in_rings_and_never_trims(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_byte_budget_keeps_data_in_rings_and_counts_it(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """max_backlog_bytes 256 KiB with ~45 KB entries: the stream's bytes as Redis
+    reports them (MEMORY USAGE, every node) stay within the budget plus a batch per
+    flusher, the daemon exports them and counts the pushback, and every record comes
+    through once a consumer deletes what it has read."""
+    n, count, budget, batch, pool = 2, 4_000, 256 << 10, 100, 2
+    client = redis_server.client()
+    daemon = Daemon.write(tmp_path, redis_server.url, pool_size=pool, batch_size=batch,
+                          max_backlog_bytes=budget).start()
+    key = "collector:analytics"
+    try:
+        Producers.ring(rings_dir, n, count).start()
+        wait_until(lambda: daemon.metrics()["collector_daemon_backpressure_total"] > 3, 30,
+                   "the daemon to push back")
+        entry = max(len(f[b"recs"]) for _, f in client.xrange(key))
+        limit = budget + (pool + 1) * (entry + 1024)  # the entry that crosses, one per flusher
+        used = int(client.memory_usage(key, samples=0))
+        assert budget * 0.7 <= used <= limit, f"{used} bytes in the stream (budget {budget})"
+        exported = daemon.metrics()[f'collector_daemon_stream_backlog_bytes{{shard="{key}"}}']
+        assert exported > budget * 0.7
+        seen: Counter[tuple[int, int]] = Counter()
+        longest = used
+
+        def consume() -> bool:
+            nonlocal longest
+            for eid, fields in client.xrange(key):
+                for raw in decode_entry(fields).records:
+                    seen[record_key(msgpack.unpackb(raw))] += 1
+                client.xdel(key, eid)
+            longest = max(longest, int(client.memory_usage(key, samples=0) or 0))
+            return sum(seen.values()) >= n * count and not list(rings_dir.glob("*.ring"))
+        wait_until(consume, 60, "every record through the budget", interval=0.05)
+        acc = account(seen, producer_ids(n, count))
+        print(f"byte budget: {acc}; largest stream {longest} bytes (budget {budget}, "
+              f"entry {entry})")
+        assert acc.ok and longest <= limit
+        assert "max_backlog_entries is deprecated" not in daemon.log_text()
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()

@@ -111,7 +111,7 @@ class Stack:
 
     def __init__(self, tmp: Path) -> None:
         self.redis = RedisServer(tmp / "redis").start()
-        self.daemon = Daemon.write(tmp, self.redis.url, max_backlog_entries=100)
+        self.daemon = Daemon.write(tmp, self.redis.url, max_backlog_bytes=64 << 10)
         self.ctl = tmp / "t.ctl"
         set_control(self.ctl, mode="ok", healthy=True)
         self.pump = Pump.write(tmp, self.redis.url, {

@@ -139,7 +139,8 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
     assert red["url"] == stack.redis.url
     [stream] = red["streams"]
     assert stream["key"] == KEY and stream["entries"] == r.xlen(KEY)
-    assert stream["budget_entries"] == 100_000 and not stream["over_budget"]
+    assert stream["budget_entries"] is None and not stream["over_budget"]
+    assert stream["budget_bytes"] == 256 << 20
     for name in ("file", "t"):
         s = doc["pump"]["sinks"][name]
         assert s["ready"] is True and s["why"] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.common.settings import ConfigDeprecationWarning, ConfigError
+from collector.common.settings import ConfigDeprecationWarning, ConfigError, ConfigWarning
 from collector.config import load_config as load_collector
 from pump.config import load_config as load_pump
 from pump.sinks import build_sink
@@ -79,6 +79,14 @@ def test_old_key_names_still_work_with_a_warning_naming_both() -> None:
     assert (spec.timeout_s, spec.max_record_bytes, spec.meta) == (3, 100, {"max_entries": 9})
     with pytest.raises(ConfigError, match=r"both 'purge_delay' .* and 'read_block_s'"):
         load_pump({**MINIMAL, "purge_delay": 1, "read_block_s": 2}, environ={})
+
+
+def test_max_backlog_entries_is_deprecated_for_max_backlog_bytes() -> None:
+    assert load_collector({}, environ={}).max_backlog_bytes == 256 << 20
+    with pytest.warns(ConfigWarning, match="max_backlog_entries is deprecated: the budget "
+                                           "is max_backlog_bytes"):
+        cfg = load_collector({"max_backlog_entries": 5}, environ={})
+    assert cfg.max_backlog_entries == 5  # still a cap on the length until removed
 
 
 def test_the_pump_cli_reports_a_renamed_key(tmp_path: Path) -> None:

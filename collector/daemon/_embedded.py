@@ -55,7 +55,8 @@ def _child_setup() -> None:  # runs in the child between fork and exec
 
 
 class EmbeddedRedis:
-    def __init__(self, binary: str, runtime_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, binary: str, runtime_dir: str | os.PathLike[str],
+                 maxmemory: int = 0) -> None:
         path = shutil.which(binary)
         if path is None:
             raise EmbeddedRedisError(
@@ -70,6 +71,7 @@ class EmbeddedRedis:
                 f"runtime_dir={str(self.dir)!r} is too long: the socket path {self.socket} "
                 f"must be at most {MAX_SOCKET_PATH} bytes"
             )
+        self.maxmemory = maxmemory  # bytes; 0: no limit
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._lock_fd = -1
@@ -143,6 +145,8 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",
+            "--maxmemory", str(self.maxmemory),
+            "--maxmemory-policy", "noeviction",  # a full Redis refuses writes, never evicts
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             "--pidfile", str(self.dir / "redis.pid"),

@@ -38,10 +38,11 @@ each shard's slot (``_xadd.StreamWriter``).
 
 When Redis fails, the batch stays pending (its records stay in the ring),
 the flusher backs off (``retry_initial_ms`` doubling to ``retry_max_ms``,
-jittered) and reports ``redis_ok = 0``. When a shard holds
-``max_backlog_entries`` or more, the flusher pushes back: it keeps the data
-in the rings and checks the length again every ``BACKLOG_RECHECK_S``. It
-never trims a stream.
+jittered) and reports ``redis_ok = 0``. When a shard holds its share of
+``max_backlog_bytes`` or more (``_budget.py``: measured from the entries
+written, checked against Redis's ``MEMORY USAGE``), the flusher pushes back:
+it keeps the data in the rings and looks again every ``BACKLOG_RECHECK_S``.
+It never trims a stream.
 
 Each ring is locked by the flusher that serves it (its consumer lock,
 :mod:`._served`), so two consumers can never serve one ring. Before a
@@ -77,13 +78,13 @@ from collector.common.log import setup as setup_logging
 from collector.common.stream import encode_entry
 from collector.config import CollectorConfig
 
+from ._budget import BACKLOG_RECHECK_S, StreamBudget, entry_bytes
 from ._messages import Assign, BadKind, BadRing, Release, Stop
 from ._served import MIN_SLEEP_S, RingGone, ServedRing, Unservable
 from ._xadd import NotReplicated, StreamWriter
 
 _log = get_logger(__name__)
 
-BACKLOG_RECHECK_S = 0.1
 IDLE_S = 0.02  # an empty ring is looked at this often (at most every flush_interval / 2)
 INF = float("inf")
 
@@ -115,9 +116,8 @@ class Flusher:
         self.retry_at = 0.0
         self.failing_since: float | None = None
         self.fail_count = 0
-        self.budget = cfg.max_backlog_entries
-        self.backlog: dict[str, tuple[int, float]] = {}  # key -> (length, checked_at)
-        self.pushed_back: set[str] = set()
+        self.budget = StreamBudget(self.client, cfg.max_backlog_bytes, cfg.stream_shards,
+                                   cfg.max_backlog_entries, self._failed, self._succeeded)
         self.stop_deadline: float | None = None
         self.limiter = RateLimited(10.0)
         self.counters.set("redis_ok", 1.0)
@@ -210,31 +210,6 @@ class Flusher:
         self.counters.set("redis_ok", 1.0)
         self.backoff = self.retry_initial
 
-    def _over_budget(self, key: str, now: float) -> bool:
-        length, checked = self.backlog.get(key, (-1, 0.0))
-        if length >= 0 and length < self.budget:
-            return False
-        if length >= 0 and now - checked < BACKLOG_RECHECK_S:
-            return True
-        try:
-            length = int(self.client.xlen(key))
-        except (redis.RedisError, OSError) as exc:
-            self._failed(exc, "XLEN")
-            return True
-        self._succeeded()
-        self.backlog[key] = (length, now)
-        if length >= self.budget:
-            self.counters.add("backpressure")
-            if key not in self.pushed_back:
-                self.pushed_back.add(key)
-                _log.warning("Stream is over its backlog budget; keeping records in the rings.",
-                             shard=key, length=length, max_backlog_entries=self.budget)
-            return True
-        if key in self.pushed_back:
-            self.pushed_back.discard(key)
-            _log.info("Stream is below its backlog budget again.", shard=key, length=length)
-        return False
-
     def _round_trip(self, key: bytes, fields: dict[str, bytes]) -> int:
         return self.writer.send(key, fields)
 
@@ -262,7 +237,7 @@ class Flusher:
         counters.add("batches_written")
         counters.add("written_bytes", ring.pending_bytes)
         counters.observe("flush_seconds", now - t0)
-        self.backlog[ring.key] = (length, now)
+        self.budget.wrote(ring.key, length, entry_bytes(fields), now)
         ring.pending = []
         ring.pending_bytes = 0
         self._succeeded()
@@ -315,7 +290,8 @@ class Flusher:
                 return state, self._next_look(ring, reader, now, wake)
         if now < self.retry_at:
             return state, self.retry_at
-        if self._over_budget(ring.key, now):
+        if self.budget.over(ring.key, now):
+            self.counters.add("backpressure")
             retry = self.retry_at if self.retry_at > now else INF
             return state, min(now + BACKLOG_RECHECK_S, retry)
         if self._send(ring):

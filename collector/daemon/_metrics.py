@@ -37,7 +37,7 @@ FLUSHER_COUNTERS = Layout(
         "replica_ack_failures": "Batches fewer than min_replicas_acked replicas acknowledged "
                                 "(kept in the ring and sent again).",
         "backpressure": "Times a batch was held back because its stream shard was over "
-                        "max_backlog_entries.",
+                        "its share of max_backlog_bytes.",
     },
     gauges=(
         "redis_ok",   # 1.0 after a successful round trip, 0.0 after a failure
@@ -100,12 +100,20 @@ class DaemonCollector(Collector):
 
         backlog = GaugeMetricFamily(P + "stream_backlog_entries",
                                     "Entries in each stream shard (XLEN).", labels=["shard"])
-        for key, length in sup.backlog().items():
+        size = GaugeMetricFamily(P + "stream_backlog_bytes",
+                                 "Bytes Redis reports for each stream shard (MEMORY USAGE); "
+                                 "the budget is max_backlog_bytes over the shards.",
+                                 labels=["shard"])
+        for key, (length, nbytes) in sup.backlog().items():
             backlog.add_metric([key], float(length))
+            if nbytes is not None:
+                size.add_metric([key], float(nbytes))
         yield backlog
-        yield GaugeMetricFamily(P + "stream_backlog_budget_entries",
-                                "max_backlog_entries: at it, flushers keep records in the rings.",
-                                value=float(sup.cfg.max_backlog_entries))
+        yield size
+        yield GaugeMetricFamily(P + "stream_backlog_budget_bytes",
+                                "Each shard's share of max_backlog_bytes: at it, flushers keep "
+                                "records in the rings.",
+                                value=float(sup.cfg.max_backlog_bytes // sup.cfg.stream_shards))
         yield GaugeMetricFamily(P + "ready", "1 while /readyz says 200.",
                                 value=1.0 if sup.readiness()[0] else 0.0)
 

@@ -141,15 +141,24 @@ class Supervisor:
             detail["redis"]["embedded_alive"] = self.embedded.alive()
         return ready, detail
 
-    def backlog(self) -> dict[str, int]:
+    def backlog(self) -> dict[str, tuple[int, int | None]]:
+        """Each shard's (XLEN, MEMORY USAGE or None when Redis does not say)."""
         try:
             assert self.client is not None
             pipe = self.client.pipeline(transaction=False)
             for k in self.keys:
                 pipe.xlen(k)
-            return dict(zip(self.keys, (int(x) for x in pipe.execute()), strict=True))
+                pipe.memory_usage(k)
+            got = pipe.execute(raise_on_error=False)
         except (redis.RedisError, OSError, AssertionError):
             return {}
+        out: dict[str, tuple[int, int | None]] = {}
+        for i, k in enumerate(self.keys):
+            length, usage = got[2 * i], got[2 * i + 1]
+            if isinstance(length, Exception):
+                continue
+            out[k] = (int(length), None if isinstance(usage, Exception) else int(usage or 0))
+        return out
 
     # -- main ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -158,7 +167,8 @@ class Supervisor:
         try:
             self._lock_fd = lock_rings_dir(self.rings_dir)
             if cfg.embedded_redis:
-                self.embedded = EmbeddedRedis(cfg.redis_server, cfg.runtime_dir)
+                self.embedded = EmbeddedRedis(cfg.redis_server, cfg.runtime_dir,
+                                              maxmemory=2 * cfg.max_backlog_bytes)
                 self.embedded.start(wait_s=max(cfg.startup_redis_wait_s, 5.0))
             self.client = redisconn.connect_from_config(
                 cfg, timeout_s=min(1.0, cfg.redis_timeout_s))

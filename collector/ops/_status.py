@@ -121,16 +121,17 @@ def _persistence(r: redis.Redis) -> dict[str, Any]:
 
 def _redis(r: redis.Redis, daemon_cfg: CollectorConfig) -> dict[str, Any]:
     mem = r.info("memory")
-    budget_bytes = getattr(daemon_cfg, "max_backlog_bytes", None)
+    budget_bytes = daemon_cfg.max_backlog_bytes // daemon_cfg.stream_shards  # per shard
+    budget_entries = daemon_cfg.max_backlog_entries  # deprecated; None when off
     streams = []
     for key in daemon_cfg.shard_keys():
         entries = int(r.xlen(key))
         size = r.memory_usage(key) if entries else 0
         streams.append({"key": key, "entries": entries, "bytes": int(size or 0),
-                        "budget_entries": daemon_cfg.max_backlog_entries,
+                        "budget_entries": budget_entries,
                         "budget_bytes": budget_bytes,
-                        "over_budget": entries >= daemon_cfg.max_backlog_entries
-                        or bool(budget_bytes and (size or 0) >= budget_bytes)})
+                        "over_budget": (budget_entries is not None and entries >= budget_entries)
+                        or (size or 0) >= budget_bytes})
     return {
         "used_memory_bytes": int(mem.get("used_memory", 0)),
         "maxmemory_bytes": int(mem.get("maxmemory", 0)) or None,
