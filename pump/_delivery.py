@@ -88,6 +88,8 @@ class Delivery:
         self.dead = DeadLetters(r, sink_name, self.group, counters,
                                 config.dead_letter_max_entries, limited)
         self.first_failure: dict[str, float] = {}  # entry id -> time.time() it first failed
+        self.done: set[str] = set()  # entries delivered or dead-lettered (the spool's commit)
+        self.spooling: Callable[[], bool] = lambda: False  # the spooler moves entries now
 
     def handle(self, key: str, entries: list[tuple[Any, Any]],
                deliveries: dict[str, int] | None) -> None:
@@ -103,12 +105,14 @@ class Delivery:
             c.add("decode_errors", prep.n_decode_errors)
             ack = [d.entry_id for d in prep.dead if d.reason is DeadReason.UNDECODABLE_ENTRY]
             self.dead.write(key, prep.dead, ack, deliveries)
+            self.done.update(ack)
             self.limited.warning("decode", "Dead-lettered what did not decode.",
                                  sink=self.sink_name, stream=key, items=len(prep.dead),
                                  error=prep.dead[0].error)
         if prep.ack_only:
             self.r.xack(key, self.group, *prep.ack_only)
             c.add("entries_acked", len(prep.ack_only))
+            self.done.update(prep.ack_only)
         if prep.entries:
             self.deliver(key, prep.entries, deliveries)
 
@@ -184,8 +188,11 @@ class Delivery:
         overall = now + (self.spec.timeout_s if single_attempt else self.config.batch_deadline_s)
         stopper = self.stopper
         shutdown_s = self.config.shutdown_timeout_s
+        taken = False  # the spooler moved the batch's entries into the spool
 
         def deadline() -> float:
+            if taken:
+                return 0.0  # no more attempts: the spool delivers these entries
             if stopper.is_set() and stopper.stopped_at is not None:
                 return min(overall, stopper.stopped_at + shutdown_s)
             return overall
@@ -194,9 +201,16 @@ class Delivery:
             c.set("write_deadline", attempt_deadline)
 
         def on_failure(err: BaseException, attempt: int) -> None:
+            nonlocal taken
             c.add("write_errors")
             self.limited.warning("write", "Sink write failed.",
                                  sink=self.sink_name, attempt=attempt, error=err)
+            if self.spooling() and batch.entry_ids and batch.stream:
+                try:  # still ours? (this also keeps them ours, counting no delivery)
+                    taken = not self.r.xclaim(batch.stream, self.group, self.consumer, 0,
+                                              list(batch.entry_ids), justid=True)
+                except redis.RedisError:
+                    pass
 
         try:
             attempts = write_with_retries(self.sink, batch, self.policy, deadline=deadline,
@@ -219,6 +233,7 @@ class Delivery:
         c.add("entries_acked", len(batch.entry_ids))
         for eid in batch.entry_ids:
             self.first_failure.pop(eid, None)
+        self.done.update(batch.entry_ids)
 
     def _failed(self, entries: Sequence[EntryRecords]) -> None:
         now = time.time()
@@ -306,6 +321,7 @@ class Delivery:
         self.counters.add("records_out", written)
         for eid in ids:
             self.first_failure.pop(eid, None)
+        self.done.update(ids)
         if items:
             self.limited.warning("dead", "Dead-lettered records the sink cannot take.",
                                  sink=self.sink_name, stream=key, records=len(items),
@@ -317,13 +333,18 @@ class Delivery:
                 deliveries: dict[str, int] | None, error: object) -> None:
         """Hold the batch until the sink takes it (or we are told to stop)."""
         c = self.counters
+        ids = [e.entry_id for e in entries]
+        try:
+            if not self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True):
+                return  # not ours: moved into the spool, or fed from it (it retries)
+        except redis.RedisError:
+            pass
         c.set("state", STATE_OUTAGE)
         self.on_outage(f"{type(error).__name__}: {error}" if isinstance(error, Exception)
                        else str(error))
         log.warning("Sink is down; holding the batch until it is back.",
                     sink=self.sink_name, entries=len(entries), error=error)
         batch = _batch(key, entries)
-        ids = [e.entry_id for e in entries]
         attempt = 0
         try:
             while not self.stopper.is_set():
@@ -332,7 +353,10 @@ class Delivery:
                 attempt += 1
                 c.set("heartbeat", time.monotonic())
                 try:  # keep the entries ours without counting a delivery
-                    self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True)
+                    if not self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True):
+                        # none is ours any more: the spooler moved them into the spool
+                        # (or they came from it); the spool feeds them again
+                        return
                 except redis.RedisError as exc:
                     self.limited.warning("redis", "Redis call failed.",
                                          sink=self.sink_name, error=exc)

@@ -31,12 +31,19 @@ WORKER_COUNTERS = Layout(
         "write_errors": "Failed write attempts.",
         "batches_written": "Batches the sink accepted.",
         "entries_acked": "Stream entries acknowledged.",
+        "entries_spooled": "Stream entries moved into the sink's spool (then acknowledged).",
+        "records_spooled": "Records moved into the sink's spool.",
+        "entries_unspooled": "Spooled entries the sink took (or dead-lettered).",
+        "spool_dropped_records": "Records dropped from a full spool (overflow: drop_oldest): "
+                                 "lost for this sink.",
     },
     gauges=(
         "heartbeat",       # time.monotonic() of the worker's last loop turn
         "write_deadline",  # monotonic deadline of the write in progress, 0 if none
         "state",           # one of the STATE_* values below
         "pid",
+        "spool_bytes",    # bytes of undelivered entries in the worker's spool
+        "spool_entries",  # undelivered entries in it
     ),
     histograms={
         "write_seconds": ("Latency of successful sink writes.",
@@ -82,6 +89,17 @@ class PumpCollector(Collector):
         yield restarts
         yield alive
         yield outage
+        spool_bytes = GaugeMetricFamily(p + "spool_bytes",
+                                        "Bytes of undelivered entries in the sink's spools.",
+                                        labels=["sink"])
+        spool_entries = GaugeMetricFamily(p + "spool_entries",
+                                          "Undelivered entries in the sink's spools.",
+                                          labels=["sink"])
+        for sink, slots in self.slots.items():
+            spool_bytes.add_metric([sink], sum(s.get("spool_bytes") for s in slots))
+            spool_entries.add_metric([sink], sum(s.get("spool_entries") for s in slots))
+        yield spool_bytes
+        yield spool_entries
         lag = GaugeMetricFamily(p + "group_lag_entries",
                                 "Stream entries not yet delivered to the sink's group.",
                                 labels=["sink", "stream"])

@@ -40,12 +40,15 @@ from redis.exceptions import RedisClusterException
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 from collector.common.log import setup as setup_logging
+from collector.common.private import NotPrivate, private_directory
 
 from ._delivery import Delivery
 from ._metrics import STATE_RUNNING, STATE_STARTING, STATE_STOPPING, WORKER_COUNTERS
 from ._reading import EntryReader
 from ._redis import connect, ensure_groups
 from ._retry import RetryPolicy
+from ._spool import Spool, spool_directory
+from ._spooler import Spooler, SpoolFeeder
 from ._stop import SignalStopper, Stopper
 from .config import PumpConfig, import_plugins
 from .sinks import PermanentError, Sink, build_sink
@@ -91,6 +94,24 @@ class Worker:
             on_outage=self._outage_reason)
         self.reader = EntryReader(self.r, config, self.group, self.consumer, self.stopper,
                                   self.delivery.handle)
+        self.index = index
+        self.spool: Spool | None = None
+        self.spooler: Spooler | None = None
+        self.feeder: SpoolFeeder | None = None
+
+    def open_spool(self) -> None:
+        """The sink's spool and its spooler thread (``pump/_spooler.py``)."""
+        private_directory(self.config.spool_dir, "spool_dir")
+        self.spool = Spool(spool_directory(self.config.spool_dir, self.consumer),
+                           self.spec.spool_max_bytes, self.spec.overflow)
+        if len(self.spool):
+            log.info("The spool holds entries; the sink gets them first.", sink=self.sink_name,
+                     entries=len(self.spool), records=self.spool.records())
+        self.spooler = Spooler(self.config, self.sink_name, self.consumer, self.spool,
+                               self.counters, self.stopper).start()
+        self.delivery.spooling = self.spooler.moving  # a held batch it takes is let go
+        self.feeder = SpoolFeeder(self.spool, self.delivery, self.counters, self.stopper,
+                                  self.config.read_count, self._outage_reason)
 
     def _retry_at(self, when: float) -> None:
         self.reader.pending_at(when)
@@ -107,6 +128,12 @@ class Worker:
         c.set("pid", os.getpid())
         c.set("state", STATE_STARTING)
         log.info("Worker starting.", sink=self.sink_name, consumer=self.consumer)
+        if self.spec.spool_max_bytes > 0:
+            try:
+                self.open_spool()  # before the sink: a sink down at start spools too
+            except (NotPrivate, OSError, RuntimeError) as exc:
+                log.error("The spool cannot be used.", sink=self.sink_name, error=str(exc))
+                return 2
         if not self._open_sink():
             return 2 if not self.stopper.is_set() else 0
         c.set("state", STATE_RUNNING)
@@ -122,6 +149,8 @@ class Worker:
             except (redis.RedisError, RedisClusterException) as exc:
                 self._redis_trouble(exc)  # a cluster's pipeline may raise the latter
         c.set("state", STATE_STOPPING)
+        if self.spooler is not None and self.spooler.thread is not None:
+            self.spooler.thread.join(self.config.redis_timeout_s + 1)  # mid-batch: it finishes
         left = self._time_left_for_shutdown()
         try:
             self.sink.close(left)
@@ -131,7 +160,13 @@ class Worker:
         return 0
 
     def step(self) -> int:
-        """Read and deliver one round; returns the number of entries handled."""
+        """Read and deliver one round; returns the number of entries handled.
+
+        From the spool while it holds entries or the spooler moves some (stream order),
+        else from the stream."""
+        if self.feeder is not None and self.spooler is not None and (
+                len(self.feeder.spool) or self.spooler.moving()):
+            return self.feeder.step()
         return self.reader.step()
 
     def _time_left_for_shutdown(self) -> float:

@@ -43,6 +43,7 @@ import os
 import socket
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -110,6 +111,10 @@ class PumpSpec(Settings):
     omit_detailed_recording: bool | None = None
     max_record_bytes: int | None = Field(default=None, ge=64)  # of msgpack
     workers: int = Field(default=1, ge=1, le=64)
+    # bytes of spooled entries per worker when the sink lags (0: no spool, the sink's
+    # group holds the stream as it did before spools)
+    spool_max_bytes: int = Field(default=1 << 30, ge=0)
+    overflow: Literal["block", "drop_oldest"] = "drop_oldest"  # when the spool is full
     # validated by the sink's own Config; not in repr (it may hold a password)
     meta: dict[str, Any] = Field(default_factory=dict, repr=False)
 
@@ -161,6 +166,10 @@ class PumpConfig(ServiceSettings):
     # Groups of other pump instances on the same stream that trimming must wait for too
     # (only the configured sinks' groups and these hold trimming back).
     respect_groups: list[str] = Field(default_factory=list)
+    # The daemon's max_backlog_bytes: a sink whose group holds back more than half of a
+    # shard's share moves its backlog into its spool.
+    max_backlog_bytes: int = Field(default=256 << 20, ge=64 << 10)
+    spool_dir: str = Field(default_factory=lambda: str(default_spool_dir()), min_length=1)
     source: SourceConfig = Field(default_factory=SourceConfig)
     plugins: list[str] = Field(default_factory=list)
     pumps: dict[str, PumpSpec] = Field(min_length=1)
@@ -212,6 +221,10 @@ class PumpConfig(ServiceSettings):
             return self.redis_url.get_secret_value()
         return default_redis_url()
 
+    def spool_after_bytes(self) -> int:
+        """Bytes a sink's group may hold back on one shard before the sink spools."""
+        return self.max_backlog_bytes // self.stream_shards // 2
+
     def trim_groups(self) -> frozenset[str]:
         """The groups whose unread data trimming keeps: the sinks' and ``respect_groups``."""
         return frozenset(self.pumps) | frozenset(self.respect_groups)
@@ -239,6 +252,13 @@ class PumpConfig(ServiceSettings):
         ``omit_detailed_recording`` applies before every sink (as in iam-pump), a
         sink's own flag can only add blanking."""
         return self.omit_detailed_recording or bool(self.pumps[name].omit_detailed_recording)
+
+
+def default_spool_dir() -> Path:
+    """``$XDG_STATE_HOME/collector-pump/spool``, else ``~/.local/state/collector-pump/spool``
+    (disk, not a tmpfs: a spool must survive a reboot)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "collector-pump" / "spool"
 
 
 def import_plugins(modules: list[str]) -> None:

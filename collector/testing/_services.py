@@ -121,7 +121,8 @@ class Pump(_ConfiguredService):
         The file has ``redis_url``, a free loopback ``health_address``, then
         ``base`` (:data:`QUICK_PUMP`), ``keys`` and ``pumps`` (the sinks).
         """
-        config = {"redis_url": redis_url, **base, **keys, "pumps": dict(pumps)}
+        config = {"redis_url": redis_url, "spool_dir": str(workdir / "spool"), **base, **keys,
+                  "pumps": dict(pumps)}
         return cls._written(workdir / name, config, log or workdir / "pump.log", env)
 
     def workers(self, sink: str) -> list[psutil.Process]:
