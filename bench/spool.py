@@ -1,7 +1,8 @@
 """Healthy sinks beside a hung one: ``python -m bench spool [--quick] [--records N]``.
 
 Runs the real daemon, pump and producers twice on a private ``redis-server``
-with a small byte budget (``max_backlog_bytes`` 2 MiB, producers
+with a small byte budget (``max_backlog_bytes`` 16 MiB, under a second of
+the producers' records; batches of 100 records, producers
 ``full_policy: drop``): once with file and postgres sinks, once with an
 http sink beside them whose target accepts connections and never answers
 (``HttpPeer`` stalled). Producers are paced (at most 20,000 records/s
@@ -39,7 +40,7 @@ from collector.testing import (
     wait_until,
 )
 
-BUDGET = 4 << 20
+BUDGET = 16 << 20
 PACE = (100, 0.005)  # per producer: at most 20,000 records/s
 
 
@@ -79,11 +80,11 @@ def run(work: Path, records: int, hung: bool, use_pg: bool) -> dict[str, Any]:
         drop_tables(table)
         sinks["postgres"] = {"meta": {"dsn": pg_dsn(), "table": table}}
     if hung:
-        sinks["http"] = {"type": "http", "timeout_s": 1,
+        sinks["http"] = {"type": "http", "timeout_s": 5,
                          "meta": {"url": http.url, "health_url": f"{http.base}/health",
-                                  "max_request_s": 1}}
+                                  "max_request_s": 5}}
     daemon = Daemon.write(work, redis_server.url, full_policy="drop",
-                          max_backlog_bytes=BUDGET, ring_capacity_bytes=16 << 20,
+                          max_backlog_bytes=BUDGET, ring_capacity_bytes=16 << 20, batch_size=100,
                           log=work / "daemon.log")
     pump = Pump.write(work, redis_server.url, sinks, log=work / "pump.log",
                       max_backlog_bytes=BUDGET, trim_interval_s=0.2, max_deliveries=1000)
