@@ -66,7 +66,9 @@ def test_foreign_group_does_not_stall_trimming_and_prune_deletes_it(
         entry = 64 + batch * 500  # a batch of ~450-byte records and its entry's overhead
         print(f"foreign group: {acc}, largest stream {longest} bytes (budget {budget})")
         assert (acc.lost, acc.unexpected, acc.duplicated) == (0, 0, 0)
-        assert longest <= budget + (pool + 1) * entry
+        # one entry over per flusher and the one that crosses, plus what Redis spends on
+        # the stream itself (nodes, the groups and their pending lists)
+        assert longest <= budget + (pool + 1) * entry + (32 << 10)
         assert daemon.metrics()["collector_daemon_backpressure_total"] > 0, \
             "the budget was never reached: the test shows nothing"
         assert pump.metrics()[FOREIGN] > 0  # the foreign group's lag, exported
