@@ -164,7 +164,9 @@ def test_status_shows_the_known_counts_and_exits_0(stack: Stack) -> None:
 
 
 def test_status_degraded_and_unreachable(stack: Stack) -> None:
-    r = stack.redis.client()
+    # CONFIG SET appendonly fsyncs and stops the append-only file: longer than
+    # redis-py's 5 s default socket timeout on a loaded machine
+    r = stack.redis.client(socket_timeout=60)
     set_control(stack.ctl, mode="ok", healthy=False)
     r.config_set("appendonly", "no")
     code, doc = wait_until(lambda: (c := stack.status_json())[0] == 1 and c, 30, "degraded")
