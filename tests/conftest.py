@@ -71,3 +71,11 @@ def ring(rings_dir: Path) -> Iterator[Any]:
     r = Ring(rings_dir)
     yield r
     r.analytics.stop()
+
+
+@pytest.fixture(scope="session")
+def iam_peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go peer of the iam tests (``tests/_iam.py``), built once per session."""
+    from tests._iam import build_iam_peer
+
+    return build_iam_peer(tmp_path_factory)

@@ -10,7 +10,7 @@
 // MongoDB, and as its csv pump writes its row. A last line counts the
 // records iam's username filters keep.
 //
-// Built by tests/test_iam_compat.py in GOPATH mode from Debian's packages
+// Built by tests/_iam.py (the iam_peer fixture) in GOPATH mode from Debian's packages
 // (golang-go, golang-github-vmihailenco-msgpack.v5-dev,
 // golang-gopkg-mgo.v2-dev); no module proxy is needed.
 package main
