@@ -64,6 +64,8 @@ from collector.common.settings import (
 )
 from collector.common.stream import default_redis_url, list_shard_key
 
+from ._env_errors import unknown_meta, unknown_variable
+
 ENV_PREFIX = "COLLECTOR_PUMP_"
 _ENV_IGNORED = {"COLLECTOR_PUMP_CONFIG"}
 
@@ -267,30 +269,6 @@ def import_plugins(modules: list[str]) -> None:
         importlib.import_module(mod)
 
 
-def _unknown(var: str, top: Mapping[str, EnvKey], sinks: Mapping[str, str]) -> str:
-    names = sorted({key.path[0] for key in top.values() if key.old is None})
-    return (f"environment {var}: unknown variable; the rule: COLLECTOR_PUMP_<KEY> for a "
-            f"top-level key ({', '.join(names)}), COLLECTOR_PUMP_<SINK>_<KEY> for "
-            f"{', '.join(k for k in PumpSpec.model_fields if k != 'meta')} of a configured "
-            f"sink ({', '.join(sorted(sinks)) or 'none configured'}), "
-            "COLLECTOR_PUMP_<SINK>_META_<KEY> for a key of its meta, "
-            "COLLECTOR_PUMP_REDIS_PASSWORD/_USERNAME")
-
-
-def _unknown_meta(var: str, sinks: Mapping[str, str], classes: Mapping[str, Any]) -> str | None:
-    """The line for COLLECTOR_PUMP_<SINK>_META_<KEY> naming no key of that sink's meta:
-    it lists that sink's meta keys (None when ``var`` is not of that form)."""
-    for env_sink, sink in sorted(sinks.items(), key=lambda kv: -len(kv[0])):
-        prefix = f"{ENV_PREFIX}{env_sink}_META_"
-        if var.startswith(prefix) and sink in classes:
-            cls = classes[sink]
-            keys = ", ".join(sorted(cls.Config.model_fields))
-            return (f"environment {var} (pumps.{sink}.meta.{var[len(prefix):].lower()}): "
-                    f"unknown key of the {cls.name} sink's meta; its meta keys: {keys} "
-                    f"(each as {prefix}<KEY>)")
-    return None
-
-
 def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | PumpConfig | None,
     *,
@@ -364,7 +342,9 @@ def load_config(
                                ("pumps", sink, "meta"))
         problems += apply_env(data, meta_table, env, sources)
         table.update(meta_table)
-    problems += [_unknown_meta(var, sink_names, classes) or _unknown(var, top, sink_names)
+    problems += [unknown_meta(var, ENV_PREFIX, sink_names, classes)
+                 or unknown_variable(var, top, sink_names,
+                                     (k for k in PumpSpec.model_fields if k != "meta"))
                  for var in sorted(env)
                  if var.startswith(ENV_PREFIX) and var not in table and var not in _ENV_IGNORED]
     if import_error:

@@ -70,7 +70,10 @@ class TestJsonlSink(Sink):
         self.fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _block(self, deadline: float) -> None:
-        Path(self.config.path + ".inflight").write_text(str(os.getpid()))  # type: ignore[attr-defined]
+        marker = Path(self.config.path + ".inflight")  # type: ignore[attr-defined]
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, marker)  # whoever sees the marker reads the pid, never an empty file
         wait = threading.Event()
         mode = read_control(self.config.control).get("mode")  # type: ignore[attr-defined]
         ignore = read_control(self.config.control).get("ignore_deadline")  # type: ignore[attr-defined]
