@@ -79,3 +79,23 @@ def iam_peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests._iam import build_iam_peer
 
     return build_iam_peer(tmp_path_factory)
+
+
+@pytest.fixture
+def table(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique PostgreSQL table name for the test (named after its module), dropped
+    afterwards; skipped (a failure in CI) when PostgreSQL is not reachable."""
+    import psycopg
+
+    from collector.testing import drop_tables, pg_dsn, unique_table
+
+    try:
+        with psycopg.connect(pg_dsn(), connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {pg_dsn()!r} is not reachable: {exc}")
+    name = unique_table(request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+    try:
+        yield name
+    finally:
+        drop_tables(name)

@@ -11,7 +11,6 @@ PostgreSQL. Records are counted by ``(producer, seq)`` at PostgreSQL
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,9 @@ from collector.testing import (
     Pump,
     RedisClusterNodes,
     account,
-    authz_record,
-    drop_tables,
     pg_dsn,
+    pg_seen,
     producer_ids,
-    record_key,
-    unique_table,
     wait_until,
 )
 from pump._deadletter import dead_letter_key
@@ -69,33 +65,6 @@ def cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
 def failover_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
     """A node timeout of 2 s: a killed master's replica takes over within seconds."""
     yield from _cluster(tmp_path, 2000)
-
-
-@pytest.fixture
-def table() -> Iterator[str]:
-    try:
-        with psycopg.connect(pg_dsn(), connect_timeout=5):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {pg_dsn()!r} is not reachable: {exc}")
-    name = unique_table("cluster")
-    try:
-        yield name
-    finally:
-        drop_tables(name)
-
-
-def pg_seen(table: str) -> Counter[tuple[int, int]]:
-    seen: Counter[tuple[int, int]] = Counter()
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-        if row is None or row[0] is None:
-            return seen
-        for rec_id, rec in conn.execute(f"SELECT id, record FROM {table}"):
-            key = record_key(rec)
-            assert rec == authz_record(*key), f"postgres record {rec_id} is {rec}"
-            seen[key] += 1
-    return seen
 
 
 class ClusterStack:

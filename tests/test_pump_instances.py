@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,10 @@ from collector.testing import (
     Pump,
     RedisServer,
     account,
-    drop_tables,
     fill_stream,
     jsonl_records,
     locked_tables,
     pg_dsn,
-    unique_table,
     wait_until,
 )
 from pump._redis import group_lag
@@ -46,20 +43,6 @@ def _s(v: Any) -> str:
 def consumers(r: Any, group: str) -> dict[str, int]:
     """Consumer name -> its pending entries in ``group``."""
     return {_s(c["name"]): int(c["pending"]) for c in r.xinfo_consumers(KEY, group)}
-
-
-@pytest.fixture
-def table() -> Iterator[str]:
-    try:
-        with psycopg.connect(pg_dsn(), connect_timeout=5):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {pg_dsn()!r} is not reachable: {exc}")
-    name = unique_table("instances")
-    try:
-        yield name
-    finally:
-        drop_tables(name)
 
 
 def pg_ids(table: str) -> Counter[str]:

@@ -12,8 +12,6 @@ Records are counted by ``(producer, seq)`` at PostgreSQL.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +22,9 @@ from collector.testing import (
     Pump,
     RedisSentinelGroup,
     account,
-    authz_record,
-    drop_tables,
     pg_dsn,
+    pg_seen,
     producer_ids,
-    record_key,
-    unique_table,
     wait_until,
 )
 from pump._redis import group_lag
@@ -37,33 +32,6 @@ from pump._redis import group_lag
 psycopg = pytest.importorskip("psycopg")
 
 KEY = "collector:analytics"
-
-
-@pytest.fixture
-def table() -> Iterator[str]:
-    try:
-        with psycopg.connect(pg_dsn(), connect_timeout=5):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {pg_dsn()!r} is not reachable: {exc}")
-    name = unique_table("sentinel")
-    try:
-        yield name
-    finally:
-        drop_tables(name)
-
-
-def pg_seen(table: str) -> Counter[tuple[int, int]]:
-    seen: Counter[tuple[int, int]] = Counter()
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-        if row is None or row[0] is None:
-            return seen
-        for rec_id, rec in conn.execute(f"SELECT id, record FROM {table}"):
-            key = record_key(rec)
-            assert rec == authz_record(*key), f"postgres record {rec_id} is {rec}"
-            seen[key] += 1
-    return seen
 
 
 def test_a_primary_killed_under_sentinel_loses_nothing_with_replica_acknowledgement(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["drop_tables", "locked_tables", "pg_dsn", "unique_table"]
+__all__ = ["drop_tables", "locked_tables", "pg_dsn", "pg_seen", "unique_table"]
 
 
 def pg_dsn() -> str:
@@ -56,3 +57,23 @@ def locked_tables(*tables: str, dsn: str | None = None,
             yield
         finally:
             conn.rollback()
+
+
+def pg_seen(table: str, dsn: str | None = None) -> Counter[tuple[int, int]]:
+    """How often each (producer, seq) of :func:`authz_record` is stored in the postgres
+    sink's ``table`` (empty while the table does not exist); each stored record is
+    checked equal to the one generated."""
+    import psycopg
+
+    from ._records import authz_record, record_key
+
+    seen: Counter[tuple[int, int]] = Counter()
+    with psycopg.connect(dsn or pg_dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if row is None or row[0] is None:
+            return seen
+        for rec_id, rec in conn.execute(f"SELECT id, record FROM {table}"):
+            key = record_key(rec)
+            assert rec == authz_record(*key), f"postgres record {rec_id} is {rec}"
+            seen[key] += 1
+    return seen
