@@ -12,7 +12,7 @@ Poison is per record; an outage is not poison:
   first, then halves of an entry) down to single records (:meth:`Delivery.isolate`):
   a record that fails alone is dead-lettered, the others are written. If
   every record of a batch of several fails alone, the error is one any record
-  would hit: an outage, not poison.
+  would hit: an outage, not poison. (Isolating: ``pump/_isolate.py``.)
 - retries exhausted with an ``OutageError`` (a full disk, a missing table), or
   while the health check fails: an *outage*. The worker keeps the batch, keeps
   its entries claimed (``XCLAIM JUSTID`` resets their idle time without
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from enum import Enum
 from typing import Any
 
 import redis
@@ -40,27 +39,18 @@ import redis
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 
-from ._deadletter import DeadItem, DeadLetters, DeadReason, record_item
+from ._deadletter import DeadLetters, DeadReason
+from ._isolate import Isolated, PerRecord
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
 from ._pipeline import EntryRecords, Prepared, RecordPipeline
 from ._retry import RetryPolicy, WriteFailed, write_with_retries
 from ._stop import Stopper
 from .config import PumpConfig, PumpSpec
-from .sinks import Batch, OutageError, PermanentError, Record, Sink
+from .sinks import Batch, OutageError, PermanentError, Sink
 
 log = get_logger(__name__)
 
-#: A part of a batch: (entry, its records in the part) pairs.
-Part = list[tuple[EntryRecords, list[Record]]]
-
-
-class Isolated(Enum):
-    DONE = "done"        # every record written or dead-lettered, entries acknowledged
-    OUTAGE = "outage"    # every record failed alone: not poison
-    ABORTED = "aborted"  # stopped, or the sink went down on the way: entries stay pending
-
-
-class Delivery:
+class Delivery(PerRecord):
     """One sink's delivery of the entries its worker read (see the module docstring)."""
 
     def __init__(self, *, config: PumpConfig, spec: PumpSpec, sink_name: str, sink: Sink,
@@ -251,83 +241,6 @@ class Delivery:
                                  sink=self.sink_name, error=exc)
             return False
 
-    # -- per record ------------------------------------------------------------------
-    def _rejected(self, key: str, entries: Sequence[EntryRecords], rejected: dict[str, str],
-                  deliveries: dict[str, int] | None) -> None:
-        """The sink wrote every record but ``rejected``: dead-letter those, ack the rest."""
-        items = []
-        n = 0
-        for e in entries:
-            for rec in e.records:
-                n += 1
-                why = rejected.get(rec.id)
-                if why is not None:
-                    items.append(self._item(e, rec, DeadReason.REJECTED, why))
-        self._finish(key, entries, items, n - len(items), deliveries)
-
-    def isolate(self, key: str, entries: list[EntryRecords],
-                deliveries: dict[str, int] | None, reason: DeadReason) -> Isolated:
-        """Find the records that fail alone by writing ever smaller parts (module doc)."""
-        single = reason is DeadReason.MAX_DELIVERIES  # one attempt per part
-        total = sum(len(e.records) for e in entries)
-        todo: list[Part] = [[(e, e.records) for e in entries]]
-        bad: list[DeadItem] = []
-        written = 0
-        tries = 0
-        while todo:
-            if self.stopper.is_set():
-                return Isolated.ABORTED
-            part = todo.pop()
-            n = sum(len(recs) for _, recs in part)
-            tries += 1
-            try:
-                self.write(_part_batch(key, part), single_attempt=single)
-                written += n
-                continue
-            except PermanentError as exc:
-                if exc.rejected:
-                    for e, recs in part:
-                        bad += [self._item(e, r, DeadReason.REJECTED, exc.rejected[r.id])
-                                for r in recs if r.id in exc.rejected]
-                    written += n - sum(1 for e, recs in part for r in recs
-                                       if r.id in exc.rejected)
-                    continue
-                error: BaseException = exc
-            except WriteFailed as exc:
-                if isinstance(exc.error, OutageError) or not single:
-                    return Isolated.ABORTED  # the sink went down: not this part's fault
-                error = exc.error
-            if n == 1:
-                e, recs = part[0]
-                bad.append(self._item(e, recs[0], reason, str(error)))
-            else:
-                todo.extend(reversed(_halves(part)))
-        if total > 1 and len(bad) == total:
-            return Isolated.OUTAGE
-        log.info("Isolated the records a batch failed for.", sink=self.sink_name,
-                 records=total, dead_lettered=len(bad), writes=tries)
-        self._finish(key, entries, bad, written, deliveries)
-        return Isolated.DONE
-
-    def _item(self, e: EntryRecords, rec: Record, reason: DeadReason, error: str) -> DeadItem:
-        return record_item(e.fields, e.entry_id, rec.id, reason, error,
-                           self.first_failure.get(e.entry_id))
-
-    def _finish(self, key: str, entries: Sequence[EntryRecords], items: list[DeadItem],
-                written: int, deliveries: dict[str, int] | None) -> None:
-        """Dead-letter ``items`` and acknowledge ``entries`` (one MULTI)."""
-        ids = [e.entry_id for e in entries]
-        self.dead.write(key, items, ids, deliveries)
-        self.counters.add("records_out", written)
-        for eid in ids:
-            self.first_failure.pop(eid, None)
-        self.done.update(ids)
-        if items:
-            self.limited.warning("dead", "Dead-lettered records the sink cannot take.",
-                                 sink=self.sink_name, stream=key, records=len(items),
-                                 delivered=written, reason=items[0].reason.value,
-                                 error=items[0].error)
-
     # -- outages -------------------------------------------------------------------
     def _outage(self, key: str, entries: list[EntryRecords],
                 deliveries: dict[str, int] | None, error: object) -> None:
@@ -346,6 +259,7 @@ class Delivery:
                     sink=self.sink_name, entries=len(entries), error=error)
         batch = _batch(key, entries)
         attempt = 0
+        written = False
         try:
             while not self.stopper.is_set():
                 if self.stopper.wait(self.policy.backoff(min(attempt, 10))):
@@ -379,17 +293,17 @@ class Delivery:
                         continue
                     self._retry_later(key, entries, deliveries, exc)  # poison path now
                     return
-                # Ready again before the acknowledgement, so that whoever sees the
-                # backlog drained also sees the sink ready.
-                c.set("state", STATE_RUNNING)
-                self.on_outage(None)
-                self._acked(key, batch)
-                log.info("Sink is back.", sink=self.sink_name)
-                return
-        finally:
+                written = True  # acknowledged below, once the outage is over
+                break
+        finally:  # the one place an outage ends, however it ends
             if c.get("state") == STATE_OUTAGE:
                 c.set("state", STATE_RUNNING)
             self.on_outage(None)
+        if written:
+            # Ready again before the acknowledgement, so that whoever sees the
+            # backlog drained also sees the sink ready.
+            self._acked(key, batch)
+            log.info("Sink is back.", sink=self.sink_name)
 
 
 def _batch(key: str, entries: Sequence[EntryRecords]) -> Batch:
@@ -400,23 +314,3 @@ def _batch(key: str, entries: Sequence[EntryRecords]) -> Batch:
         records = [r for e in entries for r in e.records]
     return Batch(records, stream=key, entry_ids=[e.entry_id for e in entries],
                  entry_sizes=[len(e.records) for e in entries])
-
-
-def _part_batch(key: str, part: Part) -> Batch:
-    """A part's batch. Entry ids only when it holds whole entries: a sink that records
-    the entries it applied (aggregate) must not take part of an entry for all of it."""
-    records = [r for _, recs in part for r in recs]
-    if all(recs is e.records for e, recs in part):
-        return Batch(records, stream=key, entry_ids=[e.entry_id for e, _ in part],
-                     entry_sizes=[len(recs) for _, recs in part])
-    return Batch(records, stream=key)
-
-
-def _halves(part: Part) -> list[Part]:
-    """Whole entries split first, then the records of one entry."""
-    if len(part) > 1:
-        mid = len(part) // 2
-        return [part[:mid], part[mid:]]
-    e, recs = part[0]
-    mid = len(recs) // 2
-    return [[(e, recs[:mid])], [(e, recs[mid:])]]

@@ -11,8 +11,9 @@ Loop (``Worker.step``)::
       -> XACK only after the sink accepted
 
 The parts: reading and claiming (``_reading.py``), preparing records
-(``_pipeline.py``), delivering, outages and poison (``_delivery.py``),
-dead letters (``_deadletter.py``), stop requests (``_stop.py``). This
+(``_pipeline.py``), delivering, outages and poison (``_delivery.py``, the
+records at fault found by ``_isolate.py``), dead letters (``_deadletter.py``),
+stop requests (``_stop.py``). This
 module owns the worker's life cycle: opening the sink, the loop, Redis
 trouble, shutdown.
 
