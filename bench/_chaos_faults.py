@@ -7,7 +7,9 @@ import collections
 import os
 import random
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,12 @@ from collector.testing import (
 )
 
 from ._chaos_ledger import Fault
+from ._chaos_spool import HttpTarget, Watch
 
 KINDS = (
     "producer_kill", "flusher_kill", "daemon_kill", "pump_worker_kill", "pump_kill",
-    "redis_restart", "http_outage", "postgres_outage", "daemon_stop",
+    "redis_restart", "http_outage", "postgres_outage", "daemon_stop", "hung_sink",
+    "foreign_group",
 )
 
 
@@ -47,9 +51,14 @@ class Faults:
     daemon: Daemon
     pump: Pump
     http: HttpPeer
+    target: HttpTarget
+    watch: Watch
+    later: list[tuple[threading.Timer, Callable[[], None]]]
 
     # provided by Chaos
+    def returned_false(self) -> int: ...
     def live_producers(self) -> list[Any]: ...
+    def stream_keys(self) -> list[str]: ...
     def start_producer(self) -> Any: ...
     def say(self, msg: str) -> None: ...
 
@@ -73,10 +82,54 @@ class Faults:
         service.start(timeout=60)
         return f"{what} down {hold}s"
 
+    def _after(self, delay: float, f: Fault, undo: Callable[[], None]) -> None:
+        """Undo ``f`` in ``delay`` seconds (or at :meth:`heal`), once; its held_s and
+        producer drops then."""
+        done = threading.Lock()
+        drops0 = self.returned_false()
+
+        def once() -> None:
+            if not done.acquire(blocking=False):
+                return
+            for attempt in range(60):  # Redis may be restarting under another fault
+                try:
+                    undo()
+                    break
+                except Exception as exc:
+                    if attempt == 59:
+                        self.say(f"fault {f.n} {f.kind} could not be undone: {exc!r}")
+                    time.sleep(1.0)
+            f.held_s = round(time.monotonic() - self.t0 - f.at, 2)
+            f.producer_drops = self.returned_false() - drops0
+            self.say(f"fault {f.n:>3} {f.kind:<17} over after {f.held_s}s; "
+                     f"producers dropped {f.producer_drops:,} meanwhile")
+
+        t = threading.Timer(delay, once)
+        t.daemon = True
+        self.later.append((t, once))
+        t.start()
+
+    def _foreign(self, f: Fault, hold: float) -> None:
+        budget = self.args.max_backlog_bytes // len(self.stream_keys())
+        life = self.watch.create_foreign(f.n, budget, self.returned_false())
+        f.detail = (f"groups {', '.join(life.groups)} (at $, at 0, at 0 with 5 entries "
+                    f"pending) on {len(self.stream_keys())} shard(s) for {hold}s")
+
+        def destroy() -> None:
+            f.extra = self.watch.destroy_foreign(life, self.returned_false())
+            e = f.extra
+            self.say(f"fault {f.n:>3} foreign_group      destroyed: {e['entries_trimmed']:,} "
+                     f"entries trimmed meanwhile, largest shard {e['max_xlen']:,} entries / "
+                     f"{e['max_bytes']:,} B ({e['max_bytes_of_budget']:.0%} of its budget), "
+                     f"trimmed past the groups: {e['trimmed_past_the_groups']}")
+        self._after(hold, f, destroy)
+
     def inject(self, n: int, kind: str) -> Fault:
         f = Fault(n, kind, time.monotonic() - self.t0, time.time())
         rng = self.rng
         hold = round(rng.uniform(self.args.hold_min, self.args.hold_max), 2)
+        drops0 = self.returned_false()
+        undone_later = kind in ("hung_sink", "foreign_group")
         if kind == "producer_kill":
             live = self.live_producers()
             if live:
@@ -101,7 +154,7 @@ class Faults:
             if lagging:
                 # let the http sink fall behind first, so Redis holds records that
                 # not every sink has read when it restarts (the window to show)
-                self.http.mode = "503"
+                self.target.refuse(True)
                 time.sleep(1.5)
             self.redis.kill()
             f.detail = f"redis kill -9, down {hold}s"
@@ -111,13 +164,20 @@ class Faults:
             time.sleep(hold)
             self.redis.start()
             if lagging:
-                self.http.mode = "ok"
+                self.target.refuse(False)
                 f.detail += " (http sink answering 503 for 1.5 s before, until it was back)"
         elif kind == "http_outage":
-            self.http.mode = "503"
+            self.target.refuse(True)
             f.detail = f"http sink answers 503 for {hold}s"
             time.sleep(hold)
-            self.http.mode = "ok"
+            self.target.refuse(False)
+        elif kind == "hung_sink":
+            hung = round(rng.uniform(self.args.hung_min, self.args.hung_max), 2)
+            self.target.hang()
+            f.detail = f"http target accepts and never answers for {hung}s"
+            self._after(hung, f, self.target.unhang)
+        elif kind == "foreign_group":
+            self._foreign(f, round(rng.uniform(self.args.foreign_min, self.args.foreign_max), 2))
         elif kind == "postgres_outage":
             f.detail = self._pg_lock(hold)
         elif kind == "daemon_stop":
@@ -129,7 +189,9 @@ class Faults:
                 os.killpg(pgid, signal.SIGCONT)
         else:  # pragma: no cover - KINDS is closed
             raise ValueError(f"unknown fault kind {kind!r}")
-        f.held_s = round(time.monotonic() - self.t0 - f.at, 2)
+        if not undone_later:
+            f.held_s = round(time.monotonic() - self.t0 - f.at, 2)
+            f.producer_drops = self.returned_false() - drops0
         self.faults.append(f)
         self.say(f"fault {n:>3} {kind:<17} {f.detail}")
         return f
@@ -157,21 +219,24 @@ class Faults:
     def kinds(self) -> list[str]:
         kinds = [k for k in KINDS if self.args.kinds is None or k in self.args.kinds]
         if "http" not in self.sinks:
-            kinds = [k for k in kinds if k != "http_outage"]
+            kinds = [k for k in kinds if k not in ("http_outage", "hung_sink")]
         if "postgres" not in self.sinks:
             kinds = [k for k in kinds if k != "postgres_outage"]
         return kinds
 
     # -- healing and reading back ----------------------------------------------
     def heal(self) -> None:
-        self.http.mode = "ok"
+        if not self.redis.is_running():
+            self.redis.start()
+        for timer, once in self.later:  # hung sinks answer again, foreign groups go
+            timer.cancel()
+            once()
+        self.target.heal()
         if self.daemon.pid is not None:
             try:
                 os.killpg(self.daemon.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        if not self.redis.is_running():
-            self.redis.start()
         if not self.daemon.alive():
             self.daemon.start(wait=False)
         if not self.pump.alive():

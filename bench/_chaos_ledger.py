@@ -82,6 +82,8 @@ class Fault:
     wall: float
     held_s: float = 0.0
     detail: str = ""
+    producer_drops: int = 0  # record_hit calls that returned False while it lasted
+    extra: dict[str, Any] = field(default_factory=dict)  # what a fault kind reports
 
 
 @dataclass
@@ -99,6 +101,12 @@ class SinkReport:
     duplicates_by_fault: dict[str, int] = field(default_factory=dict)
     duplicates_unexplained: int = 0
     lost_by_fault: dict[str, int] = field(default_factory=dict)  # by the next fault after
+    # records the pump logged as dropped from this sink's full spool (overflow:
+    # drop_oldest): missing here and only here; lost_beyond_spool_drops is the rest
+    spool_dropped: int = 0
+    lost_beyond_spool_drops: int = 0
+    records_spooled_seen: int = 0  # in /metrics, summed over pump restarts
+    spool_dropped_seen: int = 0
     lost_sample: list[str] = field(default_factory=list)
     unexpected_sample: list[str] = field(default_factory=list)
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from collector.common.stream import shard_keys
-from collector.testing import HttpPeer, RedisServer, group_lags
+from collector.testing import HttpPeer, RedisServer, group_lags, wait_until
 
 from . import _harness as h
 from ._chaos_cluster import SHARDS, ClusterRedis, cluster_keys
 from ._chaos_faults import Faults
 from ._chaos_ledger import Fault, Ledger, Producer, SinkReport, producer_main
+from ._chaos_spool import HttpTarget, Watch, spool_drops
 
 
 class Chaos(Faults):
@@ -36,6 +37,7 @@ class Chaos(Faults):
         self.stop_flag = self.ctx.RawValue("b", 0)
         self.ledger = Ledger()
         self.faults: list[Fault] = []
+        self.later: list[Any] = []  # faults undone on a timer (hung_sink, foreign_group)
         self.next_producer_id = 0
         self.http_seen: collections.Counter[tuple[int, int]] = collections.Counter()
         self.http_sent_at: dict[tuple[int, int], float] = {}
@@ -78,8 +80,10 @@ class Chaos(Faults):
                                      appendonly=not a.redis_no_persistence,
                                      appendfsync=a.appendfsync).start()
         self.http = HttpPeer(on_items=self._on_http).start()
+        self.target = HttpTarget(self.http)
         self.daemon = h.daemon(
             self.workdir, self.redis.url, pool_size=2, ring_capacity_bytes=a.ring_bytes,
+            max_backlog_bytes=a.max_backlog_bytes,
             full_policy="drop", redis_timeout_s=2.0, startup_redis_wait_s=120,
             shutdown_timeout_s=10, min_replicas_acked=a.replicas_acked, **scale)
         self.collector_yaml = self.daemon.config
@@ -94,13 +98,31 @@ class Chaos(Faults):
         if "postgres" in self.sinks:
             pumps["postgres"] = {"type": "postgres", "workers": 1, "timeout_s": 3,
                                  "meta": {"dsn": a.pg_dsn, "table": self.pg_table}}
+        for sink in pumps.values():  # each sink spools on its own when it lags
+            sink.update(spool_max_bytes=a.spool_max_bytes, overflow=a.overflow)
         (self.workdir / "out").mkdir(exist_ok=True)
         self.pump = h.pump(
             self.workdir, self.redis.url, pumps, read_block_s=0.2, claim_idle_ms=5000,
+            max_backlog_bytes=a.max_backlog_bytes,
             max_deliveries=1000, batch_deadline_s=4, stuck_write_grace_s=2,
-            retry_max_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0, **scale)
+            retry_max_ms=1000, shutdown_timeout_s=10, redis_timeout_s=2.0,
+            # the default 10 s between trims would fill the small budget with healthy
+            # sinks (4 MiB is ~5 s of these producers)
+            trim_interval_s=0.5, **scale)
         self.daemon.start()
         self.pump.start()
+        self.watch = Watch(lambda: self.redis.client(socket_timeout=2), self.stream_keys(),
+                           self.pump.metrics, self.sinks,
+                           trace=self.workdir / "logs" / "shards.txt")
+        self.watch.start()
+        # a loaded machine takes seconds to spawn the pump's workers: producers start
+        # once every worker reads (its consumer is in its group), not before
+        client = self.redis.client(socket_timeout=2)
+
+        def reading() -> bool:
+            return all(max(len(client.xinfo_consumers(key, sink)) for key in self.stream_keys())
+                       >= spec["workers"] for sink, spec in pumps.items())
+        wait_until(reading, 120, "every pump worker reading")
         for _ in range(a.producers):
             self.start_producer()
 
@@ -117,6 +139,10 @@ class Chaos(Faults):
         p = Producer(proc.pid or 0, pid, proc, state, drops, time.time(), self.args.rate)
         self.ledger.producers[pid] = p
         return p
+
+    def returned_false(self) -> int:
+        """record_hit calls that returned False so far, over every producer."""
+        return sum(len(p.drops()) for p in list(self.ledger.producers.values()))
 
     def live_producers(self) -> list[Producer]:
         return [p for p in self.ledger.producers.values()
@@ -139,9 +165,16 @@ class Chaos(Faults):
         except Exception as exc:
             return False, f"redis: {exc}"
         groups_ok = all(name in lag for name in self.sinks)
-        busy = {k: v for k, v in lag.items() if v}
-        ok = pending == 0 and groups_ok and not busy
-        return ok, f"ring records pending {pending}, group lag {lag}"
+        busy = {k: v for k, v in lag.items() if v and k in self.sinks}
+        try:
+            m = self.pump.metrics()
+            spooled = {s: m.get(f'collector_pump_spool_entries{{sink="{s}"}}', 0.0)
+                       for s in self.sinks}
+        except Exception as exc:
+            return False, f"pump /metrics: {exc}"
+        ok = pending == 0 and groups_ok and not busy and not any(spooled.values())
+        return ok, (f"ring records pending {pending}, group lag {lag}, "
+                    f"spool entries {spooled}")
 
     def raw_xinfo_lag(self) -> dict[str, Any]:
         """XINFO GROUPS as Redis reports it (its ``lag`` can be stale after a restart)."""
@@ -211,6 +244,11 @@ class Chaos(Faults):
             time.sleep(0.2)
         quiescent = quiet_since is not None
         self.xinfo_lag = self.raw_xinfo_lag()
+        try:
+            self.watch.sample_pump()
+        except Exception:
+            pass
+        self.watch.stopping.set()
         self.say(("quiescent: " if quiescent else "NOT quiescent before the deadline: ") + detail)
         pump_rc = self.pump.stop(60)
         daemon_rc = self.daemon.stop(60)
@@ -219,6 +257,7 @@ class Chaos(Faults):
 
     def account(self, load_s: float, quiescent: bool, detail: str) -> dict[str, Any]:
         dead = self.dead_letters()
+        spool_dropped = spool_drops(self.pump.log)
         reports: list[SinkReport] = []
         for sink in self.sinks:
             if sink == "file":
@@ -231,17 +270,30 @@ class Chaos(Faults):
             else:
                 counts, sent_at = self.pg_deliveries()
                 dedupes = True
-            reports.append(self.ledger.check(sink, dedupes, counts, dead.get(sink, set()),
-                                             sent_at, self.faults))
+            rep = self.ledger.check(sink, dedupes, counts, dead.get(sink, set()), sent_at,
+                                    self.faults)
+            rep.spool_dropped = spool_dropped.get(sink, 0)
+            rep.lost_beyond_spool_drops = max(0, rep.lost - rep.spool_dropped)
+            for k, v in self.watch.spool_counters(sink).items():
+                setattr(rep, k, v)
+            reports.append(rep)
         dropped_full = sum(v[0] for v in self.ring_stats.values())
         dropped_oversize = sum(v[1] for v in self.ring_stats.values())
         drops_reported = sum(len(p.drops()) for p in self.ledger.producers.values())
         attempted = sum(u for u, _, _ in self.ledger.sent().values())
         by_kind = collections.Counter(f.kind for f in self.faults)
+        drops_by_kind: collections.Counter[str] = collections.Counter()
+        for f in self.faults:
+            drops_by_kind[f.kind] += f.producer_drops
         return {
             "seed": self.args.seed,
             "faults": len(self.faults),
             "faults_by_kind": dict(by_kind),
+            "producer_drops_by_fault": dict(drops_by_kind),
+            "max_backlog_bytes": self.args.max_backlog_bytes,
+            "spool": {"max_bytes": self.args.spool_max_bytes, "overflow": self.args.overflow},
+            "foreign_groups": [f.extra for f in self.faults if f.kind == "foreign_group"],
+            "streams": self.watch.reports(),
             "load_s": round(load_s, 1),
             "producers_started": len(self.ledger.producers),
             "records_attempted": attempted,
@@ -263,6 +315,10 @@ class Chaos(Faults):
 
     def close(self) -> None:
         self.stop_flag.value = 1
+        if getattr(self, "watch", None) is not None:
+            self.watch.stopping.set()
+        for timer, _ in self.later:
+            timer.cancel()
         for p in self.ledger.producers.values():
             if p.proc.is_alive():
                 p.proc.kill()
