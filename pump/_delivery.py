@@ -172,17 +172,19 @@ class Delivery(PerRecord):
 
     # -- writing -------------------------------------------------------------------
     def write(self, batch: Batch, *, single_attempt: bool = False) -> None:
-        """Write ``batch`` with retries under ``batch_deadline_s`` (or one attempt)."""
+        """Write ``batch`` with retries under ``batch_deadline_s``, or in one attempt
+        (each attempt under the sink's ``timeout_s`` and within ``batch_deadline_s``)."""
         c = self.counters
         now = time.monotonic()
-        overall = now + (self.spec.timeout_s if single_attempt else self.config.batch_deadline_s)
+        overall = now + self.config.batch_deadline_s
         stopper = self.stopper
         shutdown_s = self.config.shutdown_timeout_s
         taken = False  # the spooler moved the batch's entries into the spool
+        spent = False  # the one attempt of a single_attempt write failed
 
         def deadline() -> float:
-            if taken:
-                return 0.0  # no more attempts: the spool delivers these entries
+            if taken or spent:
+                return 0.0  # no more attempts (taken: the spool delivers these entries)
             if stopper.is_set() and stopper.stopped_at is not None:
                 return min(overall, stopper.stopped_at + shutdown_s)
             return overall
@@ -191,7 +193,8 @@ class Delivery(PerRecord):
             c.set("write_deadline", attempt_deadline)
 
         def on_failure(err: BaseException, attempt: int) -> None:
-            nonlocal taken
+            nonlocal taken, spent
+            spent = single_attempt
             c.add("write_errors")
             self.limited.warning("write", "Sink write failed.",
                                  sink=self.sink_name, attempt=attempt, error=err)

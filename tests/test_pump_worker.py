@@ -362,3 +362,26 @@ def test_every_shard_is_read(redis_server: RedisServer) -> None:
     acc = account(seqs(sink), expected)
     assert (acc.lost, acc.duplicated) == (0, 0)
     run_until([w], lambda: all(group_lag(r, k, "m") == (0, 0) for k in keys))
+
+
+def test_delivery_limit_isolates_with_one_attempt_per_part(redis_server: RedisServer) -> None:
+    """Past max_deliveries each part gets one attempt, not retries until timeout_s."""
+    r = redis_server.client()
+    cfg = config(redis_server, {"m": {**memory("limit", poison_field="poison",
+                                               poison_mode="retryable"), "timeout_s": 30}},
+                 max_deliveries=2)
+    w = make_worker(cfg, "m")
+    sink = MemorySink.instances["limit"]
+    _ready(r, w)
+    recs = [make_record(s, poison=(s == 2)) for s in range(4)]
+    r.xadd(KEY, encode_entry("d" * 32, 0, recs))
+    r.xreadgroup("m", w.consumer, {KEY: ">"})
+    for _ in range(2):  # delivered 3 times and never acknowledged (crashes, say)
+        r.xreadgroup("m", w.consumer, {KEY: "0"})
+    run_until([w], lambda: group_lag(r, KEY, "m") == (0, 0))
+    # parts [0 1 2 3] fails, [0 1] written, [2 3] fails, [2] fails alone, [3] written
+    assert sink.writes == 5
+    assert sorted(seqs(sink)) == [0, 1, 3]
+    dead = dead_entries(r, "m")
+    assert [d[b"dl_reason"] for d in dead] == [b"max_deliveries"]
+    assert dead[0][b"dl_record_id"] == f"{'d' * 32}:2".encode()
