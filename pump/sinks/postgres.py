@@ -1,4 +1,4 @@
-"""``postgres`` sink: psycopg 3, ``COPY``, and a staging table for redeliveries.
+"""``postgres`` sink: psycopg 3, binary ``COPY``, and a staging table for redeliveries.
 
 Table
 -----
@@ -29,13 +29,15 @@ then ``INSERT INTO <table> SELECT ... FROM staging ON CONFLICT (id) DO
 NOTHING``. Redelivery therefore never duplicates (``deduplicates = True``),
 and only a redelivered batch pays for the second path.
 
-Rows are encoded a batch at a time in ``COPY`` text format
-(``pump/sinks/_pgcopy.py``). Why the straight ``COPY`` first and not the
-staging table for every batch: on the 2-core test machine ``COPY`` into the
-table took 23,600 rows/s and ``COPY`` into the staging table plus the
-``INSERT ... ON CONFLICT`` 14,400 (same run, 5,000 authz rows, issue 18);
-both keep a redelivered batch from duplicating. Binary ``COPY`` would still
-carry jsonb as JSON text and need a ``datetime`` per row for ``ts``.
+Rows go in binary ``COPY`` format (``pump/sinks/_pgcopy.py``), encoded
+:data:`CHUNK` records at a time and written as each chunk is ready, so the
+server stores one chunk while the pump encodes the next (the worker and
+the server overlap instead of taking turns). Why the straight ``COPY``
+first and not the staging table for every batch: on the 2-core test
+machine the server spent 12 us of CPU per authz row on ``COPY`` into the
+table (text format) and 17 on ``COPY`` into the staging table plus the
+``INSERT ... ON CONFLICT``, whichever staging table (temporary or unlogged);
+both keep a redelivered batch from duplicating (issue 18, pgsink report).
 
 Deadline: ``statement_timeout`` is set (``SET LOCAL``) to the time left
 before each ``COPY`` and before the insert, so the server cancels a
@@ -87,7 +89,7 @@ from ._base import (
     Verdict,
     register,
 )
-from ._pgcopy import copy_rows
+from ._pgcopy import SIGNATURE, TRAILER, binary_rows, copy_stream
 
 log = get_logger(__name__)
 
@@ -95,7 +97,12 @@ PASSWORD_ENV = "COLLECTOR_POSTGRES_PASSWORD"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _STAGING = "collector_pump_staging"
 _COLUMNS = "(id, ts, username, effect, record)"
+_TYPES = "id text, ts timestamptz, username text, effect text, record jsonb"
 PROBE_ID = "collector-health-probe"
+_BINARY = "(FORMAT binary)"
+#: Records encoded per COPY message: small enough that the server stores a chunk
+#: while the next is encoded (module docstring), large enough to cost nothing per chunk.
+CHUNK = 512
 
 
 class PgConnectionConfig(SinkConfig):
@@ -251,47 +258,58 @@ class PostgresSink(Sink):
 
     # writing
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
-
         self.time_left(deadline)
         if not batch.records:
             return Verdict.OK
-        cfg = self.cfg
-        rows, rejected = copy_rows(batch.records, cfg.timestamp_field, cfg.username_field,
-                                   cfg.effect_field)
-        if rows:
-            self._copy(rows, deadline)
+        rejected = self._copy(batch.records, deadline)
         if rejected:
             raise PermanentError.for_records("postgres", rejected, "stored")
         return Verdict.OK
 
-    def _copy(self, data: bytes, deadline: float) -> None:
-        """COPY rows into the table in one transaction, deduplicating a redelivery."""
+    def _copy(self, records: list[Record], deadline: float) -> dict[str, str]:
+        """COPY ``records`` into the table in one transaction, deduplicating a
+        redelivery; the ids of those JSON cannot encode (left out)."""
         import psycopg
 
+        cfg = self.cfg
         conn = self._connection(deadline)
-        columns = _COLUMNS
+        parts: list[bytes] = []
+        rejected: dict[str, str] = {}
         try:
             try:
                 with conn.cursor() as cur:
                     cur.execute(_set_timeout(deadline))
-                    with cur.copy(f"COPY {self.cfg.table} {columns} FROM STDIN") as copy:
-                        copy.write(data)
+                    with cur.copy(f"COPY {cfg.table} {_COLUMNS} FROM STDIN {_BINARY}") as copy:
+                        copy.write(SIGNATURE)
+                        # a chunk at a time: the server stores one while the next is encoded
+                        for start in range(0, len(records), CHUNK):
+                            rows, bad = binary_rows(records[start:start + CHUNK],
+                                                    cfg.timestamp_field, cfg.username_field,
+                                                    cfg.effect_field)
+                            rejected.update(bad)
+                            parts.append(rows)
+                            copy.write(rows)
+                        copy.write(TRAILER)
                 conn.commit()
-                return
+                return rejected
             except psycopg.errors.UniqueViolation:
                 conn.rollback()  # some ids are stored already: a redelivery
             with conn.cursor() as cur:
                 cur.execute(_set_timeout(deadline))
-                with cur.copy(f"COPY {_STAGING} {columns} FROM STDIN") as copy:
-                    copy.write(data)
+                with cur.copy(f"COPY {_STAGING} {_COLUMNS} FROM STDIN {_BINARY}") as copy:
+                    copy.write(SIGNATURE + b"".join(parts) + TRAILER)
                 cur.execute(
                     _set_timeout(deadline)
-                    + f"; INSERT INTO {self.cfg.table} {columns} SELECT {columns[1:-1]} "
+                    + f"; INSERT INTO {cfg.table} {_COLUMNS} SELECT {_COLUMNS[1:-1]} "
                     f"FROM {_STAGING} ON CONFLICT (id) DO NOTHING")
             conn.commit()
+            return rejected
         except (psycopg.Error, RetryableError) as exc:
             rollback_after(conn, exc, self._drop)
             raise self._table_error(exc, "write") from exc
+        except BaseException:
+            self._drop()  # failed mid-COPY (a bug, an interrupt): the session is unknown
+            raise
 
     def _table_error(self, exc: Exception, what: str) -> Exception:
         """A missing table is created again on the next attempt, or an outage."""
@@ -303,7 +321,29 @@ class PostgresSink(Sink):
             if self.cfg.create_table:
                 return RetryableError(f"{detail}; creating it again")
             return OutageError(f"{detail} (create_table is off)")
+        if isinstance(exc, psycopg.errors.InvalidBinaryRepresentation):
+            # binary COPY names the column only: say what the table has and what it needs
+            return PermanentError(
+                f"postgres sink {what} failed: {type(exc).__name__}: {exc}; table "
+                f"{self.cfg.table} has {self._column_types()}, the sink writes {_TYPES}")
         return _classify(exc, what)
+
+    def _column_types(self) -> str:
+        """The table's columns and types (for an error message), or ``unknown columns``."""
+        import psycopg
+
+        conn = self._conn
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+                            "ORDER BY attnum", (self.cfg.table,))
+                columns = ", ".join(f"{name} {kind}" for name, kind in cur.fetchall())
+            conn.rollback()
+            return columns
+        except (psycopg.Error, AttributeError) as exc:  # no connection, or it broke
+            log.debug("Reading the table's columns failed.", error=exc)
+            return "unknown columns"
 
     def health_check(self, *, deadline: float) -> None:
         """The write's COPY of a probe row, rolled back (module docstring)."""
@@ -312,13 +352,13 @@ class PostgresSink(Sink):
         cfg = self.cfg
         probe = {cfg.timestamp_field: datetime.now(UTC), cfg.username_field: "probe",
                  cfg.effect_field: "probe"}
-        row, _ = copy_rows([Record(PROBE_ID, probe)], cfg.timestamp_field, cfg.username_field,
-                           cfg.effect_field)
+        row, _ = copy_stream([Record(PROBE_ID, probe)], cfg.timestamp_field,
+                             cfg.username_field, cfg.effect_field)
         conn = self._connection(deadline)
         try:
             with conn.cursor() as cur:
                 cur.execute(_set_timeout(deadline))
-                with cur.copy(f"COPY {cfg.table} {_COLUMNS} FROM STDIN") as copy:
+                with cur.copy(f"COPY {cfg.table} {_COLUMNS} FROM STDIN {_BINARY}") as copy:
                     copy.write(row)
             conn.rollback()
         except (psycopg.Error, RetryableError) as exc:
