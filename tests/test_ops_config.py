@@ -90,3 +90,28 @@ def test_check_validates_both_files_and_the_environment(tmp_path: Path) -> None:
     assert renamed.returncode == 0 and "purge_delay" in renamed.stderr
     for secret in SECRETS.values():
         assert secret not in ok.stdout + ok.stderr + bad.stdout + bad.stderr
+
+
+def test_show_hides_the_secret_parts_of_a_url_and_only_those(tmp_path: Path) -> None:
+    token, pw = "qtok-31-zq", "pgurl-pw-58"
+    daemon = tmp_path / "collector.yaml"
+    daemon.write_text(yaml.safe_dump({"redis_url": "redis://127.0.0.1:6390/2"}))
+    pump = tmp_path / "pump.yaml"
+    pump.write_text(yaml.safe_dump({
+        "redis_url": f"redis://:{SECRETS['pump_redis_pw']}@127.0.0.1:6390/0",
+        "pumps": {"pg": {"type": "postgres", "meta": {
+                      "dsn": f"postgresql://u:{pw}@127.0.0.1:5432/db?sslmode=disable"}},
+                  "plain": {"type": "postgres"},
+                  "web": {"type": "http", "meta": {
+                      "url": f"http://127.0.0.1:9/in?token={token}&shard=a"}}}}))
+    proc = run("show", "--json", "--daemon", str(daemon), "--pump", str(pump), env={})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for secret in (token, pw, SECRETS["pump_redis_pw"]):
+        assert secret not in proc.stdout + proc.stderr
+    rows = {(x["service"], x["key"]): x["value"] for x in json.loads(proc.stdout)}
+    assert rows[("daemon", "redis_url")] == "redis://127.0.0.1:6390/2"  # no password: all
+    assert rows[("pump", "redis_url")] == "redis://:***@127.0.0.1:6390/0"
+    assert rows[("pump", "pumps.pg.meta.dsn")] == (
+        "postgresql://u:***@127.0.0.1:5432/db?sslmode=disable")
+    assert rows[("pump", "pumps.plain.meta.dsn")] == "dbname=collector"
+    assert rows[("pump", "pumps.web.meta.url")] == "http://127.0.0.1:9/in?token=***&shard=a"

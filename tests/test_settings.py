@@ -123,3 +123,11 @@ def test_secrets_are_never_shown() -> None:
     assert "tok-55" not in repr(http.config)
     pg = build_sink("postgres", {"dsn": "host=h password=pw-44 dbname=d"})
     assert "pw-44" not in repr(pg.config) and "password=***" in repr(pg.config)
+
+
+def test_logs_hide_a_urls_credentials_not_the_url() -> None:
+    from collector.common.redact import scrub
+    load_pump({"redis_url": "redis://127.0.0.1:6391/3", **MINIMAL}, environ={})
+    assert scrub("to redis://127.0.0.1:6391/3 now") == "to redis://127.0.0.1:6391/3 now"
+    load_pump({"redis_url": "redis://u:pw-8812q@127.0.0.1:6391/4", **MINIMAL}, environ={})
+    assert scrub("to redis://u:pw-8812q@127.0.0.1:6391/4") == "to redis://u:***@127.0.0.1:6391/4"

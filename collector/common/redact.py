@@ -136,7 +136,9 @@ def remember_model(model: BaseModel) -> None:
 
 
 def _remember_value(value: Any) -> None:
-    if isinstance(value, SecretStr):
+    if isinstance(value, SecretUrl):  # its credentials: the rest of it may be shown
+        remember(*url_secrets(value.get_secret_value()))
+    elif isinstance(value, SecretStr):
         secret = value.get_secret_value()
         remember(secret, *url_secrets(secret))
     elif isinstance(value, dict):
