@@ -1,4 +1,5 @@
-"""The optional native fast path: ``ringbuf._cring``, a C extension (ringbuf/_cring.c).
+"""The optional native fast paths: ``ringbuf._cring`` (ringbuf/_cring.c, the producer) and
+``ringbuf._cread`` (ringbuf/_cread.c, the flusher's frame scanner), C extensions.
 
 Everything else is in pyproject.toml. The extension is ``optional``: without a
 C compiler or the Python headers ``pip install`` warns and installs the
@@ -7,5 +8,10 @@ pure-Python path, which is complete on its own (``ringbuf._native``).
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ringbuf._cring", ["ringbuf/_cring.c"], optional=True,
-                             extra_compile_args=["-O2", "-std=c11"])])
+_C = ["-O2", "-std=c11"]
+
+setup(ext_modules=[
+    Extension("ringbuf._cring", ["ringbuf/_cring.c"], optional=True, extra_compile_args=_C),
+    # the reader's frame scanner for the flusher (ringbuf/_scan.py)
+    Extension("ringbuf._cread", ["ringbuf/_cread.c"], optional=True, extra_compile_args=_C),
+])

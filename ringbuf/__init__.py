@@ -16,8 +16,9 @@ Modules::
     _writepath  the producer's write functions (closures; the native glue)
     _native     which path: the C extension _cring (built by pip when it can) or pure Python
     _cring      the native fast path (C, optional): encode into the frame, release/acquire
-    _reader     RingReader, RecordBatch; settling a frame seen before its bytes
+    _reader     RingReader, RecordBatch, PackedBatch; settling a frame seen before its bytes
     _scan       the reader's frame scanners
+    _cread      the flusher's native scanner (C, optional): frames to msgpack bins, one copy
     _probe      RingProbe: header and liveness by pread, never mapped
     _discovery  the rings of a directory
     _errors     the exception tree
@@ -49,7 +50,7 @@ from ._layout import (
 )
 from ._native import active_path as ring_path
 from ._probe import RingProbe
-from ._reader import RecordBatch, RingReader
+from ._reader import PackedBatch, RecordBatch, RingReader
 from ._writer import RingWriter
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "RING_SUFFIX",
     "NotARing",
+    "PackedBatch",
     "RecordBatch",
     "RecordTooLarge",
     "RingCorrupted",

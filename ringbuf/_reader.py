@@ -41,7 +41,7 @@ import mmap
 import os
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from . import _native
@@ -63,7 +63,7 @@ from ._layout import (
     align8,
 )
 from ._probe import read_stats
-from ._scan import _STOP_DONE, _STOP_END, _scan_crc, _scan_tagged
+from ._scan import _STOP_DONE, _STOP_END, _scan_crc, _scan_tagged, scan_bins, scan_packed
 
 _FRAME_UNPACK = FRAME_HEADER.unpack_from
 _WORD_UNPACK = WORD.unpack_from
@@ -84,6 +84,27 @@ class RecordBatch(list):
         self.first_seq = first_seq
         self.nbytes = nbytes
 
+
+class PackedBatch:
+    """What :meth:`RingReader.read_packed` read: ``n`` records from ``first_seq`` on,
+    ``nbytes`` payload bytes, as ``parts``: bytes objects (one per contiguous
+    segment read) that hold each record as a msgpack bin, in order. A msgpack
+    array header of ``n`` followed by the parts is the msgpack array of the
+    records' payloads (``collector.common.stream.encode_packed_entry``)."""
+
+    __slots__ = ("first_seq", "n", "nbytes", "parts")
+
+    def __init__(self) -> None:
+        self.first_seq = 0
+        self.n = 0
+        self.nbytes = 0
+        self.parts: list[bytes] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+
+Scanner = Callable[..., tuple[int, int, int, int]]
 
 _NO_BUDGET = 1 << 62
 SETTLE_S = 0.05  # how long a frame failing its check at the frontier may still be in flight
@@ -121,6 +142,10 @@ class RingReader:
         self.max_record_bytes = header.max_record_bytes
         self.checksum = header.checksum
         self._scan = _scan_crc if self.checksum else _scan_tagged
+        # read_packed's native scanner (TAG rings on the native path), else pack_bin
+        self._scan_packed = (scan_packed if scan_packed is not None and not self.checksum
+                             and not _native.forced_pure() else None)
+        self._scan_bins = functools.partial(scan_bins, crc=self.checksum)
         self.producer_pid = header.producer_pid
         self.producer_start_time = header.producer_start_time
         self.created_at = header.created_at
@@ -164,17 +189,38 @@ class RingReader:
         ``settle_s`` (module doc: settling; when valid records precede it,
         they are returned first and a later call raises).
         """
+        batch = RecordBatch()
+        self._read(max_records, max_bytes, batch, self._scan, batch.append)
+        return batch
+
+    def read_packed(self, max_records: int, max_bytes: int | None = None) -> PackedBatch:
+        """:meth:`read_batch`'s records (the same rules, the same positions), handed on
+        as msgpack bins in one bytes object per contiguous segment (:class:`PackedBatch`):
+        what the flusher puts into a stream entry as it is."""
+        batch = PackedBatch()
+        if self._scan_packed is not None:
+            self._read(max_records, max_bytes, batch, self._scan_packed, batch.parts.append)
+        else:
+            buf = bytearray()
+            self._read(max_records, max_bytes, batch, self._scan_bins, buf)
+            if buf:
+                batch.parts.append(bytes(buf))
+        return batch
+
+    def _read(self, max_records: int, max_bytes: int | None, batch: RecordBatch | PackedBatch,
+              scan: Scanner, append: Callable[[bytes], object] | bytearray) -> None:
+        """The reading of :meth:`read_batch`: ``scan`` hands records to ``append``;
+        sets ``batch``'s ``first_seq`` and ``nbytes`` (and ``n``)."""
         if max_records < 1:
             raise ValueError(f"max_records={max_records} must be at least 1")
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes={max_bytes} must not be negative")
         tail = self._load_tail()
         pos = self._read_pos
-        batch = RecordBatch()
         if tail == pos:
             seq = self._read_seq
             batch.first_seq = seq if seq is not None else self._q[W_COMMITTED]
-            return batch
+            return
         self._check_positions(tail)
         seq = self._read_seq
         if seq is None:
@@ -184,27 +230,25 @@ class RingReader:
                 if not self._settling(pos):
                     raise
                 batch.first_seq = self._q[W_COMMITTED]
-                return batch
+                return
         first_seq = seq
         cap = self.capacity
         mask = cap - 1
         dend = HEADER_SIZE + cap
         mm = self._mm
-        scan = self._scan
         budget = _NO_BUDGET if max_bytes is None else max_bytes
         limit = self.max_record_bytes
-        append = batch.append
         nbytes = 0
         before_pad = -1  # where padding began, until a record after it is taken
         while pos < tail:
-            count = max_records - len(batch)
+            count = max_records - (seq - first_seq)
             if count <= 0:
                 break
             rel = pos & mask
             off = HEADER_SIZE + rel
             seg_end = off + min(cap - rel, tail - pos)
             new_off, seq, nbytes, why = scan(mm, off, seg_end, seq, count, nbytes, budget,
-                                             limit, bool(batch), append)
+                                             limit, seq != first_seq, append)
             if new_off != off:
                 pos += new_off - off
                 before_pad = -1
@@ -217,7 +261,7 @@ class RingReader:
                 before_pad = pos
                 pos += dend - new_off
                 continue
-            if batch:
+            if seq != first_seq:
                 break  # hand out the good records; the next call looks again
             try:
                 self._diagnose(pos, new_off, seg_end, seq)
@@ -233,7 +277,8 @@ class RingReader:
         self._read_seq = seq
         batch.first_seq = first_seq
         batch.nbytes = nbytes
-        return batch
+        if isinstance(batch, PackedBatch):
+            batch.n = seq - first_seq
 
     def _settling(self, pos: int) -> bool:
         """May the bad frame at ``pos`` still be in flight? (module doc: settling)

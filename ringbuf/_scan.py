@@ -5,6 +5,14 @@ segment, ``length <= max_record_bytes``, ``seq`` is the next expected one,
 the check word is TAG or, with checksums, the CRC-32 of the payload) and one
 ``mmap`` slice to ``bytes``. The first frame a loop does not take stops it
 with ``_STOP_ODD``; :class:`ringbuf._reader.RingReader` classifies it.
+
+The flusher reads with ``RingReader.read_packed``: the same frames, handed
+on as msgpack bins (what ``msgpack.packb`` writes for a list element of
+bytes) concatenated into one bytes object per segment, which a stream
+entry's ``recs`` array takes as it is. :data:`scan_packed` is the native
+scanner that does it with one copy per record and no object per record
+(``ringbuf._cread``, ringbuf/_cread.c; TAG rings on the native path); else
+:func:`scan_bins` builds the same bytes in pure Python (the reference).
 """
 
 from __future__ import annotations
@@ -14,6 +22,11 @@ import struct
 import zlib
 
 from ._layout import FRAME_HEADER, TAG
+
+try:
+    from ._cread import scan_packed  # type: ignore[import-not-found]
+except ImportError:  # not built: no compiler at install time
+    scan_packed = None
 
 _FRAME_UNPACK = FRAME_HEADER.unpack_from
 
@@ -76,6 +89,52 @@ def _scan_crc(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbyte
         if nbytes + length > budget and (nonempty or off != start):
             return off, seq, nbytes, _STOP_DONE
         append(payload)
+        nbytes += length
+        seq += 1
+        off = end
+        if end == seg_end:
+            return off, seq, nbytes, _STOP_END
+    return off, seq, nbytes, _STOP_DONE
+
+
+_BIN8 = [bytes((0xC4, n)) for n in range(256)]
+
+
+def bin_header(n: int) -> bytes:
+    """The msgpack bin header of an ``n``-byte string (bin8, bin16 or bin32)."""
+    if n < 256:
+        return _BIN8[n]
+    if n < 65536:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def scan_bins(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
+              budget: int, limit: int, nonempty: bool, buf: bytearray,
+              crc: bool = False) -> tuple[int, int, int, int]:
+    """:func:`_scan_tagged` (``crc``: :func:`_scan_crc`) that appends each record taken
+    to ``buf`` as a msgpack bin (header, then the payload, copied once) instead of
+    handing out a bytes object: the pure ``read_packed``, the reference of
+    :data:`scan_packed`."""
+    unpack = _FRAME_UNPACK
+    mv = memoryview(mm)
+    start = off
+    crc32 = zlib.crc32
+    for _ in range(count):
+        try:
+            length, check, fseq = unpack(mm, off)
+        except struct.error:
+            return off, seq, nbytes, _STOP_ODD
+        end = off + 16 + ((length + 7) & -8)
+        if end > seg_end or length > limit or fseq != seq:
+            return off, seq, nbytes, _STOP_ODD
+        payload = mv[off + 16:off + 16 + length]
+        if (crc32(payload) != check) if crc else (check != TAG):
+            return off, seq, nbytes, _STOP_ODD
+        if nbytes + length > budget and (nonempty or off != start):
+            return off, seq, nbytes, _STOP_DONE
+        buf += _BIN8[length] if length < 256 else bin_header(length)
+        buf += payload
         nbytes += length
         seq += 1
         off = end

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections import deque
 
+import msgpack
 import ormsgpack
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -30,6 +31,7 @@ from hypothesis.stateful import (
 )
 
 import ringbuf
+from collector.common.stream import array_header
 from ringbuf import _native
 
 CAPACITY = 4096
@@ -62,15 +64,28 @@ class RingModel(RuleBasedStateMachine):
         self.dropped_full = 0
         self.dropped_oversize = 0
 
-    @initialize(checksum=st.booleans(), thread_safe=st.booleans(), native=st.booleans())
-    def create(self, checksum: bool, thread_safe: bool, native: bool) -> None:
+    @initialize(checksum=st.booleans(), thread_safe=st.booleans(), native=st.booleans(),
+                native_scan=st.booleans())
+    def create(self, checksum: bool, thread_safe: bool, native: bool, native_scan: bool) -> None:
         # both paths (a unittest-style machine takes no fixture): native when built
         native = native and not checksum and _native.BUILT
         event("native path" if native else "pure path")
         self.writer = ringbuf.RingWriter.create(
             self.dir, capacity_bytes=CAPACITY, max_record_bytes=MAX_RECORD,
             checksum=checksum, thread_safe=thread_safe, native=native)
-        self.reader = ringbuf.RingReader.open(self.writer.path)
+        self.native_scan = native_scan
+        self.reader = self._open_reader()
+
+    def _open_reader(self) -> ringbuf.RingReader:
+        """A reader whose read_packed takes the native scanner (when built and drawn)
+        or the pure one (ringbuf._scan.scan_bins)."""
+        assert self.writer is not None
+        r = ringbuf.RingReader.open(self.writer.path)
+        if not self.native_scan:
+            r._scan_packed = None
+        event("read_packed: native scanner" if r._scan_packed is not None
+              else "read_packed: pure scanner")
+        return r
 
     def teardown(self) -> None:
         if self.reader is not None:
@@ -146,16 +161,25 @@ class RingModel(RuleBasedStateMachine):
         assert str(MAX_RECORD) in str(info.value)
         self.dropped_oversize += 1
 
-    @rule()
-    def read_all_and_commit(self) -> None:
-        self.read(10_000, None)
+    @rule(packed=st.booleans())
+    def read_all_and_commit(self, packed: bool) -> None:
+        self.read(10_000, None, packed)
         self.commit()
 
     @rule(max_records=st.integers(1, 40),
-          max_bytes=st.one_of(st.none(), st.integers(0, 3 * MAX_RECORD)))
-    def read(self, max_records: int, max_bytes: int | None) -> None:
+          max_bytes=st.one_of(st.none(), st.integers(0, 3 * MAX_RECORD)),
+          packed=st.booleans())
+    def read(self, max_records: int, max_bytes: int | None, packed: bool) -> None:
         assert self.reader is not None
-        batch = self.reader.read_batch(max_records, max_bytes)
+        if packed:
+            # the flusher's read: the records as msgpack bins, one byte string per segment
+            p = self.reader.read_packed(max_records, max_bytes)
+            recs = msgpack.unpackb(array_header(p.n) + b"".join(p.parts))
+            batch = ringbuf.RecordBatch(recs, p.first_seq, p.nbytes)
+            assert len(recs) == p.n == len(p)
+            assert len(p.parts) <= 2  # one per contiguous segment: at most one wrap
+        else:
+            batch = self.reader.read_batch(max_records, max_bytes)
         expect: list[bytes] = []
         nbytes = 0
         first = self.pending[self.read_idx][0] if self.read_idx < len(self.pending) else None
@@ -195,7 +219,7 @@ class RingModel(RuleBasedStateMachine):
         """A new reader (as after a consumer restart) starts at the committed head."""
         assert self.reader is not None and self.writer is not None
         self.reader.close()
-        self.reader = ringbuf.RingReader.open(self.writer.path)
+        self.reader = self._open_reader()
         self.read_idx = 0
 
     @invariant()

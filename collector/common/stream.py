@@ -40,7 +40,11 @@ count up within a ring, so a redelivered batch carries the same ids and a
 sink can drop what it has already stored.
 
 Encoding the array costs one C call over byte strings; a record that does
-not decode does not spoil its neighbours.
+not decode does not spoil its neighbours. The daemon never builds the array
+as one object: it reads the records out of a ring already as msgpack bins
+(``ringbuf.RingReader.read_packed``), and the entry's ``recs`` is the array
+header followed by those bytes, sent to Redis as they are
+(:func:`encode_packed_entry`): the same bytes :func:`encode_entry` makes.
 """
 
 from __future__ import annotations
@@ -128,6 +132,25 @@ def encode_entry(ring_id: str, first_seq: int, records: Sequence[bytes],
     if fmt:
         fields["fmt"] = _record_format(fmt).encode()
     return fields
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements (what ``recs`` starts with)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_packed_entry(ring_id: str, first_seq: int, n: int,
+                        packed: Sequence[bytes]) -> dict[str, bytes | list[bytes]]:
+    """:func:`encode_entry` for ``n`` records already packed as msgpack bins, in order,
+    in the byte strings ``packed`` (``ringbuf.PackedBatch.parts``): ``recs`` is the
+    list of the array header and those byte strings, to be sent one after the
+    other (``collector.daemon._xadd``); joined they are :func:`encode_entry`'s."""
+    return {"v": FORMAT_VERSION, "ring": ring_id.encode(), "seq": str(first_seq).encode(),
+            "n": str(n).encode(), "recs": [array_header(n), *packed]}
 
 
 def lua_xadd_entry(key: str, ring: str, seq: str, n: str, recs: str,

@@ -34,9 +34,11 @@ REPORT_S = 1.0
 ENTRY_OVERHEAD = 64
 
 
-def entry_bytes(fields: dict[str, bytes]) -> int:
-    """The bytes one entry puts into a stream: its field names and values, and overhead."""
-    return ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in fields.items())
+def entry_bytes(fields: dict[str, bytes] | dict[str, bytes | list[bytes]]) -> int:
+    """The bytes one entry puts into a stream: its field names and values (a list value:
+    its parts, ``_xadd``), and overhead."""
+    return ENTRY_OVERHEAD + sum(len(k) + (sum(map(len, v)) if isinstance(v, list) else len(v))
+                                for k, v in fields.items())
 
 
 @dataclass(slots=True)

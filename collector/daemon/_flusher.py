@@ -1,6 +1,8 @@
 """A flusher process: drains the rings it was given into Redis.
 
-For each ring it reads records (raw msgpack bytes, never decoded) into a
+For each ring it reads records (raw msgpack bytes, never decoded: read out
+of the ring already packed as the elements of the entry's msgpack array,
+one byte string per read, ``ringbuf.RingReader.read_packed``) into a
 pending batch until the batch holds ``batch_size`` records or
 ``batch_bytes`` bytes, or its first record is ``flush_interval_ms`` old
 (capped by the forced maximum ``max_flush_interval_ms``), or the ring is
@@ -75,7 +77,7 @@ import ringbuf
 from collector.common import redisconn
 from collector.common.log import RateLimited, get_logger
 from collector.common.log import setup as setup_logging
-from collector.common.stream import encode_entry
+from collector.common.stream import encode_packed_entry
 from collector.config import CollectorConfig
 
 from ._budget import BACKLOG_RECHECK_S, StreamBudget, entry_bytes
@@ -210,13 +212,14 @@ class Flusher:
         self.counters.set("redis_ok", 1.0)
         self.backoff = self.retry_initial
 
-    def _round_trip(self, key: bytes, fields: dict[str, bytes]) -> int:
+    def _round_trip(self, key: bytes, fields: dict[str, bytes | list[bytes]]) -> int:
         return self.writer.send(key, fields)
 
     def _send(self, ring: ServedRing) -> bool:
         reader = ring.reader
         assert reader is not None
-        fields = encode_entry(reader.ring_id, ring.first_seq, ring.pending)
+        n = ring.pending_n
+        fields = encode_packed_entry(reader.ring_id, ring.first_seq, n, ring.pending)
         t0 = time.monotonic()
         try:
             length = self._round_trip(ring.key_bytes, fields)
@@ -232,13 +235,13 @@ class Flusher:
         reader.commit()
         now = time.monotonic()
         counters = self.counters
-        n = len(ring.pending)
         counters.add("records_written", n)
         counters.add("batches_written")
         counters.add("written_bytes", ring.pending_bytes)
         counters.observe("flush_seconds", now - t0)
         self.budget.wrote(ring.key, length, entry_bytes(fields), now)
         ring.pending = []
+        ring.pending_n = 0
         ring.pending_bytes = 0
         self._succeeded()
         return True
@@ -250,11 +253,11 @@ class Flusher:
         assert reader is not None
         state = 0
         pending = ring.pending
-        if (ring.corrupt is None and len(pending) < self.batch_size
+        if (ring.corrupt is None and ring.pending_n < self.batch_size
                 and ring.pending_bytes < self.batch_bytes):
             try:
-                batch = reader.read_batch(self.batch_size - len(pending),
-                                          self.batch_bytes - ring.pending_bytes)
+                batch = reader.read_packed(self.batch_size - ring.pending_n,
+                                           self.batch_bytes - ring.pending_bytes)
             except ringbuf.RingCorrupted as exc:
                 ring.corrupt = str(exc)
                 batch = None
@@ -264,10 +267,11 @@ class Flusher:
                     # These records arrived after the ring was last read empty
                     # (or after the last full read): count their age from then.
                     ring.first_at = ring.checked_at or now
-                pending.extend(batch)
+                pending.extend(batch.parts)
+                ring.pending_n += batch.n
                 ring.pending_bytes += batch.nbytes
-                self.counters.add("records_read", len(batch))
-                ring.observe(now, len(batch), batch.nbytes)
+                self.counters.add("records_read", batch.n)
+                ring.observe(now, batch.n, batch.nbytes)
                 state = 1
             else:
                 ring.observe(now, 0, 0)
@@ -280,7 +284,7 @@ class Flusher:
         # A ring half full goes now, whatever the batch limits: a small ring must
         # never make its producer wait (or drop) for a batch that cannot fill.
         # A closed ring's batch cannot grow any more: it goes now too.
-        due = (len(pending) >= self.batch_size or ring.pending_bytes >= self.batch_bytes
+        due = (ring.pending_n >= self.batch_size or ring.pending_bytes >= self.batch_bytes
                or stopping
                or ring.corrupt is not None or 2 * reader.used_bytes() >= reader.capacity
                or reader.producer_closed())
@@ -303,7 +307,7 @@ class Flusher:
         """When to read ``ring`` again, its batch being due at ``due`` (module doc)."""
         wake = min(due, now + ring.burst_s)
         if ring.byte_rate > 0.0 and ring.rec_rate > 0.0:
-            left = min((self.batch_size - len(ring.pending)) / ring.rec_rate,
+            left = min((self.batch_size - ring.pending_n) / ring.rec_rate,
                        (self.batch_bytes - ring.pending_bytes) / ring.byte_rate,
                        (reader.capacity / 2 - reader.used_bytes()) / ring.byte_rate)
             wake = min(wake, now + left)

@@ -52,7 +52,7 @@ class RingGone(Exception):
 class ServedRing:
     __slots__ = ("burst_s", "byte_rate", "checked_at", "corrupt", "first_at", "first_seq",
                  "key", "key_bytes", "lock_fd", "next_try", "no", "path", "pending",
-                 "pending_bytes", "reader", "rec_rate", "warned_busy", "win_bytes",
+                 "pending_bytes", "pending_n", "reader", "rec_rate", "warned_busy", "win_bytes",
                  "win_recs", "win_start")
 
     def __init__(self, path: str, no: int = 0) -> None:
@@ -62,7 +62,10 @@ class ServedRing:
         self.lock_fd = -1
         self.key = ""
         self.key_bytes = b""
-        self.pending: list[bytes] = []  # records read and not yet accepted by Redis
+        # records read and not yet accepted by Redis, as msgpack bins in byte strings
+        # (ringbuf.PackedBatch.parts): pending_n records of pending_bytes payload bytes
+        self.pending: list[bytes] = []
+        self.pending_n = 0
         self.pending_bytes = 0
         self.first_seq = 0
         self.first_at = 0.0
@@ -161,4 +164,5 @@ class ServedRing:
             os.close(self.lock_fd)  # releases the consumer lock
             self.lock_fd = -1
         self.pending = []
+        self.pending_n = 0
         self.pending_bytes = 0

@@ -3,7 +3,10 @@
 The command is packed here rather than by redis-py: its packer copies a
 large value slowly (about 1.5 ms per 500 KB with hiredis), which would cost
 more than everything else the flusher does. A value over 16 KiB (the
-batch's blob) is handed to the socket as it is, never copied.
+batch's blob) is handed to the socket as it is, never copied. A value may
+also be a list of byte strings, sent one after the other as ONE bulk string
+(the batch's ``recs``: an array header and the records as the ring reader
+packed them, ``collector.common.stream.encode_packed_entry``).
 
 :class:`StreamWriter` owns the flusher's connections: one to a single
 node, or one per master of a Redis Cluster, found by the shard key's slot
@@ -40,11 +43,15 @@ class NotReplicated(redis.RedisError):
         self.acked = acked
 
 
-def pack_xadd_xlen(key: bytes, fields: dict[str, bytes], *, wait: tuple[int, int] | None = None,
+Fields = dict[str, bytes] | dict[str, bytes | list[bytes]]
+
+
+def pack_xadd_xlen(key: bytes, fields: Fields, *, wait: tuple[int, int] | None = None,
                    asking: bool = False) -> list[bytes]:
     """``XADD key * field value ...`` then ``XLEN key`` (then ``WAIT n ms``), as RESP chunks
-    for one send; ``asking`` puts ``ASKING`` first."""
-    items = [b"XADD", key, b"*"]
+    for one send; ``asking`` puts ``ASKING`` first. A list value is one bulk string
+    of its parts, in order."""
+    items: list[bytes | list[bytes]] = [b"XADD", key, b"*"]
     for k, v in fields.items():
         items.append(k.encode())
         items.append(v)
@@ -52,7 +59,17 @@ def pack_xadd_xlen(key: bytes, fields: dict[str, bytes], *, wait: tuple[int, int
     head.append(b"*%d\r\n" % len(items))
     chunks: list[bytes] = []
     for item in items:
-        if len(item) > _COPY_LIMIT:
+        if isinstance(item, list):
+            head.append(b"$%d\r\n" % sum(map(len, item)))
+            for part in item:
+                if len(part) > _COPY_LIMIT:
+                    chunks.append(b"".join(head))
+                    chunks.append(part)
+                    head = []
+                else:
+                    head.append(part)
+            head.append(b"\r\n")
+        elif len(item) > _COPY_LIMIT:
             head.append(b"$%d\r\n" % len(item))
             chunks.append(b"".join(head))
             chunks.append(item)
@@ -69,7 +86,7 @@ def pack_xadd_xlen(key: bytes, fields: dict[str, bytes], *, wait: tuple[int, int
     return chunks
 
 
-def xadd_xlen(conn: Any, key: bytes, fields: dict[str, bytes], *,
+def xadd_xlen(conn: Any, key: bytes, fields: Fields, *,
               wait: tuple[int, int] | None = None, asking: bool = False) -> tuple[int, int]:
     """Add one entry to stream ``key`` on redis-py connection ``conn``:
     (the stream's length, replicas that acknowledged it or -1 without ``wait``).
@@ -132,7 +149,7 @@ class StreamWriter:
         self.conns[name] = (pool, conn)
         return name, conn
 
-    def _once(self, key: bytes, fields: dict[str, bytes],
+    def _once(self, key: bytes, fields: Fields,
               at: tuple[str, int] | None = None) -> tuple[int, int]:
         name, conn = self._connection(key, at)
         try:
@@ -145,7 +162,7 @@ class StreamWriter:
             pool.release(conn)
             raise
 
-    def send(self, key: bytes, fields: dict[str, bytes]) -> int:
+    def send(self, key: bytes, fields: Fields) -> int:
         """Write one entry; the shard's length. Raises ``RedisError`` / ``OSError``
         (:class:`NotReplicated` when too few replicas acknowledged it)."""
         try:
