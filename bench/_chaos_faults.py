@@ -27,7 +27,7 @@ from collector.testing import (
     stream_entries,
 )
 
-from ._chaos_ledger import Fault
+from ._chaos_ledger import LASTING, Fault
 from ._chaos_spool import HttpTarget, Watch
 
 KINDS = (
@@ -129,7 +129,7 @@ class Faults:
         rng = self.rng
         hold = round(rng.uniform(self.args.hold_min, self.args.hold_max), 2)
         drops0 = self.returned_false()
-        undone_later = kind in ("hung_sink", "foreign_group")
+        undone_later = kind in LASTING
         if kind == "producer_kill":
             live = self.live_producers()
             if live:

@@ -74,6 +74,9 @@ class Producer:
 # accounting
 
 
+LASTING = ("hung_sink", "foreign_group")  # undone on a timer, other faults meanwhile
+
+
 @dataclass
 class Fault:
     n: int
@@ -84,6 +87,8 @@ class Fault:
     detail: str = ""
     producer_drops: int = 0  # record_hit calls that returned False while it lasted
     extra: dict[str, Any] = field(default_factory=dict)  # what a fault kind reports
+    # the faults injected while this one lasted (hung_sink and foreign_group last on)
+    overlapped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +136,14 @@ class Ledger:
         rep = SinkReport(sink, dedupes)
         sent = self.sent()
         fault_walls = sorted((f.wall, f.kind) for f in faults)
+        # a hung sink lasts on while other faults are injected: a record sent while it
+        # lasted is put down to it (foreign groups make no copies and lose nothing)
+        lasting = sorted((f.wall, f.wall + f.held_s, f.kind) for f in faults
+                         if f.kind == "hung_sink")
+
+        def cause_of(t: float) -> str | None:
+            live = next((k for w0, w1, k in lasting if w0 <= t <= w1 + 1.0), None)
+            return live or next((k for w, k in fault_walls if w >= t - 1.0), None)
         for pid, (upper, returned, drops) in sent.items():
             acked = returned - len([d for d in drops if d < returned])
             rep.acknowledged += acked
@@ -143,7 +156,7 @@ class Ledger:
                     # its send time, estimated from the producer's start and pacing
                     p = self.producers[pid]
                     t = p.started_wall + seq / p.rate
-                    cause = next((k for w, k in fault_walls if w >= t - 1.0), "none")
+                    cause = cause_of(t) or "none"
                     rep.lost_by_fault[cause] = rep.lost_by_fault.get(cause, 0) + 1
                     if len(rep.lost_sample) < 10:
                         rep.lost_sample.append(f"producer {pid} seq {seq} (sent ~"
@@ -168,7 +181,7 @@ class Ledger:
             if c > 1:
                 rep.duplicated += c - 1
                 t = sent_at.get(key, 0.0)
-                cause = next((k for w, k in fault_walls if w >= t - 1.0), None)
+                cause = cause_of(t)
                 if cause is None:
                     rep.duplicates_unexplained += c - 1
                 else:

@@ -20,7 +20,7 @@ from collector.testing import HttpPeer, RedisServer, group_lags, wait_until
 from . import _harness as h
 from ._chaos_cluster import SHARDS, ClusterRedis, cluster_keys
 from ._chaos_faults import Faults
-from ._chaos_ledger import Fault, Ledger, Producer, SinkReport, producer_main
+from ._chaos_ledger import LASTING, Fault, Ledger, Producer, SinkReport, producer_main
 from ._chaos_spool import HttpTarget, Watch, spool_drops
 
 
@@ -283,13 +283,23 @@ class Chaos(Faults):
         attempted = sum(u for u, _, _ in self.ledger.sent().values())
         by_kind = collections.Counter(f.kind for f in self.faults)
         drops_by_kind: collections.Counter[str] = collections.Counter()
+        alone: dict[str, list[int]] = {}  # faults no other overlapped: [count, drops]
         for f in self.faults:
             drops_by_kind[f.kind] += f.producer_drops
+            if f.kind not in LASTING:
+                continue  # the others are injected one after another
+            f.overlapped = [g.kind for g in self.faults if g is not f
+                            and g.at <= f.at + f.held_s and g.at + g.held_s >= f.at]
+            if not f.overlapped:
+                a = alone.setdefault(f.kind, [0, 0])
+                a[0], a[1] = a[0] + 1, a[1] + f.producer_drops
         return {
             "seed": self.args.seed,
             "faults": len(self.faults),
             "faults_by_kind": dict(by_kind),
             "producer_drops_by_fault": dict(drops_by_kind),
+            "producer_drops_by_fault_alone": {k: {"faults": n, "producer_drops": d}
+                                              for k, (n, d) in alone.items()},
             "max_backlog_bytes": self.args.max_backlog_bytes,
             "spool": {"max_bytes": self.args.spool_max_bytes, "overflow": self.args.overflow},
             "foreign_groups": [f.extra for f in self.faults if f.kind == "foreign_group"],

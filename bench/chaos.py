@@ -87,6 +87,10 @@ def print_report(rep: dict[str, Any], *, no_persistence: bool) -> None:
     drops = ", ".join(f"{k} {v:,}" for k, v in sorted(rep["producer_drops_by_fault"].items())
                       if v)
     print(f"chaos: record_hit returned False during faults: {drops or 'none'}")
+    alone = rep["producer_drops_by_fault_alone"]
+    alone_text = ", ".join(f"{k} {v['producer_drops']:,} in {v['faults']}"
+                           for k, v in sorted(alone.items()))
+    print(f"chaos: ... during those no other fault overlapped: {alone_text or '-'}")
     print(f"chaos: {rep['producers_started']} producer processes, "
           f"{rep['records_attempted']:,} records attempted; Redis {rep['redis_persistence']}, "
           f"{rep['redis_restarts']} restarts; quiescent: {rep['quiescent']}")
@@ -94,21 +98,23 @@ def print_report(rep: dict[str, Any], *, no_persistence: bool) -> None:
     print(f"chaos: dropped by policy: {d['returned_false']:,} record_hit calls returned False "
           f"(rings counted {d['ring_full']:,} ring full, {d['oversize']:,} oversize)")
     hdr = (f"{'sink':<9}{'dedup':>6}{'acked':>10}{'delivered':>10}{'lost':>7}"
-           f"{'unexpect':>9}{'dups':>7}{'dead':>6}{'inflight':>9}  duplicates by fault")
+           f"{'unexpect':>9}{'dups':>9}{'dead':>6}{'inflight':>9}  duplicates by fault")
     print(hdr)
     for s in rep["sinks"]:
         causes = ", ".join(f"{k} {v}" for k, v in sorted(s["duplicates_by_fault"].items()))
         if s["duplicates_unexplained"]:
             causes += f", UNEXPLAINED {s['duplicates_unexplained']}"
         print(f"{s['sink']:<9}{'yes' if s['deduplicates'] else 'no':>6}{s['acknowledged']:>10,}"
-              f"{s['delivered']:>10,}{s['lost']:>7,}{s['unexpected']:>9,}{s['duplicated']:>7,}"
+              f"{s['delivered']:>10,}{s['lost']:>7,}{s['unexpected']:>9,}{s['duplicated']:>9,}"
               f"{s['dead_lettered']:>6,}{s['uncertain_delivered']:>9,}  {causes or '-'}")
         if s["lost"]:
             print("    lost, by the first fault after the record was sent: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(s["lost_by_fault"].items())))
         if s["spool_dropped"] or s["records_spooled_seen"]:
-            exact = ("= missing" if s["spool_dropped"] == s["lost"] else
-                     f"!= missing {s['lost']:,}")
+            d, lost = s["spool_dropped"], s["lost"]
+            exact = ("= missing" if d == lost else
+                     f"> missing {lost:,}: {d - lost:,} of them were delivered all the same"
+                     if d > lost else f"< missing {lost:,}: {lost - d:,} LOST beyond them")
             print(f"    spool: {s['records_spooled_seen']:,}+ records spooled; dropped from "
                   f"a full spool (counted, logged): {s['spool_dropped']:,} {exact}")
         for x in s["lost_sample"][:5]:
