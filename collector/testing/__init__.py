@@ -18,10 +18,11 @@ Waiting and ports
 Redis
     :class:`RedisServer` ``(workdir, appendonly=True, appendfsync=...,
     password=None, tls=None)``: a private ``redis-server``; ``start()``,
-    ``kill()`` (``kill -9``), ``stop()`` (graceful), ``restart()``, ``url``,
-    ``client()``. :func:`make_tls_files` makes a CA and a server
-    certificate for 127.0.0.1 with ``openssl`` (``tls=``), :func:`make_ca`
-    another CA (a certificate that must be refused).
+    ``kill()`` (``kill -9``), ``stop()`` (graceful), ``restart()``,
+    ``pause()``/``resume()`` (SIGSTOP/SIGCONT), ``url``, ``client()``.
+    :func:`make_tls_files` makes a CA and a server certificate for 127.0.0.1
+    with ``openssl`` (``tls=``), :func:`make_ca` another CA (a certificate
+    that must be refused).
     :class:`RedisClusterNodes` ``(workdir, masters=3, replicas=1)``: a Redis
     Cluster of such servers made with ``redis-cli --cluster create``;
     ``url`` (``redis+cluster://``), ``client()``, ``master_of(key)``,
@@ -101,7 +102,9 @@ Sink peers
     :class:`EsPeer` (a wire-level Elasticsearch peer for the real client: ``GET /``
     and ``_bulk`` as the reference documents them, mapping conflicts, 429s,
     stall, stop and start on the same documents; no Elasticsearch server can
-    be installed here).
+    be installed here). The spawned ones (``RedisServer``, ``KafkaBroker``,
+    ``InfluxServer``) share ``_spawned.SpawnedPeer``: the process, its log,
+    waiting until it is up, ``pause()``/``resume()``/``stop()``.
 
 Example::
 

@@ -10,12 +10,11 @@ disk, so ``stop()`` and ``start()`` again make a real outage and restart;
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from ._wait import free_port, wait_until
+from ._spawned import SpawnedPeer
+from ._wait import free_port
 
 __all__ = ["InfluxServer"]
 
@@ -41,55 +40,44 @@ bind-address = "127.0.0.1:{rpc}"
 """
 
 
-class InfluxServer:
-    """``influxd`` of its own; ``url``, ``query()``, ``stop()``/``start()`` (same data).
+class InfluxServer(SpawnedPeer):
+    """``influxd`` of its own; ``url``, ``query()``, ``stop()``/``start()`` (same data;
+    ``stop()`` is SIGTERM, influxd closes its files).
 
     With ``admin`` (``(user, password)``) authentication is on and that
     admin user is created at the first start (InfluxDB allows that one
     statement without credentials while it has no user).
     """
 
+    program = "influxd"
+    log_name = "influxd.log"
+
     def __init__(self, workdir: Path, admin: tuple[str, str] | None = None) -> None:
         binary = shutil.which("influxd")
         if binary is None:
             raise RuntimeError("influxd is not on PATH (Debian's influxdb): run `sh .ci/setup`")
+        super().__init__(workdir)
         self.binary = binary
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.admin = admin
         self.config = workdir / "influxdb.conf"
         self.config.write_text(_CONFIG.format(rpc=free_port(), http=self.port, dir=workdir,
                                               auth="true" if admin else "false"))
-        self.proc: subprocess.Popen[bytes] | None = None
         self._admin_made = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log(self) -> Path:
-        return self.workdir / "influxd.log"
-
     def start(self, timeout: float = 60.0) -> InfluxServer:
         import httpx
 
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([self.binary, "-config", str(self.config)],
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
         def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"influxd exited with {self.proc and self.proc.returncode}: "
-                f"{self.log.read_text(errors='replace')[-2000:]}")
             try:
                 return httpx.get(f"{self.url}/ping", timeout=1).status_code == 204
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout, f"influxd on port {self.port}", interval=0.1)
+        self.spawn([self.binary, "-config", str(self.config)], up, timeout)
         if self.admin and not self._admin_made:
             user, password = self.admin
             self.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES",
@@ -120,25 +108,3 @@ class InfluxServer:
                 cols = series["columns"]
                 out.extend(dict(zip(cols, row, strict=True)) for row in series["values"])
         return out
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open, nothing answers."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """SIGTERM (influxd closes its files), SIGKILL if it takes more than 20 s."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._wait import free_port, wait_until
+from ._spawned import SpawnedPeer
+from ._wait import wait_until
 
 __all__ = ["KafkaBroker", "tansu_binary"]
 
@@ -34,42 +34,32 @@ def tansu_binary() -> Path:
     return path
 
 
-class KafkaBroker:
-    """``tansu broker`` on a free loopback port, its log in ``workdir``."""
+class KafkaBroker(SpawnedPeer):
+    """``tansu broker`` on a free loopback port, its log in ``workdir``; ``stop()`` kills
+    it (its data is in memory: nothing to close)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    program = "tansu"
+    log_name = "tansu.log"
+    stop_signal = signal.SIGKILL
+    stop_grace_s = 10.0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def log(self) -> Path:
-        return self.workdir / "tansu.log"
-
     def start(self, timeout: float = 30.0) -> KafkaBroker:
         url = f"tcp://127.0.0.1:{self.port}"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(tansu_binary()), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
         def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"tansu exited with {self.proc and self.proc.returncode}: "
-                f"{self.log.read_text(errors='replace')[-2000:]}")
             try:
                 self.admin().list_topics(timeout=1)
                 return True
             except Exception:
                 return False
 
-        wait_until(up, timeout, f"tansu on port {self.port}", interval=0.1)
+        self.spawn([str(tansu_binary()), "broker", "--listener-url", url,
+                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                   up, timeout)
         return self
 
     def admin(self) -> Any:
@@ -117,20 +107,3 @@ class KafkaBroker:
         finally:
             consumer.close()
         return seen
-
-    def pause(self) -> None:
-        """SIGSTOP: the broker holds its connections and answers nothing."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait(10)

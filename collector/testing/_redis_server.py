@@ -12,7 +12,7 @@ from typing import Any, Literal
 import redis
 import redis.cluster
 
-from ._wait import free_port, wait_until
+from ._spawned import SpawnedPeer
 
 __all__ = ["RedisServer", "TlsFiles", "make_ca", "make_tls_files"]
 
@@ -52,7 +52,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return TlsFiles(ca, directory / "server.crt", directory / "server.key")
 
 
-class RedisServer:
+class RedisServer(SpawnedPeer):
     """A ``redis-server`` of its own on a free loopback port, in ``workdir``.
 
     ``appendonly`` keeps an append-only file (fsync policy ``appendfsync``)
@@ -64,8 +64,12 @@ class RedisServer:
 
     ``kill()`` is a ``kill -9`` (what the append-only file had not yet got
     is lost), ``stop()`` a graceful ``SHUTDOWN``, ``restart()`` both steps
-    of a graceful restart on the same port and files.
+    of a graceful restart on the same port and files, ``pause()``/``resume()``
+    SIGSTOP/SIGCONT.
     """
+
+    program = "redis-server"
+    log_name = "redis.log"
 
     def __init__(self, workdir: Path, *, appendonly: bool = True,
                  appendfsync: Literal["always", "everysec", "no"] = "everysec",
@@ -75,10 +79,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH: run `sh .ci/setup` first")
+        super().__init__(workdir, port)
         self.binary = binary
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.password = password
@@ -86,12 +88,7 @@ class RedisServer:
         self.extra = list(extra or [])
         self.host = host  # where it listens (also 127.0.0.1); a NetnsLink's inner address
         self.prefix = list(prefix or [])  # e.g. NetnsLink.prefix: run it in a namespace
-        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "redis.log"
 
     @property
     def url(self) -> str:
@@ -127,24 +124,10 @@ class RedisServer:
 
     def start(self, timeout: float = 30.0) -> RedisServer:
         """Start it and wait until it answers PING."""
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
         self.starts += 1
-
-        def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"redis-server exited with {self.proc and self.proc.returncode}; "
-                f"{self.log} ends with:\n{self._log_tail()}")
-            return self.ping()
-
-        wait_until(up, timeout, f"redis-server on port {self.port}")
+        self.spawn(self.args(), self.ping, timeout, to_log=False, new_session=False,
+                   interval=0.02)  # it writes its own log (--logfile)
         return self
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
 
     def client(self, **kw: Any) -> redis.Redis:
         """A redis-py client for this server (TLS and password included)."""
@@ -165,8 +148,9 @@ class RedisServer:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        """Graceful shutdown: the append-only file is flushed."""
+        """Graceful shutdown (resumed first): the append-only file is flushed."""
         if self.proc is not None and self.proc.poll() is None:
+            self.resume()
             try:
                 self.client(socket_timeout=2).shutdown(nosave=not self.appendonly)
             except redis.RedisError:
@@ -180,9 +164,6 @@ class RedisServer:
         """Graceful stop, then start again on the same port and files."""
         self.stop()
         self.start()
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def __enter__(self) -> RedisServer:
         return self.start() if not self.is_running() else self
