@@ -6,6 +6,10 @@ topic of 3 partitions per run; influx: a private ``influxd``
 wire-level bulk API peer of the tests, keeping ids but not sources (no
 Elasticsearch server can be installed here; the peer is Python in the
 bench's own process, so that figure bounds the peer as much as the sink);
+mongo: ``MongoPeer``, the tests' mockupdb wire-protocol server, keeping ids
+only (no MongoDB can be installed here: a sanity check of the sink's
+``insert_many(ordered=False)`` path, not a MongoDB figure; Python in the
+bench's process like the elasticsearch peer);
 aggregate: the machine's PostgreSQL ($COLLECTOR_TEST_PG_DSN), a table per run
 (per-minute rows by username and effect, with ``latency_us`` summed and sketched),
 dropped afterwards.
@@ -16,9 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from collector.testing import EsPeer, InfluxServer, KafkaBroker, drop_tables, pg_dsn
+from collector.testing import (
+    EsPeer,
+    InfluxServer,
+    KafkaBroker,
+    MongoPeer,
+    drop_tables,
+    pg_dsn,
+)
 
-SINKS = ("kafka", "influx", "elasticsearch", "aggregate")
+SINKS = ("kafka", "influx", "elasticsearch", "mongo", "aggregate")
 
 
 class SinkPeers:
@@ -44,6 +55,10 @@ class SinkPeers:
             if peer is None:
                 peer = self.running[sink] = EsPeer(keep_sources=False).start()
             return {"hosts": [peer.url], "index": f"{run}-%Y.%m.%d"}
+        if sink == "mongo":
+            if peer is None:
+                peer = self.running[sink] = MongoPeer(keep_documents=False).start()
+            return {"uri": peer.uri, "database": "bench", "collection": run}
         if sink == "aggregate":
             table = f"bench_agg_{run}"
             drop_tables(table, f"{table}_applied")

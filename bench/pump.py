@@ -10,8 +10,9 @@ group has read and acknowledged everything (polled every 20 ms). Sinks:
 ``null``, ``file`` (JSON Lines, ``fsync: batch``; ``--file-fsync never`` shows
 what the CPU allows without the disk), ``postgres`` (when
 PostgreSQL answers at $COLLECTOR_TEST_PG_DSN, default ``dbname=collector_test``),
-``kafka``, ``influx``, ``elasticsearch`` and ``aggregate`` (into the servers of
-``bench/_sink_peers.py``), each with 1 and 2 workers. It also prints the decode
+``kafka``, ``influx``, ``elasticsearch``, ``mongo`` (a mockupdb peer: a sanity
+check only) and ``aggregate`` (into the servers of ``bench/_sink_peers.py``),
+each with 1 and 2 workers. It also prints the decode
 cost per record (best of 5):
 ``msgpack.unpackb`` alone, the ormsgpack decode the worker uses, and the whole per-record pipeline
 (entry decode, record decode, Record object).
@@ -22,12 +23,20 @@ plus the sink's own encoder (``ENCODERS`` there; JSON for a sink not listed),
 as records/s of one core, with the run's fraction of each. Targets (issue
 18, one worker, verdicts printed): ``null`` at least 70% of the decode
 floor, ``file`` at least 60% of the decode + orjson floor, ``postgres`` at
-least 120,000 records/s.
+least 120,000 records/s. For postgres it also prints the server's own
+floor (``bench/_pg_floor.py``: the sink's rows pre-encoded, ``COPY``-ed in
+the sink's batches into the sink's table) as records/s and backend CPU per
+record, each run's backend CPU per record beside the worker's, and the
+ceiling one worker has on this machine's idle cores with that floor (one
+core for the backend; the worker's and the backend's CPU on all cores), with
+the verdict: whether 120,000 is within that ceiling, and whether the run
+reached it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -44,11 +53,14 @@ from pump._pipeline import RecordPipeline
 from pump.config import Filters
 
 from . import _harness as h
+from ._pg_floor import PgFloor, backend_pids, pid_cpu, server_floor
 from ._pump_floor import descendants_cpu, floors
 from ._sink_peers import SINKS as PEER_SINKS
 from ._sink_peers import SinkPeers
 
 KEY = "collector:analytics"
+READ_COUNT = 50  # entries per read, as configured for the runs
+PER_ENTRY = 100  # records per stream entry (fill_stream's)
 #: sink -> (what its one-worker figure is compared with, the least it must reach):
 #: "decode" / "encode" a fraction of that floor, "rate" records/s.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -92,10 +104,13 @@ def _decode_cost(r: redis.Redis) -> tuple[float, float, float]:
 
 
 def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, workers: int,
-         meta: dict[str, Any], total_entries: int, total: int) -> tuple[float, float]:
-    """(records/s, the workers' CPU microseconds per record) of one run."""
+         meta: dict[str, Any], total_entries: int, total: int
+         ) -> tuple[float, float, float | None]:
+    """(records/s, the workers' CPU microseconds per record, the PostgreSQL
+    backends' for a sink that names its connections) of one run."""
     pump = h.pump(work, url, {name: {"type": sink_type, "workers": workers, "meta": meta}},
-                  name=f"{name}.yaml", log=work / f"{name}.log", trim=False, read_count=50,
+                  name=f"{name}.yaml", log=work / f"{name}.log", trim=False,
+                  read_count=READ_COUNT,
                   read_block_s=0.2, log_level="warning")
     pump.start(wait=False)
     try:
@@ -110,10 +125,17 @@ def _run(r: redis.Redis, url: str, work: Path, name: str, sink_type: str, worker
                 if start is None and read > 0:
                     start = time.monotonic()
                     cpu0 = descendants_cpu(pump.pid or 0)
+                    app = meta.get("application_name")
+                    server0 = {p: pid_cpu(p) for p in backend_pids(meta["dsn"], app)} if app else {}
                 if read >= total_entries and int(g["pending"]) == 0:
                     assert start is not None
                     rate = total / max(time.monotonic() - start, 1e-6)
-                    return rate, (descendants_cpu(pump.pid or 0) - cpu0) / total * 1e6
+                    server = None
+                    if app:  # a backend connected since the start had used ~0 CPU then
+                        pids = set(server0) | set(backend_pids(meta["dsn"], app))
+                        used = sum(pid_cpu(p) - server0.get(p, 0.0) for p in pids)
+                        server = used / total * 1e6
+                    return rate, (descendants_cpu(pump.pid or 0) - cpu0) / total * 1e6, server
             time.sleep(0.02)
         raise TimeoutError(f"{name} did not finish in 600 s")
     finally:
@@ -134,7 +156,8 @@ def main(argv: list[str]) -> int:
     server = RedisServer(work / "redis", appendonly=False).start()
     url = server.url
     r = server.client()
-    results: list[tuple[str, int, float, float]] = []
+    results: list[tuple[str, int, float, float, float | None]] = []
+    pg_floor: PgFloor | None = None
     peers = SinkPeers(work)
     try:
         t0 = time.perf_counter()
@@ -160,12 +183,17 @@ def main(argv: list[str]) -> int:
                     if dsn is None:
                         print("postgres: skipped (no PostgreSQL at COLLECTOR_TEST_PG_DSN)")
                         break
-                    meta = {"dsn": dsn, "table": f"bench_pump_{workers}"}
+                    meta = {"dsn": dsn, "table": f"bench_pump_{workers}",
+                            "application_name": f"bench-pump-{name}"}
                     drop_tables(meta["table"], dsn=dsn)
+                    if pg_floor is None:
+                        pg_floor = server_floor(dsn, "bench_pump_floor", raws,
+                                                READ_COUNT * PER_ENTRY, min(total, 100_000))
                 elif sink in PEER_SINKS:
                     meta = peers.meta(sink, name)
-                rate, cpu_us = _run(r, url, work, name, sink, workers, meta, entries, total)
-                results.append((sink, workers, rate, cpu_us))
+                rate, cpu_us, server_us = _run(r, url, work, name, sink, workers, meta,
+                                               entries, total)
+                results.append((sink, workers, rate, cpu_us, server_us))
                 if sink == "file":
                     (work / f"{name}.jsonl").unlink(missing_ok=True)
                 if sink == "postgres" and dsn:
@@ -175,10 +203,12 @@ def main(argv: list[str]) -> int:
         server.kill()
         shutil.rmtree(work, ignore_errors=True)
     _report(results, floor)
+    if pg_floor is not None:
+        _report_pg(results, pg_floor)
     return 0
 
 
-def _report(results: list[tuple[str, int, float, float]],
+def _report(results: list[tuple[str, int, float, float, float | None]],
             floor: dict[str, tuple[float, float]]) -> None:
     """The table: each run beside its floors, and the one-worker targets' verdicts."""
     print("\nfloors are records/s of one core (decode; decode + the sink's encoder); "
@@ -186,7 +216,7 @@ def _report(results: list[tuple[str, int, float, float]],
           "of the workers' CPU per record")
     print(f"{'sink':<14}{'workers':>8}{'records/s':>12}{'CPU us/rec':>11}{'cpu%':>5}"
           f"{'decode':>11}{'%':>5}{'dec+enc':>11}{'%':>5}  target")
-    for sink, workers, rate, cpu_us in results:
+    for sink, workers, rate, cpu_us, _ in results:
         dec, enc = floor[sink]
         line = (f"{sink:<14}{workers:>8}{rate:>12,.0f}{cpu_us:>11.2f}"
                 f"{1e6 / dec / max(cpu_us, 1e-9):>5.0%}{dec:>11,.0f}"
@@ -200,6 +230,35 @@ def _report(results: list[tuple[str, int, float, float]],
             line += f"  {want}: {'ok' if got >= least else 'BELOW'}"
         print(line)
 
+
+def _report_pg(results: list[tuple[str, int, float, float, float | None]],
+               pg: PgFloor) -> None:
+    """The postgres runs beside the server's own floor (``bench/_pg_floor.py``), and
+    the ceiling of one worker on this machine's cores with that floor."""
+    least = TARGETS["postgres"][1]
+    cores = os.cpu_count() or 1
+    print(f"\npostgres server floor (the sink's rows pre-encoded, COPY into the sink's table, "
+          f"{READ_COUNT * PER_ENTRY:,} a transaction): {pg.rate:,.0f} records/s, backend CPU "
+          f"{pg.cpu_us:.2f} us/record = {pg.core_rate:,.0f} records/s of one core")
+    for sink, workers, rate, cpu_us, server_us in results:
+        if sink != "postgres" or server_us is None:
+            continue
+        # One backend per worker uses one core; worker and server share the cores.
+        ceiling = min(pg.core_rate * workers, cores * 1e6 / (cpu_us + pg.cpu_us))
+        print(f"postgres {workers} worker(s): {rate:,.0f} records/s = {rate / pg.rate:.0%} of the "
+              f"server floor; worker CPU {cpu_us:.2f} + server CPU {server_us:.2f} us/record; "
+              f"ceiling on {cores} idle cores {ceiling:,.0f} records/s (the server floor's CPU, "
+              f"the worker's)")
+        if workers != 1:
+            continue
+        if ceiling < least:
+            print(f"verdict: {least:,.0f} records/s per worker is out of reach on this machine "
+                  f"(ceiling {ceiling:,.0f}: the server takes {pg.cpu_us:.2f} us of one core per "
+                  f"record into this table, the worker {cpu_us:.2f})")
+        else:
+            print(f"verdict: the ceiling ({ceiling:,.0f}) allows {least:,.0f} records/s per "
+                  f"worker; this run {'reaches' if rate >= least else 'does not reach'} it "
+                  f"({rate / pg.rate:.0%} of the server's wall floor in the same run)")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

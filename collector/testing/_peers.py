@@ -26,9 +26,11 @@ __all__ = ["MongoPeer", "SilentTcpServer", "SyslogPeer", "parse_rfc5424"]
 
 
 class MongoPeer:
-    """A MongoDB wire-protocol server (mockupdb) that stores what pymongo inserts."""
+    """A MongoDB wire-protocol server (mockupdb) that stores what pymongo inserts
+    (with ``keep_documents=False`` only the ids, each mapped to ``{}``: a benchmark's
+    millions of documents would not fit in memory)."""
 
-    def __init__(self, *, tls: bool = False) -> None:
+    def __init__(self, *, tls: bool = False, keep_documents: bool = True) -> None:
         from mockupdb import MockupDB
 
         self.server = MockupDB(auto_ismaster={"maxWireVersion": 21, "minWireVersion": 0},
@@ -39,6 +41,7 @@ class MongoPeer:
         self.last_max_time_ms: int | None = None  # the deadline as the server sees it
         self.stall = threading.Event()
         self.fail_with: dict | None = None  # a reply for the next inserts, e.g. an error
+        self.keep_documents = keep_documents
         self._lock = threading.Lock()
         self.server.autoresponds(self._dispatch)
 
@@ -80,7 +83,7 @@ class MongoPeer:
                     errors.append({"index": i, "code": 11000,
                                    "errmsg": f"E11000 duplicate key error _id: {d['_id']}"})
                 else:
-                    coll[d["_id"]] = dict(d)
+                    coll[d["_id"]] = dict(d) if self.keep_documents else {}
         reply: dict[str, Any] = {"ok": 1, "n": len(doc.get("documents", [])) - len(errors)}
         if errors:
             reply["writeErrors"] = errors
