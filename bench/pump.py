@@ -15,7 +15,7 @@ check only) and ``aggregate`` (into the servers of ``bench/_sink_peers.py``),
 each with 1 and 2 workers. It also prints the decode
 cost per record (best of 5):
 ``msgpack.unpackb`` alone, the ormsgpack decode the worker uses, and the whole per-record pipeline
-(entry decode, record decode, Record object).
+(entry decode, record decode, the entry's columns).
 
 Each run prints records/s, the workers' CPU per record, and beside them the
 floors (``bench/_pump_floor.py``, same run): decoding alone, and decoding
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
         unpack_ns, fast_ns, record_ns = _decode_cost(r)
         print(f"decode cost per record: msgpack.unpackb {unpack_ns:.0f} ns; ormsgpack.unpackb "
               f"(used) {fast_ns:.0f} ns; whole pipeline (entry + record + "
-              f"Record object) {record_ns:.0f} ns")
+              f"columns) {record_ns:.0f} ns")
         dsn = _pg_dsn()
         raws = [rec for _, f in r.xrange(KEY, count=200) for rec in msgpack.unpackb(f[b"recs"])]
         floor = floors(raws, args.sinks.split(","))

@@ -221,7 +221,7 @@ class Delivery(PerRecord):
     def _acked(self, key: str, batch: Batch) -> None:
         self.r.xack(key, self.group, *batch.entry_ids)
         c = self.counters
-        c.add("records_out", len(batch.records))
+        c.add("records_out", len(batch))
         c.add("batches_written")
         c.add("entries_acked", len(batch.entry_ids))
         for eid in batch.entry_ids:
@@ -310,10 +310,7 @@ class Delivery(PerRecord):
 
 
 def _batch(key: str, entries: Sequence[EntryRecords]) -> Batch:
-    """The sink's batch of ``entries`` (records in order, entry ids and sizes)."""
-    if len(entries) == 1:
-        records = entries[0].records
-    else:
-        records = [r for e in entries for r in e.records]
-    return Batch(records, stream=key, entry_ids=[e.entry_id for e in entries],
+    """The sink's batch of ``entries`` (their records' columns, entry ids and sizes)."""
+    return Batch(chunks=[e.records for e in entries], stream=key,
+                 entry_ids=[e.entry_id for e in entries],
                  entry_sizes=[len(e.records) for e in entries])

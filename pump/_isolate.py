@@ -19,12 +19,12 @@ from ._deadletter import DeadItem, DeadLetters, DeadReason, record_item
 from ._pipeline import EntryRecords
 from ._retry import WriteFailed
 from ._stop import Stopper
-from .sinks import Batch, OutageError, PermanentError, Record
+from .sinks import Batch, OutageError, PermanentError, Record, Records
 
 log = get_logger(__name__)
 
 #: A part of a batch: (entry, its records in the part) pairs.
-Part = list[tuple[EntryRecords, list[Record]]]
+Part = list[tuple[EntryRecords, Records]]
 
 
 class Isolated(Enum):
@@ -128,11 +128,11 @@ class PerRecord:
 def _part_batch(key: str, part: Part) -> Batch:
     """A part's batch. Entry ids only when it holds whole entries: a sink that records
     the entries it applied (aggregate) must not take part of an entry for all of it."""
-    records = [r for _, recs in part for r in recs]
+    chunks = [recs for _, recs in part]
     if all(recs is e.records for e, recs in part):
-        return Batch(records, stream=key, entry_ids=[e.entry_id for e, _ in part],
+        return Batch(chunks=chunks, stream=key, entry_ids=[e.entry_id for e, _ in part],
                      entry_sizes=[len(recs) for _, recs in part])
-    return Batch(records, stream=key)
+    return Batch(chunks=chunks, stream=key)
 
 
 def _halves(part: Part) -> list[Part]:

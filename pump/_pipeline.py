@@ -12,12 +12,16 @@ is the entry taken record by record (``pump/sinks/_values.py``); a record
 that cannot be decoded or converted becomes a dead letter of its own
 (``pump/_deadletter.py``), its neighbours go on.
 
-``Record.raw`` is the record's msgpack as the app wrote it when the steps
-left its fields alone; a record they changed is a
-:class:`~pump.sinks.ChangedRecord`, packed again only if something reads its
-``raw`` (``max_record_bytes``, a sink that forwards bytes). A sink that says
-``forwards_bytes`` and has no steps to run gets its records undecoded
-(:class:`~pump.sinks.RawRecord`: ``data`` is decoded only if it is read).
+An entry's records come out as columns (:class:`~pump.sinks.Records`: the
+ids' ring and sequence numbers, the decoded fields, the bytes), not one
+object per record: a sink reads the columns it needs, and a
+:class:`~pump.sinks.Record` is made only for a sink that asks for
+``batch.records``. The bytes are the record's msgpack as the app wrote it
+when the steps left its fields alone; a record they changed has ``b""``
+there, packed again only if something reads it (``max_record_bytes``, a
+sink that forwards bytes; :class:`~pump.sinks.ChangedRecord`). A sink that
+says ``forwards_bytes`` and has no steps to run gets its records undecoded
+(no fields column; decoded only if read, :class:`~pump.sinks.RawRecord`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from collector.common.stream import (
 from ._deadletter import DeadItem, DeadReason
 from .config import Filters
 from .iam.record import NotAnIamRecord, is_iam, to_iam
-from .sinks._base import ChangedRecord, RawRecord, Record
+from .sinks._base import Record, Records
 from .sinks._values import UndecodableRecord, pack_record, unpack_record, unpack_records
 
 log = get_logger(__name__)
@@ -59,7 +63,7 @@ class EntryRecords(NamedTuple):
     """One stream entry with records for the sink."""
 
     entry_id: str
-    records: list[Record]  # what is left after filters, in the entry's order
+    records: Records  # what is left after filters, in the entry's order
     fields: Fields         # the entry's original fields (for its dead letter)
 
 
@@ -76,7 +80,7 @@ class Prepared:
     n_decode_errors: int = 0
 
     def records(self) -> list[Record]:
-        """Every record to write, in order."""
+        """Every record to write, in order (as objects: tests and tools)."""
         return [r for e in self.entries for r in e.records]
 
     def entry_ids(self) -> list[str]:
@@ -133,9 +137,11 @@ def trim_record(data: dict[str, Any], raw: bytes, limit: int) -> tuple[dict[str,
     return data, raw
 
 
-#: ``run(ids, datas, raws, seen) -> (records, n_filtered, [(index, why not convertible)])``
-Steps = Callable[[list[str], list[Any], list[bytes], "Callable[[Any], None] | None"],
-                 tuple[list[Record], int, list[tuple[int, str]]]]
+#: ``run(datas, raws, seen) -> (kept, datas, raws, n_filtered, [(index, why not
+#: convertible)])``: ``kept`` the indices of the records that go on, ``raws`` ``b""``
+#: for a record the steps changed.
+Steps = Callable[[list[Any], list[bytes], "Callable[[Any], None] | None"],
+                 tuple[list[int], list[Any], list[bytes], int, list[tuple[int, str]]]]
 
 
 def compile_steps(filters: Filters, omit_fields: Sequence[str], fmt: str) -> Steps | None:
@@ -157,10 +163,11 @@ def compile_steps(filters: Filters, omit_fields: Sequence[str], fmt: str) -> Ste
     convert_some = fmt == "auto"
     filtering = bool(inc or exc)
 
-    def run(ids: list[str], datas: list[Any], raws: list[bytes],
-            seen: Callable[[Any], None] | None
-            ) -> tuple[list[Record], int, list[tuple[int, str]]]:
-        recs: list[Record] = []
+    def run(datas: list[Any], raws: list[bytes], seen: Callable[[Any], None] | None
+            ) -> tuple[list[int], list[Any], list[bytes], int, list[tuple[int, str]]]:
+        kept: list[int] = []
+        out_datas: list[Any] = []
+        out_raws: list[bytes] = []
         bad: list[tuple[int, str]] = []
         filtered = 0
         for i, data in enumerate(datas):
@@ -197,9 +204,10 @@ def compile_steps(filters: Filters, omit_fields: Sequence[str], fmt: str) -> Ste
                     if data.get(name):
                         data[name] = ""
                         changed = True
-            recs.append(ChangedRecord(ids[i], data, b"") if changed
-                        else Record(ids[i], data, raws[i]))
-        return recs, filtered, bad
+            kept.append(i)
+            out_datas.append(data)
+            out_raws.append(b"" if changed else raws[i])
+        return kept, out_datas, out_raws, filtered, bad
 
     return run
 
@@ -250,34 +258,39 @@ class RecordPipeline:
             self._probe_filter_fields(out)
         return out
 
-    def _entry(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
+    def _entry(self, entry: Entry, eid: str, out: Prepared) -> Records:
         """One entry's records: one decode pass, the compiled steps, then trimming."""
         steps = self._steps[entry.fmt]
         raws = entry.records
+        first = entry.first_seq
+        prefix = f"{entry.ring}:"
+        seqs = range(first, first + len(raws))
         if steps is None and not self.decode and self.max_record_size is None:
-            return list(map(RawRecord, entry.ids(), _NONES * len(raws), raws))
+            return Records(prefix, seqs, None, raws)
         datas = unpack_records(raws)
         if datas is None or {*map(type, datas)} != _DICT_ONLY:
             return self._careful(entry, eid, out)
-        ids = entry.ids()
         if steps is None:
-            recs = list(map(Record, ids, datas, raws))
+            recs = Records(prefix, seqs, datas, raws)
         else:
             probing = self._unseen and self.keep is not None and self._probed < FILTER_FIELD_PROBE
-            recs, filtered, bad = steps(ids, datas, raws,
-                                        self._unseen.difference_update if probing else None)
+            kept, datas, raws, filtered, bad = steps(
+                datas, raws, self._unseen.difference_update if probing else None)
             out.n_filtered += filtered
             for i, why in bad:
                 self._dead(out, entry, eid, i, DeadReason.UNCONVERTIBLE_RECORD, why)
+            recs = Records(prefix, seqs if len(kept) == len(seqs) else [first + i for i in kept],
+                           datas, raws)
         if self.max_record_size is not None:
             self._trim(recs, out)
         return recs
 
-    def _careful(self, entry: Entry, eid: str, out: Prepared) -> list[Record]:
+    def _careful(self, entry: Entry, eid: str, out: Prepared) -> Records:
         """The entry record by record: what decodes goes on, the rest is dead-lettered."""
         steps = self._steps[entry.fmt]
-        ids, raws = entry.ids(), entry.records
-        good_ids, datas, good_raws = [], [], []
+        raws = entry.records
+        good: list[int] = []  # indices in the entry of the records that decode
+        datas, good_raws = [], []
         for i, raw in enumerate(raws):
             try:
                 data = unpack_record(raw)
@@ -287,20 +300,19 @@ class RecordPipeline:
             except UndecodableRecord as exc:
                 self._dead(out, entry, eid, i, DeadReason.UNDECODABLE_RECORD, str(exc))
                 continue
-            good_ids.append(ids[i])
+            good.append(i)
             datas.append(data)
             good_raws.append(raw)
-        if steps is None:
-            recs = list(map(Record, good_ids, datas, good_raws))
-        else:
+        if steps is not None:
             probing = self._unseen and self.keep is not None
-            recs, filtered, bad = steps(good_ids, datas, good_raws,
-                                        self._unseen.difference_update if probing else None)
+            kept, datas, good_raws, filtered, bad = steps(
+                datas, good_raws, self._unseen.difference_update if probing else None)
             out.n_filtered += filtered
-            index = {rid: i for i, rid in enumerate(ids)}
             for j, why in bad:
-                self._dead(out, entry, eid, index[good_ids[j]], DeadReason.UNCONVERTIBLE_RECORD,
-                           why)
+                self._dead(out, entry, eid, good[j], DeadReason.UNCONVERTIBLE_RECORD, why)
+            good = [good[j] for j in kept]
+        first = entry.first_seq
+        recs = Records(f"{entry.ring}:", [first + i for i in good], datas, good_raws)
         if self.max_record_size is not None:
             self._trim(recs, out)
         return recs
@@ -313,13 +325,16 @@ class RecordPipeline:
             encode_entry(entry.ring, entry.first_seq + i, [entry.records[i]], entry.fmt),
             reason, why, eid, record_id(entry.ring, entry.first_seq + i)))
 
-    def _trim(self, recs: list[Record], out: Prepared) -> None:
+    def _trim(self, recs: Records, out: Prepared) -> None:
         limit = self.max_record_size
         assert limit is not None
-        for rec in recs:
-            raw = rec.raw or pack_record(rec.data)
+        datas = recs.data_list()
+        raws = recs.raws
+        for i, raw in enumerate(raws):
+            if not raw:  # changed by the steps: packed once, kept
+                raw = raws[i] = pack_record(datas[i])
             if len(raw) > limit:
-                rec.data, rec.raw = trim_record(rec.data, raw, limit)
+                datas[i], raws[i] = trim_record(datas[i], raw, limit)
                 out.n_trimmed += 1
 
     def _probe_filter_fields(self, out: Prepared) -> None:
@@ -333,4 +348,3 @@ class RecordPipeline:
 
 
 _DICT_ONLY = {dict}
-_NONES = [None]

@@ -22,7 +22,8 @@ from pump._pipeline import RecordPipeline, compile_filter, compile_steps
 from pump._redis import ensure_groups, group_lag
 from pump._worker import Stopper, Worker
 from pump.config import Filters, load_config
-from pump.sinks import ChangedRecord, RawRecord, Record
+from pump.sinks import Batch, ChangedRecord, RawRecord, Record, Records
+from pump.sinks._encode import json_lines_of
 
 from .pump_plugins import make_record, produce
 
@@ -47,9 +48,12 @@ def test_compiled_steps_keep_what_the_filter_keeps() -> None:
         del d["effect"]  # a missing field is None for the filter
     ids = [f"r:{d['seq']}" for d in datas]
     expected = [i for i, d in zip(ids, datas, strict=True) if keep(dict(d))]
-    recs, filtered, bad = steps(ids, datas, [b""] * len(datas), None)
-    assert [r.id for r in recs] == expected and filtered == len(datas) - len(expected)
+    kept, out, raws, filtered, bad = steps(datas, [b"app bytes"] * len(datas), None)
+    recs = Records("r:", [datas[i]["seq"] for i in kept], out, raws)
+    assert recs.ids() == [ids[i] for i in kept] == expected
+    assert filtered == len(datas) - len(expected)
     assert bad == [] and all(r.data["policies"] == "" for r in recs)
+    assert raws == [b""] * len(kept)  # changed: no stale bytes kept
     assert all(isinstance(r, ChangedRecord) for r in recs)
     assert msgpack.unpackb(recs[0].raw)["policies"] == ""  # packed when read
     assert compile_steps(Filters(), [], "") is None
@@ -119,3 +123,45 @@ def test_worker_forwards_bytes_into_a_redis_sink_nothing_lost(redis_server: Redi
     assert (acc.lost, acc.duplicated, acc.unexpected) == (0, 0, 0), acc
     assert all(f[b"rec"] == make_record(int(f[b"id"].decode().rpartition(":")[2]))
                for _, f in rows)
+
+
+def test_a_batch_of_columns_answers_as_the_list_of_its_records() -> None:
+    """The worker's batch (an entry's columns) and the same records as a list of
+    Record give the same ids, fields, bytes, records and entries."""
+    raws = [make_record(i) for i in range(6)]
+    datas = [msgpack.unpackb(raw) for raw in raws]
+    datas[2]["policies"] = ""  # changed by the pump: its bytes packed when read
+    cols = Records(f"{RING}:", range(10, 16), datas, [*raws[:2], b"", *raws[3:]])
+    raw_only = Records(f"{RING}:", [20, 22], None, [raws[0], raws[1]])
+    batch = Batch(chunks=[cols, raw_only], stream=KEY, entry_ids=["1-0", "2-0"],
+                  entry_sizes=[6, 2])
+    listed = Batch(batch.records, stream=KEY, entry_ids=["1-0", "2-0"], entry_sizes=[6, 2])
+    ids = [f"{RING}:{s}" for s in (10, 11, 12, 13, 14, 15, 20, 22)]
+    assert batch.ids() == listed.ids() == ids and len(batch) == len(listed) == 8
+    assert batch.datas() == listed.datas() == [*datas, datas[0], datas[1]]
+    assert [msgpack.unpackb(b) for b in batch.raws()] == batch.datas()
+    assert batch.raws()[:2] == raws[:2] and batch.raws()[6:] == raws[:2]
+    assert [type(r) for r in Batch(chunks=[cols, raw_only]).records] == [
+        Record, Record, ChangedRecord, Record, Record, Record, RawRecord, RawRecord]
+    assert [(e, [r.id for r in rs]) for e, rs in batch.entries()] == [
+        (e, [r.id for r in rs]) for e, rs in listed.entries()] == [
+        ("1-0", ids[:6]), ("2-0", ids[6:])]
+    half = cols[3:]
+    assert isinstance(half, Records) and half.ids() == ids[3:6] and half[0].data == datas[3]
+    assert cols[-1].id == ids[5] and [r.id for r in cols] == ids[:6]
+    assert not Batch(chunks=[]) and not Batch() and Batch(chunks=[]).records == []
+
+
+def test_json_lines_of_columns_leave_the_fields_as_they_were() -> None:
+    datas = [{"seq": 1}, {"_id": "theirs", "seq": 2}, {}]
+    before = [dict(d) for d in datas]
+    lines, rejected = json_lines_of(["r:1", "r:2", "r:3"], datas, "_id")
+    assert lines == [b'{"seq":1,"_id":"r:1"}\n', b'{"_id":"r:2","seq":2}\n',
+                     b'{"_id":"r:3"}\n'] and rejected == {}
+    assert datas == before and list(datas[0]) == ["seq"]
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    datas.append({"deep": deep})
+    lines, rejected = json_lines_of(["r:1", "r:2", "r:3", "r:4"], datas, "_id")
+    assert len(lines) == 3 and list(rejected) == ["r:4"] and "_id" not in datas[3]

@@ -10,7 +10,8 @@ here; it stalls on demand), and for ``mongo`` the real pymongo
 driver against ``mockupdb``, an in-process MongoDB wire-protocol server
 (``mongod`` cannot be installed on this machine; see ``collector.testing.MongoPeer``).
 
-For every sink: a batch is written, then written again (a redelivery): no
+For every sink: a batch is written as the worker makes it (columns), then
+written again as a list of records, as plugins make it (a redelivery): no
 record is lost, and where the sink says it deduplicates no record is stored
 twice; the health check passes; ``close`` twice is fine; a deadline already
 passed makes ``write`` raise ``RetryableError``; and where the target can be
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import orjson
 import psycopg
 import pytest
@@ -48,7 +50,16 @@ from collector.testing import (
     unique_table,
     wait_until,
 )
-from pump.sinks import Batch, Record, RetryableError, Sink, Verdict, build_sink, registry
+from pump.sinks import (
+    Batch,
+    Record,
+    Records,
+    RetryableError,
+    Sink,
+    Verdict,
+    build_sink,
+    registry,
+)
 
 STALL_S = 30.0  # how long a stalled target would hold a write
 
@@ -279,10 +290,22 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     yield from factory(request, tmp_path)
 
 
-def _batch() -> Batch:
+def _batch(columns: bool = False) -> Batch:
+    """``BATCH`` new records: as the worker makes a batch (``columns``: the entry's
+    ids, fields and bytes, ``pump.sinks.Records``) or as a list of ``Record``
+    (plugins, tests)."""
     ring = uuid.uuid4().hex
-    return Batch([Record(f"{ring}:{i}", {"timestamp": 1700000000 + i, "username": f"u{i % 3}",
-                                         "effect": "allow", "seq": i}) for i in range(BATCH)])
+    datas = [{"timestamp": 1700000000 + i, "username": f"u{i % 3}", "effect": "allow",
+              "seq": i} for i in range(BATCH)]
+    if columns:
+        raws = [msgpack.packb(d) for d in datas]
+        return Batch(chunks=[Records(f"{ring}:", range(BATCH), datas, raws)])
+    return Batch([Record(f"{ring}:{i}", d) for i, d in enumerate(datas)])
+
+
+def _as_records(batch: Batch) -> Batch:
+    """The same records as a list of ``Record`` (a redelivery in the other form)."""
+    return Batch([Record(r.id, dict(r.data), r.raw) for r in batch.records])
 
 
 @pytest.mark.parametrize("target", SINK_TYPES, indirect=True)
@@ -290,10 +313,11 @@ def test_sink_contract(request: pytest.FixtureRequest, target: Target) -> None:
     sink_type = request.node.callspec.params["target"]
     sink = build_sink(sink_type, target.meta)
     sink.open()
-    batch = _batch()
+    batch = _batch(columns=True)
     try:
         assert sink.write(batch, deadline=time.monotonic() + 10) is Verdict.OK
-        assert sink.write(batch, deadline=time.monotonic() + 10) is Verdict.OK  # redelivery
+        # a redelivery, as a list of Record: both forms of a batch write the same
+        assert sink.write(_as_records(batch), deadline=time.monotonic() + 10) is Verdict.OK
 
         seen = target.observe(sink)
         ids = [r.id for r in batch.records]

@@ -16,17 +16,24 @@ the overall deadline, dead-lettering and metrics; a sink only writes and
 classifies. ``write`` gets an absolute ``deadline`` (``time.monotonic()``
 seconds) and must pass the time left to its driver's own socket or
 statement timeouts so a timeout stops the write, not only the wait.
+
+A batch (``pump/sinks/_records.py``) holds its records as columns: a sink
+reads ``batch.ids()``, ``batch.datas()`` or ``batch.raws()`` (one list each),
+or ``batch.records`` (:class:`Record` objects, made when first read: what
+sinks written before the columns use, unchanged). ``len(batch)`` is the
+number of records.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from collector.common.settings import Settings
+
+from ._records import Batch, ChangedRecord, RawRecord, Record, Records
 
 
 class SinkError(Exception):
@@ -74,110 +81,6 @@ class Verdict(Enum):
     OK = "ok"
 
 
-@dataclass(slots=True)
-class Record:
-    """One decoded analytics record as sinks see it.
-
-    ``id`` is stable across redeliveries (``"<ring>:<seq>"``); ``data`` is
-    the record's own fields after the pump's filters and omissions.
-    """
-
-    id: str
-    data: dict[str, Any]
-    #: The msgpack of ``data``: the bytes the app wrote when the pump left the fields
-    #: alone; packed from ``data`` when first read if the pump changed them
-    #: (:class:`ChangedRecord`); ``b""`` for a record made without it.
-    raw: bytes = b""
-
-
-_DATA = Record.__dict__["data"]  # the slots under the properties below
-_RAW = Record.__dict__["raw"]
-
-
-class ChangedRecord(Record):
-    """A record whose fields the pump changed (iam conversion, omit-detail): ``raw``
-    is packed from ``data`` the first time it is read, so a sink that never reads
-    it never pays for it."""
-
-    __slots__ = ()
-
-    @property  # type: ignore[override]
-    def raw(self) -> bytes:
-        value = _RAW.__get__(self)
-        if not value:
-            from ._values import pack_record
-
-            value = pack_record(self.data)
-            _RAW.__set__(self, value)
-        return value  # type: ignore[no-any-return]
-
-    @raw.setter
-    def raw(self, value: bytes) -> None:
-        _RAW.__set__(self, value)
-
-
-class RawRecord(Record):
-    """A record handed on undecoded (a sink that ``forwards_bytes``, nothing to
-    filter or omit): ``data`` is decoded from ``raw`` the first time it is read
-    (``UndecodableRecord`` if it does not decode)."""
-
-    __slots__ = ()
-
-    @property  # type: ignore[override]
-    def data(self) -> dict[str, Any]:
-        value = _DATA.__get__(self)
-        if value is None:
-            from ._values import unpack_record
-
-            value = unpack_record(self.raw)
-            _DATA.__set__(self, value)
-        return value  # type: ignore[no-any-return]
-
-    @data.setter
-    def data(self, value: dict[str, Any] | None) -> None:
-        _DATA.__set__(self, value)
-
-
-@dataclass(slots=True)
-class Batch:
-    """The records of one or more stream entries of one shard.
-
-    ``entry_ids`` are the stream entries the records came from, in order;
-    ``entry_sizes`` how many of ``records`` each contributed (records of
-    entry ``i`` follow those of entry ``i - 1``). Sinks that must know which
-    entries they already applied (``aggregate``) use :meth:`entries`.
-    """
-
-    records: list[Record]
-    stream: str = ""
-    entry_ids: list[str] = field(default_factory=list)
-    entry_sizes: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def entries(self) -> list[tuple[str, list[Record]]]:
-        """``(entry id, its records)`` per entry; ``[]`` for a batch without entry ids.
-
-        A batch of one entry needs no ``entry_sizes``; one of several entries
-        without matching sizes raises ``ValueError``.
-        """
-        ids = self.entry_ids
-        if not ids:
-            return []
-        if len(ids) == 1 and not self.entry_sizes:
-            return [(ids[0], self.records)]
-        sizes = self.entry_sizes
-        if len(sizes) != len(ids) or sum(sizes) != len(self.records):
-            raise ValueError(f"batch of {len(ids)} entries and {len(self.records)} records has "
-                             f"entry_sizes {sizes[:5]}... that do not add up")
-        out, start = [], 0
-        for eid, n in zip(ids, sizes, strict=True):
-            out.append((eid, self.records[start:start + n]))
-            start += n
-        return out
-
-
 class SinkConfig(Settings):
     """Base of every sink's ``meta`` config (:class:`collector.common.settings.Settings`):
     unknown keys are errors, ``renamed`` keeps old key names working, secrets
@@ -197,7 +100,7 @@ class Sink:
     Config: ClassVar[type[SinkConfig]] = SinkConfig
     #: True when redelivering a batch cannot create duplicates in the target.
     deduplicates: ClassVar[bool] = False
-    #: True when the sink writes ``Record.raw`` and never reads ``data``: with no
+    #: True when the sink writes ``raws()`` / ``Record.raw`` and never reads ``data``: with no
     #: filters, omit-detail or trimming, its records are not decoded at all.
     forwards_bytes: ClassVar[bool] = False
     #: Modules the sink imports when it opens (its driver), and the ``collector[...]``
@@ -213,6 +116,9 @@ class Sink:
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         """Write every record of ``batch`` before ``deadline`` (monotonic seconds).
+
+        Read only the columns the target needs (``batch.ids()``, ``datas()``,
+        ``raws()``); ``batch.records`` makes an object per record.
 
         Returns ``Verdict.OK`` (or None) once written; raises a :class:`SinkError`
         otherwise."""
@@ -255,6 +161,7 @@ __all__ = [
     "PermanentError",
     "RawRecord",
     "Record",
+    "Records",
     "RetryableError",
     "Sink",
     "SinkConfig",

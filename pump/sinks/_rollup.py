@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -139,7 +139,7 @@ def number(value: Any) -> float | None:
     return None
 
 
-def digest(records: list[Record]) -> str:
+def digest(records: Sequence[Record]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for r in records:
         h.update(r.id.encode())

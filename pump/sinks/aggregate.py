@@ -64,7 +64,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -227,7 +227,7 @@ class AggregateSink(Sink):
         import psycopg
 
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         entries = batch.entries() or [(digest(batch.records), batch.records)]
         rejected: dict[str, str] = {}
@@ -274,7 +274,7 @@ class AggregateSink(Sink):
                 f"first {first[0]}: {first[1]}", rejected=rejected)
         return Verdict.OK
 
-    def _place(self, entry_id: str, records: list[Record],
+    def _place(self, entry_id: str, records: Sequence[Record],
                rejected: dict[str, str]) -> _Good:
         """Each good record of an entry as (ring, seq, (bucket, *dimensions), numeric
         values), ``ring:seq`` being its id."""

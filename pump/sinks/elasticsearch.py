@@ -182,7 +182,7 @@ class ElasticsearchSink(Sink):
     # -- writing -----------------------------------------------------------------
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         actions, rejected = self._actions(batch)
         retry: dict[str, str] = {}

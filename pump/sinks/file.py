@@ -39,11 +39,12 @@ A file is closed and a new one started when the next record would take it
 past ``max_bytes`` (a single record larger than that gets a file of its
 own), and when the UTC hour changes.
 
-Writing: a batch is encoded in one pass (``_encode.json_lines``: one
-``orjson.dumps`` per record, the id merged in, the newline appended by
-orjson) and appended with one ``write`` of the joined buffer (several when
-``max_bytes`` rotates inside the batch, one per record with ``fsync:
-always``). Torn-line repair and the health probe live in ``_files.py``.
+Writing: a batch is encoded in one pass over its columns (``batch.ids()``,
+``batch.datas()``; ``_encode.json_lines_of``: one ``orjson.dumps`` per
+record, the id merged in, the newline appended by orjson) and appended
+with one ``write`` of the joined buffer (several when ``max_bytes`` rotates
+inside the batch, one per record with ``fsync: always``). Torn-line repair
+and the health probe live in ``_files.py``.
 
 Durability (``fsync``)
 ----------------------
@@ -95,7 +96,7 @@ from ._base import (
     Verdict,
     register,
 )
-from ._encode import json_lines
+from ._encode import json_lines_of
 from ._files import fsync_dir, repair_abandoned, repair_tail, utc_hour, write_error, write_probe
 
 log = get_logger(__name__)
@@ -188,7 +189,7 @@ class FileSink(Sink):
     # writing
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         lines, rejected = self._lines(batch)
         if lines:
@@ -259,7 +260,7 @@ class FileSink(Sink):
     def _lines(self, batch: Batch) -> tuple[list[bytes], dict[str, str]]:
         """One encoded line per record, and the records that cannot be encoded."""
         if self.cfg.format == "jsonl":
-            return json_lines(batch.records, self.cfg.id_key)
+            return json_lines_of(batch.ids(), batch.datas(), self.cfg.id_key)
         if self.cfg.csv_style == "iam":
             return _csv.iam_lines(batch.records), {}
         return _csv.collector_lines(batch.records, self.cfg.csv_columns, self.cfg.id_key), {}

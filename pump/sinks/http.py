@@ -121,7 +121,7 @@ class HttpSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         items, rejected = encode_each(batch.records,
                                       lambda r: dumps({"id": r.id, "record": r.data}))

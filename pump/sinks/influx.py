@@ -299,7 +299,7 @@ class InfluxSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         lines, rejected = self._lines(batch)
         refused: list[PermanentError] = []

@@ -249,7 +249,7 @@ class KafkaSink(Sink):
         from confluent_kafka import KafkaException
 
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         producer = self._client()
         reports = _Reports()

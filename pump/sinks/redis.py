@@ -45,7 +45,6 @@ from pydantic import Field, field_validator
 from collector.common.redact import SecretUrl
 
 from ._base import Batch, PermanentError, RetryableError, Sink, SinkConfig, Verdict, register
-from ._encode import packb as _pack
 
 # KEYS: target, seen-set. ARGV: mode, now_s, window_s, max_entries, then id, rec pairs.
 _SCRIPT = """
@@ -162,14 +161,14 @@ class RedisSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         args: list[Any] = [self.cfg.mode, time.time(), self.cfg.dedupe_window_s,
                            self.cfg.max_entries]
         try:
-            for r in batch.records:
-                args.append(r.id)
-                args.append(r.raw or _pack(r.data))
+            for rid, raw in zip(batch.ids(), batch.raws(), strict=True):
+                args.append(rid)
+                args.append(raw)
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"redis sink: a record cannot be msgpack-encoded: {exc}") from exc
         self._call(deadline, "write", lambda: self._script(

@@ -152,7 +152,7 @@ class SyslogSink(Sink):
 
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not len(batch):
             return Verdict.OK
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
         tail = self._header_tail()
