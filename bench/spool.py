@@ -144,7 +144,7 @@ def run(work: Path, records: int, hung: bool, use_pg: bool) -> dict[str, Any]:
                           max_backlog_bytes=BUDGET, ring_capacity_bytes=16 << 20, batch_size=100,
                           log=work / "daemon.log")
     pump = Pump.write(work, redis_server.url, sinks, log=work / "pump.log",
-                      max_backlog_bytes=BUDGET, trim_interval_s=0.2, max_deliveries=1000)
+                      trim_interval_s=0.2, max_deliveries=1000)  # budget: the daemon's
     result: dict[str, Any] = {}
     try:
         daemon.start()

@@ -64,7 +64,8 @@ class PumpCollector(Collector):
                  alive: Callable[[str], int],
                  foreign: Callable[[], Iterable[tuple[str, str, int | None, int]]] = list,
                  trims: Callable[[], tuple[int, int]] = lambda: (0, 0),
-                 readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
+                 readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+                 budget: Any = None) -> None:
         self.slots = slots
         self.lag = lag
         self.restarts = restarts
@@ -72,6 +73,7 @@ class PumpCollector(Collector):
         self.foreign = foreign
         self.trims = trims
         self.readiness = readiness
+        self.budget = budget  # pump._budget.Budget
 
     def collect(self) -> Iterable[Any]:
         p = "collector_pump_"
@@ -147,3 +149,24 @@ class PumpCollector(Collector):
                                   value=passes)
         yield CounterMetricFamily(p + "trimmed_entries",
                                   "Stream entries removed by trimming.", value=removed)
+        if self.budget is not None:
+            yield from _budget_families(p, self.budget)
+
+
+def _budget_families(p: str, budget: Any) -> Iterable[Any]:
+    used = GaugeMetricFamily(p + "backlog_budget_bytes",
+                             "Each shard's share of the stream's budget the sinks spool "
+                             "against, by where it comes from (config, daemon, default).",
+                             labels=["source"])
+    used.add_metric([budget.source()], float(budget.per_shard()))
+    yield used
+    daemon = GaugeMetricFamily(p + "daemon_backlog_budget_bytes",
+                               "Each shard's share of max_backlog_bytes as the daemons publish "
+                               "it (the smallest live one's); no sample when none does.")
+    if budget.daemon is not None:
+        daemon.add_metric([], float(budget.daemon))
+    yield daemon
+    yield GaugeMetricFamily(p + "backlog_budget_mismatch",
+                            "1 while the pump's max_backlog_bytes is set and differs from "
+                            "the daemon's (the pump's is used).",
+                            value=1.0 if budget.mismatch() else 0.0)

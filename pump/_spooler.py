@@ -5,12 +5,17 @@ thread on its own Redis connection beside its delivery loop, so a sink that
 hangs in a write does not stop it. Every ``SPOOL_TICK_S`` it measures, per
 shard, what the sink's group holds back in Redis: its undelivered and
 pending entries times Redis's bytes per entry (``MEMORY USAGE`` / ``XLEN``).
-Over ``spool_after_bytes`` (half a shard's share of ``max_backlog_bytes``)
-it starts moving, until that falls under half of it again:
+Over :attr:`Spooler.after` (half a shard's share of the stream's budget:
+``max_backlog_bytes`` as :mod:`pump._budget` has it, the daemon's unless the
+pump's config sets it) it starts moving, until that falls under half of it
+again:
 
 1. entries its own consumer (``<worker consumer>:spool``) left pending (a
-   crash after the spool's fsync, before the ack) and entries the worker's
-   consumer holds (a batch in flight or held through an outage), claimed;
+   crash after the spool's fsync, before the ack) and the entries the
+   worker's consumer holds (a write that hangs, a batch held through an
+   outage), claimed; while the worker has had its batch in hand for less
+   than ``CLAIM_AFTER_S`` the spooler waits (a batch a working sink is
+   writing right now is left to it: claimed, it would reach the sink twice);
 2. new entries (``XREADGROUP >``).
 
 Each batch is appended to the spool and fsync-ed (:class:`pump._spool.Spool`)
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -37,6 +44,7 @@ import redis
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 
+from ._budget import Budget
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
 from ._redis import connect, group_info
 from ._spool import Spool, SpoolFull, entry_fields
@@ -47,6 +55,7 @@ log = get_logger(__name__)
 
 SPOOL_TICK_S = 0.1
 MOVE_ROUNDS = 20  # batches moved per shard per tick at most
+CLAIM_AFTER_S = 1.0  # the worker's batch in hand this long (a hung write) is claimed
 
 
 def _s(v: Any) -> str:
@@ -57,7 +66,8 @@ class Spooler:
     """The thread that moves this worker's share of its group's backlog into its spool."""
 
     def __init__(self, config: PumpConfig, sink: str, consumer: str, spool: Spool,
-                 counters: Slot, stopper: Stopper, r: redis.Redis | None = None) -> None:
+                 counters: Slot, stopper: Stopper, r: redis.Redis | None = None,
+                 busy_s: Callable[[], float | None] = lambda: None) -> None:
         self.config = config
         self.group = sink
         self.sink = sink
@@ -68,7 +78,8 @@ class Spooler:
         self.stopper = stopper
         self.r = r if r is not None else connect(config)
         self.keys = config.shard_keys()
-        self.after = config.spool_after_bytes()
+        self.budget = Budget(config, self.r)
+        self.busy_s = busy_s  # how long the worker has had its stream batch in hand
         self.active: dict[str, bool] = {}
         self.full = False
         self.limited = RateLimited(10.0, log)
@@ -79,6 +90,11 @@ class Spooler:
                                        daemon=True)
         self.thread.start()
         return self
+
+    @property
+    def after(self) -> int:
+        """Bytes the group may hold back on a shard before it spools."""
+        return self.budget.per_shard() // 2
 
     def moving(self) -> bool:
         return any(self.active.values())
@@ -123,6 +139,7 @@ class Spooler:
         return int(min(held, int(length)) * int(usage or 0) / int(length))
 
     def tick(self) -> None:
+        self.budget.refresh(time.monotonic())
         for key in self.keys:
             held = self.held_bytes(key)
             was = self.active.get(key, False)
@@ -143,7 +160,14 @@ class Spooler:
                 self.move(key)
 
     def move(self, key: str) -> int:
-        """Move this worker's pending and new entries of ``key`` into the spool."""
+        """Move this worker's pending and new entries of ``key`` into the spool.
+
+        Nothing while the worker has had a batch in hand for less than
+        ``CLAIM_AFTER_S``: it is acknowledged soon, or claimed on a later tick,
+        before any newer entry (the sink gets the stream's order)."""
+        busy = self.busy_s()
+        if busy is not None and busy < CLAIM_AFTER_S:
+            return 0
         moved = self._move_pending(key)
         for _ in range(MOVE_ROUNDS):
             if self.stopper.is_set():

@@ -37,6 +37,7 @@ from collector.common.private import NotPrivate, private_directory, private_sock
 from collector.common.redisconn import wait_for_redis
 from collector.common.stream import SOCKET_NAME, default_runtime_dir
 
+from ._budget import Budget
 from ._groups import ForeignReport, foreign_rows
 from ._metrics import STATE_OUTAGE, STATE_STARTING, WORKER_COUNTERS, PumpCollector
 from ._redis import connect, ensure_groups, group_lag, oldest_unacked_ms, trim_acknowledged
@@ -90,6 +91,7 @@ class Supervisor:
                 self.slots.append(_Slot(sink, i, counters, reason))
                 by_sink.setdefault(sink, []).append(counters)
         self.r = connect(config)
+        self.budget = Budget(config, self.r, report=True)
         self.stopping = False
         self.limited = RateLimited(10.0, log)
         self._health_sinks: dict[str, Sink | None] = {}
@@ -99,7 +101,8 @@ class Supervisor:
         self.registry.register(PumpCollector(
             by_sink, self._lag_rows,
             lambda sink: sum(sl.restarts for sl in self.slots if sl.sink == sink),
-            self._alive_count, self._foreign_rows, self._trim_totals, self.readiness))
+            self._alive_count, self._foreign_rows, self._trim_totals, self.readiness,
+            self.budget))
         self.httpd: HealthServer | None = None
         self.mover: ListMover | None = None
         self._threads: list[threading.Thread] = []
@@ -239,6 +242,7 @@ class Supervisor:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        self.budget.refresh(now)
         for slot in self.slots:
             proc = slot.proc
             if proc is not None and proc.is_alive():
@@ -309,6 +313,7 @@ class Supervisor:
             for sink in cfg.pumps:
                 ensure_groups(self.r, self.keys, sink)
             self.foreign.check(self.r, cfg)
+            self.budget.refresh(time.monotonic())
         except redis.RedisError as exc:
             log.warning("Redis is not reachable; workers will keep trying.",
                         redis=cfg.redacted_redis_url(), error=exc)

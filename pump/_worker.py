@@ -93,6 +93,7 @@ class Worker:
             consumer=self.consumer, counters=self.counters, stopper=self.stopper,
             policy=self.policy, limited=self.limited, retry_at=self._retry_at,
             on_outage=self._outage_reason)
+        self.reading_since: float | None = None  # in a turn on the stream since (monotonic)
         self.reader = EntryReader(self.r, config, self.group, self.consumer, self.stopper,
                                   self.delivery.handle)
         self.index = index
@@ -109,10 +110,16 @@ class Worker:
             log.info("The spool holds entries; the sink gets them first.", sink=self.sink_name,
                      entries=len(self.spool), records=self.spool.records())
         self.spooler = Spooler(self.config, self.sink_name, self.consumer, self.spool,
-                               self.counters, self.stopper).start()
+                               self.counters, self.stopper, busy_s=self.busy_s).start()
         self.delivery.spooling = self.spooler.moving  # a held batch it takes is let go
         self.feeder = SpoolFeeder(self.spool, self.delivery, self.counters, self.stopper,
                                   self.config.read_count, self._outage_reason)
+
+    def busy_s(self) -> float | None:
+        """Seconds this worker has been in its turn on the stream (reading, delivering,
+        acknowledging a batch), None between turns: what the spooler may claim."""
+        since = self.reading_since
+        return None if since is None else time.monotonic() - since
 
     def _retry_at(self, when: float) -> None:
         self.reader.pending_at(when)
@@ -168,7 +175,11 @@ class Worker:
         if self.feeder is not None and self.spooler is not None and (
                 len(self.feeder.spool) or self.spooler.moving()):
             return self.feeder.step()
-        return self.reader.step()
+        self.reading_since = time.monotonic()  # from before the read: no batch unaccounted
+        try:
+            return self.reader.step()
+        finally:
+            self.reading_since = None
 
     def _time_left_for_shutdown(self) -> float:
         if self.stopper.stopped_at is None:

@@ -168,9 +168,10 @@ class PumpConfig(ServiceSettings):
     # Groups of other pump instances on the same stream that trimming must wait for too
     # (only the configured sinks' groups and these hold trimming back).
     respect_groups: list[str] = Field(default_factory=list)
-    # The daemon's max_backlog_bytes: a sink whose group holds back more than half of a
-    # shard's share moves its backlog into its spool.
-    max_backlog_bytes: int = Field(default=256 << 20, ge=64 << 10)
+    # The stream's budget a sink's spooling is measured against (a group holding back more
+    # than half of a shard's share spools); None: the daemon's, as it publishes it
+    # (pump/_budget.py). Set, it wins, and a different daemon value is logged.
+    max_backlog_bytes: int | None = Field(default=None, ge=64 << 10)
     spool_dir: str = Field(default_factory=lambda: str(default_spool_dir()), min_length=1)
     source: SourceConfig = Field(default_factory=SourceConfig)
     plugins: list[str] = Field(default_factory=list)
@@ -222,10 +223,6 @@ class PumpConfig(ServiceSettings):
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         return default_redis_url()
-
-    def spool_after_bytes(self) -> int:
-        """Bytes a sink's group may hold back on one shard before the sink spools."""
-        return self.max_backlog_bytes // self.stream_shards // 2
 
     def trim_groups(self) -> frozenset[str]:
         """The groups whose unread data trimming keeps: the sinks' and ``respect_groups``."""

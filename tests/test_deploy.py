@@ -115,8 +115,10 @@ class Stack:
         self.ctl = tmp / "t.ctl"
         set_control(self.ctl, mode="ok", healthy=True)
         self.pump = Pump.write(tmp, self.redis.url, {
-            "t": {"type": "testjsonl", "meta": {"path": str(tmp / "t.jsonl"),
-                                                "control": str(self.ctl)}},
+            # no spool: its backlog stays in Redis (the pump follows the daemon's 64 KiB
+            # budget, and a spool would move it out before the lag alerts fire)
+            "t": {"type": "testjsonl", "spool_max_bytes": 0,
+                  "meta": {"path": str(tmp / "t.jsonl"), "control": str(self.ctl)}},
             "null": {}}, plugins=["tests.pump_plugins"], env={"PYTHONPATH": str(ROOT)},
             max_lag_entries=1_000_000)
         self.prom = Prometheus(tmp / "prometheus", {

@@ -12,6 +12,9 @@ the budget the flusher leaves the data in the rings and looks again every
 log and the estimate alone decides.
 
 ``max_backlog_entries`` (deprecated) still caps the length too when it is set.
+
+:class:`BudgetPublisher` writes the budget next to the stream for the pump
+(:mod:`collector.common.budget`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import redis
 
+from collector.common.budget import PUBLISH_S, budget_key, daemon_name, publish, withdraw
 from collector.common.log import get_logger
 
 _log = get_logger(__name__)
@@ -136,3 +140,52 @@ class StreamBudget:
             _log.info("Stream is below its backlog budget again.", shard=key,
                       length=s.length, bytes=self.size(key))
         return over
+
+
+class BudgetPublisher:
+    """The supervisor's copy of its budget in Redis, for the pump
+    (:mod:`collector.common.budget`): written once Redis answers, again every
+    ``PUBLISH_S``, deleted at a clean stop. A Redis that refuses it (an ACL user
+    without ``HSET`` on ``<stream_key>:budget``) is told once in the log: the pump
+    then needs ``max_backlog_bytes`` set by hand."""
+
+    def __init__(self, client: Any, stream_key: str, rings_dir: str, max_bytes: int,
+                 shards: int) -> None:
+        self.client = client
+        self.stream_key = stream_key
+        self.name = daemon_name(rings_dir)
+        self.max_bytes, self.shards = max_bytes, shards
+        self.next_at = 0.0
+        self.published = False
+        self.refused = False
+
+    def tick(self, now: float) -> None:
+        if now < self.next_at:
+            return
+        try:
+            publish(self.client, self.stream_key, self.name, self.max_bytes, self.shards)
+        except redis.ResponseError as exc:
+            self.next_at = now + PUBLISH_S
+            if not self.refused:
+                self.refused = True
+                _log.warning("Redis refuses the daemon's budget for the pump; set the pump's "
+                             "max_backlog_bytes to this daemon's by hand.",
+                             key=budget_key(self.stream_key), error=str(exc))
+            return
+        except (redis.RedisError, OSError):
+            self.next_at = now + 1.0  # Redis is away: said elsewhere; try again soon
+            return
+        self.next_at = now + PUBLISH_S
+        if not self.published:
+            self.published = True
+            _log.info("Published the backlog budget for the pump.",
+                      key=budget_key(self.stream_key), max_backlog_bytes=self.max_bytes,
+                      stream_shards=self.shards)
+
+    def withdraw(self) -> None:
+        if not self.published:
+            return
+        try:
+            withdraw(self.client, self.stream_key, self.name)
+        except (redis.RedisError, OSError):
+            pass  # stale in STALE_S anyway

@@ -33,6 +33,7 @@ from collector.common.log import get_logger
 from collector.common.log import setup as setup_logging
 from collector.config import CollectorConfig
 
+from ._budget import BudgetPublisher
 from ._embedded import EmbeddedRedis, EmbeddedRedisError
 from ._metrics import health_server
 from ._pool import FlusherPool
@@ -59,6 +60,7 @@ class Supervisor:
         self.embedded: EmbeddedRedis | None = None
         self.http: HealthServer | None = None
         self.client: redis.Redis | None = None
+        self.budget: BudgetPublisher | None = None
         self.stopping = False
         self.signals = 0
         self._lock_fd = -1
@@ -186,6 +188,9 @@ class Supervisor:
             if not cfg.enabled:
                 _log.info("Reporting is disabled (enabled: false); the daemon still drains "
                           "the rings it finds.")
+            self.budget = BudgetPublisher(self.client, cfg.stream_key, str(self.rings_dir),
+                                          cfg.max_backlog_bytes, cfg.stream_shards)
+            self.budget.tick(time.monotonic())
             self.scan()  # assign what is already there before the flushers start
             self.pool.start_all()
             _log.info("collector-daemon is running.", rings_dir=str(self.rings_dir),
@@ -213,6 +218,8 @@ class Supervisor:
             if self.embedded is not None:
                 self.embedded.restart_if_dead()
             self.pool.restart_due(now)
+            if self.budget is not None:
+                self.budget.tick(now)
             self._wait_events(max(0.0, next_scan - time.monotonic()))
 
     def _wait_events(self, timeout: float) -> None:
@@ -235,6 +242,8 @@ class Supervisor:
                 break
             self._wait_events(min(left, 0.5))
         self.scan()  # remove the rings of finished producers that are now drained
+        if self.budget is not None:
+            self.budget.withdraw()
         snapshot = self.triage.snapshot
         pending = sum(s.pending for s in snapshot)
         self._cleanup()
