@@ -22,7 +22,8 @@ lists as ``a,b`` or JSON, mappings as JSON; never as YAML):
   ``max_record_bytes``, ``workers``, ``filters_*``); ``<SINK>`` is the sink
   name upper-cased with ``-`` and ``.`` as ``_``, e.g. ``COLLECTOR_PUMP_FILE_WORKERS=2``.
 - ``COLLECTOR_PUMP_<SINK>_META_<KEY>`` sets one key of that sink's ``meta``,
-  parsed by the sink's own config type, e.g. ``COLLECTOR_PUMP_POSTGRES_META_DSN=...``.
+  parsed by the sink's own config type, e.g. ``COLLECTOR_PUMP_POSTGRES_META_DSN=...``
+  (``pump/_sink_meta.py``).
 - Top-level keys are matched first. ``COLLECTOR_PUMP_CONFIG`` is the CLI's
   config path. Any other ``COLLECTOR_PUMP_*`` variable is an error, so a typo
   does not go unnoticed.
@@ -65,6 +66,7 @@ from collector.common.settings import (
 from collector.common.stream import default_redis_url, list_shard_key
 
 from ._env_errors import unknown_meta, unknown_variable
+from ._sink_meta import check_metas, meta_env
 
 ENV_PREFIX = "COLLECTOR_PUMP_"
 _ENV_IGNORED = {"COLLECTOR_PUMP_CONFIG"}
@@ -319,26 +321,10 @@ def load_config(
 
     # Each sink's meta, by its type's own config (its keys and its value types).
     import_error = _import_plugins(data.get("plugins"), label)
-    from .sinks import registry
-    from .sinks._registry import missing_driver
-
-    known = registry()
-    classes: dict[str, Any] = {}
-    for env_sink, sink in sink_names.items():
-        spec = data["pumps"][sink]
-        type_name = spec.get("type") or sink if isinstance(spec, dict) else None
-        cls = known.get(type_name) if isinstance(type_name, str) else None
-        if cls is None:
-            continue  # reported below (unknown type) or by validation (not a mapping)
-        classes[sink] = cls
-        meta = spec.get("meta")
-        if meta is None or isinstance(meta, Mapping):
-            spec["meta"] = meta = dict(meta or {})
-            rename_keys(cls.Config, meta, label, ("pumps", sink, "meta"))
-        meta_table = env_table(cls.Config, f"{ENV_PREFIX}{env_sink}_META_",
-                               ("pumps", sink, "meta"))
-        problems += apply_env(data, meta_table, env, sources)
-        table.update(meta_table)
+    classes, meta_table, meta_problems = meta_env(data, sink_names, env, sources, label,
+                                                  ENV_PREFIX)
+    problems += meta_problems
+    table.update(meta_table)
     problems += [unknown_meta(var, ENV_PREFIX, sink_names, classes)
                  or unknown_variable(var, top, sink_names,
                                      (k for k in PumpSpec.model_fields if k != "meta"))
@@ -350,23 +336,8 @@ def load_config(
         raise ConfigError("\n".join(problems))
 
     config = validate(PumpConfig, data, label, sources)
-    lines: list[str] = []
-    for name, spec in config.pumps.items():
-        type_name = spec.type or name
-        cls = classes.get(name)
-        if cls is None:
-            where = sources.get(("pumps", name, "type"))
-            where_s = f"environment {where}" if where else f"{label}: pumps.{name}.type"
-            lines.append(f"{where_s}: unknown sink type {type_name!r}; known types: "
-                         f"{', '.join(sorted(known))}")
-            continue
-        missing = missing_driver(cls)
-        if missing is not None:  # an extra that is not installed: say how to install it
-            lines.append(f"{label}: pumps.{name}.type: {missing}")
-        try:
-            validate(cls.Config, spec.meta, label, sources, ("pumps", name, "meta"))
-        except ConfigError as exc:
-            lines.extend(str(exc).splitlines())
+    lines = check_metas({name: (config.sink_type(name), spec.meta)
+                         for name, spec in config.pumps.items()}, classes, label, sources)
     if lines:
         raise ConfigError("\n".join(lines))
     _warn_filter_fields(config, label)
