@@ -1,271 +1,50 @@
-"""End to end into the aggregate, kafka, influx and elasticsearch sinks.
+"""End to end into the kafka, influx and elasticsearch sinks, each across an outage.
 
-Producers (``collector.Analytics``, block policy) -> ``collector-daemon`` ->
-a redis-server -> ``collector-pump`` -> each sink's server: the machine's
-PostgreSQL for ``aggregate``, a tansu broker for ``kafka`` (read back with
-confluent-kafka), a private ``influxd`` for ``influx`` (queried back over
-``/query``) and, for ``elasticsearch``, the real ``elasticsearch`` client
-against ``EsPeer``, a wire-level peer speaking the bulk
-API (no Elasticsearch or OpenSearch server can be installed here).
-
-Every test sends ``PRODUCERS x COUNT`` records plus one poison record that
-the sink must reject alone, makes the target unavailable in the middle of
-the load, and then counts the records at the target by id (lost, unexpected,
-duplicated). The aggregate test instead kills the pump with ``kill -9`` at a
-moment where entries are applied in PostgreSQL but not yet acknowledged in
-Redis, and compares the aggregates with sums made from the source records.
-
-Today's worker dead-letters the whole stream entry that holds a rejected
-record (issue 9 makes that per record); the sinks write that entry's other
-records anyway, so they are counted at the target, and the poison record is
-found in the dead-letter stream.
+The load of ``tests/_e2e_sinks.py`` into a tansu broker for ``kafka`` (read
+back with confluent-kafka), a private ``influxd`` for ``influx`` (queried back
+over ``/query``) and, for ``elasticsearch``, the real ``elasticsearch`` client
+against ``EsPeer``, a wire-level peer speaking the bulk API (no Elasticsearch
+or OpenSearch server can be installed here). The aggregate sink's test:
+``test_e2e_aggregate.py``.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import orjson
-import psycopg
 import pytest
 
-from collector.common.stream import decode_entry
 from collector.testing import (
-    Daemon,
     EsPeer,
     InfluxServer,
     KafkaBroker,
-    Producers,
     Pump,
     RedisServer,
-    account,
-    authz_record,
-    drop_tables,
-    locked_tables,
-    pg_dsn,
     record_key,
     wait_until,
 )
 
+from ._e2e_sinks import (
+    POISON_ID,
+    dead_lettered,
+    expected_ids,
+    make_record,
+    report,
+    settle,
+    sink_stack,
+    start,
+)
 from .test_e2e import KEY, Stack
-
-PRODUCERS, COUNT = 3, 6000
-POISON = (0, 1234)  # (producer, seq) of the record every sink must reject
-POISON_ID = f"{POISON[0]}:{POISON[1]}"
-T0 = 1_700_000_000  # records' times: T0 + seq // 10 seconds
-
-
-def make_record(producer: int, seq: int) -> dict[str, Any]:
-    """The record producer ``producer`` sends as ``seq``: a time and a number to aggregate."""
-    rec = authz_record(producer, seq)
-    rec["timestamp"] = T0 + seq // 10
-    rec["latency_ms"] = (seq * 37 + producer) % 500 + 0.25
-    if (producer, seq) == POISON:
-        rec["latency_ms"] = "slow"  # not a number: a type conflict for every sink
-        rec["pad"] = "p" * 60_000  # and larger than the kafka sink's message_max_bytes
-    return rec
-
-
-class Load:
-    """PRODUCERS producer processes sending COUNT records each (and the poison).
-
-    The pace only spreads the load over a few seconds; nothing waits on it.
-    """
-
-    def __init__(self, collector_yaml: Path) -> None:
-        self.producers = Producers.analytics(collector_yaml, PRODUCERS, COUNT,
-                                             pace=(25, 0.03), record=make_record)
-
-    def start(self) -> Load:
-        self.producers.start()
-        return self
-
-    def join(self) -> None:
-        assert self.producers.join(180) == 0, "a producer dropped records"
-
-    def kill(self) -> None:
-        self.producers.kill()
 
 
 @pytest.fixture
 def stack(tmp_path: Path, redis_server: RedisServer) -> Iterator[Stack]:
-    s = Stack(tmp_path, redis_server)
-    load: list[Load] = []
-    s.load = load  # type: ignore[attr-defined]
-    try:
-        yield s
-    finally:
-        for ld in load:
-            ld.kill()
-        s.close()
-
-
-def start(stack: Stack, sink: dict[str, Any], *, pump_first: bool = True,
-          **extra: Any) -> tuple[Pump, Load]:
-    """Daemon, pump (started after the load when not ``pump_first``) and the load."""
-    # small stream entries (20 records), so that there are many of them to deliver
-    stack.daemon = Daemon.write(stack.tmp, stack.redis.url, full_policy="block",
-                                block_timeout_ms=60_000, ring_capacity_bytes=8 << 20,
-                                batch_size=20)
-    stack.daemon.start()
-    pump = stack.write_pump({"sink": sink}, read_count=5, max_deliveries=50, **extra)
-    if pump_first:
-        pump.start()
-    load = Load(stack.collector_yaml)
-    stack.load.append(load)  # type: ignore[attr-defined]
-    return pump, load.start()
-
-
-def expected_ids() -> set[str]:
-    """Every (producer, seq) but the poison, as "p:s"."""
-    return {f"{p}:{s}" for p in range(PRODUCERS) for s in range(COUNT)} - {POISON_ID}
-
-
-def report(test: str, seen: Counter[str]) -> tuple[int, int, int]:
-    acc = account(seen, expected_ids())
-    print(f"{test}: {acc}")
-    return acc.lost, acc.unexpected, acc.duplicated
-
-
-def dead_lettered(stack: Stack) -> set[str]:
-    """"p:s" of every record in the sink's dead-letter stream."""
-    out = set()
-    for _, fields in stack.r.xrange(f"{KEY}:dead:sink"):
-        if b"recs" not in fields:
-            continue
-        for raw in decode_entry(fields).records:
-            producer, seq = record_key(msgpack.unpackb(raw, raw=False))
-            out.add(f"{producer}:{seq}")
-    return out
-
-
-def settle(stack: Stack, load: Load) -> None:
-    load.join()
-    wait_until(lambda: stack.all_acknowledged("sink"), 120,
-               "the sink's group to acknowledge everything", interval=0.2)
-    assert POISON_ID in dead_lettered(stack), "the poison record is not dead-lettered"
-
-
-# ----------------------------------------------------------------- aggregate
-
-
-def _agg_count(table: str) -> int:
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
-            return 0
-        return int(conn.execute(f"SELECT coalesce(sum(count), 0) FROM {table}").fetchone()[0])
-
-
-def _ledger(table: str) -> set[str]:
-    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass(%s)", (f"{table}_applied",)).fetchone()[0] is None:
-            return set()
-        return {r[0] for r in conn.execute(f"SELECT entry_id FROM {table}_applied")}
-
-
-def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
-    """kill -9 of the pump while entries are applied in PostgreSQL but not acknowledged.
-
-    With a backlog to drain, Redis is paused (SIGSTOP) and the whole pump
-    killed while a worker has committed a write it could not acknowledge yet;
-    Redis is killed too and restarted from its append-only file, so that the
-    XACK left unread in its socket is never applied. Checked afterwards:
-    entries both in the ledger and pending in Redis (retried until it
-    happens). The pump is started again, so those entries are redelivered.
-    Then the aggregate tables are locked for a while (the machine's
-    PostgreSQL is shared and cannot be stopped), an outage the worker holds
-    its batch through. The aggregates must equal
-    sums made from the source records: nothing counted twice, nothing missing.
-    """
-    table = f"e2e_agg_{os.getpid()}"
-    drop_tables(table, f"{table}_applied")
-    sink = {"type": "aggregate", "workers": 2, "timeout_s": 2,
-            "meta": {"dsn": pg_dsn(), "table": table, "bucket": "minute",
-                     "dimensions": ["username", "effect"], "numeric_fields": ["latency_ms"]}}
-    try:
-        pump, load = start(stack, sink, pump_first=False, batch_deadline_s=4, trim=False)
-        # a backlog first, so that the workers are busy writing when Redis pauses
-        wait_until(lambda: stack.r.xlen(KEY) >= 150, 60, "a backlog of 150 entries",
-                   interval=0.05)
-        pending_applied: set[str] = set()
-        for _attempt in range(10):
-            pump.start()
-            before = len(_ledger(table))
-            wait_until(lambda b=before: len(_ledger(table)) > b, 60, "the pump to write",
-                       interval=0.005)
-            before = len(_ledger(table))
-            stack.redis.pause()
-            # A write committed during the pause cannot be acknowledged: its XACK
-            # waits unread in Redis's socket. Killing Redis too (it keeps what it
-            # had replied to in its append-only file) makes sure it is never read.
-            try:
-                wait_until(lambda b=before: len(_ledger(table)) > b, 1,
-                           "a commit during the pause", interval=0.005)
-            except AssertionError:
-                pass
-            pump.kill_all()
-            stack.redis.kill()
-            stack.redis.start()
-            pending = {e["message_id"].decode() for e in
-                       stack.r.xpending_range(KEY, "sink", "-", "+", 100_000)}
-            pending_applied = pending & _ledger(table)
-            if pending_applied:
-                break
-        assert pending_applied, "never caught a commit before its XACK"
-        n_records = sum(len(decode_entry(f).records) for eid in pending_applied
-                        for _, f in stack.r.xrange(KEY, eid, eid))
-        print(f"aggregate kill-9: {len(pending_applied)} entries ({n_records} records) were "
-              f"applied but not acknowledged at the kill; they are redelivered now")
-        pump.start()
-
-        with locked_tables(table, f"{table}_applied"):  # an outage of the aggregate tables
-            wait_until(lambda: pump.readyz()[1]["sinks"]["sink"]["workers_in_outage"] >= 1, 60,
-                       "a worker to see the outage", interval=0.1)
-        settle(stack, load)
-        assert pump.stop() == 0
-        got = _stored(table)
-    finally:
-        drop_tables(table, f"{table}_applied")
-    want = _expected_aggregates()
-    total = sum(v[0] for v in want.values())
-    twice = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
-    print(f"aggregate kill-9: {len(want)} rows, {total} records expected; stored "
-          f"{sum(v[0] for v in got.values())} records in {len(got)} rows; "
-          f"{len(twice)} rows differ")
-    assert not twice, f"rows that differ (stored, expected): {list(twice.items())[:5]}"
-    assert set(got) == set(want)
-
-
-def _expected_aggregates() -> dict[tuple, tuple]:
-    out: dict[tuple, list] = {}
-    for p in range(PRODUCERS):
-        for s in range(COUNT):
-            if (p, s) == POISON:
-                continue
-            rec = make_record(p, s)
-            bucket = datetime.fromtimestamp(rec["timestamp"] // 60 * 60, UTC)
-            row = out.setdefault((bucket, rec["username"], rec["effect"]),
-                                 [0, 0, 0.0, None, None])
-            v = rec["latency_ms"]
-            row[0] += 1
-            row[1] += 1
-            row[2] += v
-            row[3] = v if row[3] is None else min(row[3], v)
-            row[4] = v if row[4] is None else max(row[4], v)
-    return {k: (v[0], v[1], pytest.approx(v[2]), v[3], v[4]) for k, v in out.items()}
-
-
-def _stored(table: str) -> dict[tuple, tuple]:
-    with psycopg.connect(pg_dsn()) as conn:
-        rows = conn.execute(f"SELECT bucket, username, effect, count, latency_ms_count, "
-                            f"latency_ms_sum, latency_ms_min, latency_ms_max FROM {table}")
-        return {r[:3]: tuple(r[3:]) for r in rows}
+    yield from sink_stack(tmp_path, redis_server)
 
 
 # --------------------------------------------------------------------- kafka
