@@ -16,7 +16,7 @@ side in one run:
   ``encode_packed_entry`` (an array header in front; no second copy):
   the flusher now, on the native path;
 * ``packed-pure``: the same with ``COLLECTOR_PURE_PYTHON=1`` (the
-  reference scanner and ``pack_bin``), in a child process.
+  reference scanner and ``pack_bins``), in a child process.
 
 Two figures: CPU ns per record (``time.process_time`` over a drain of the
 whole ring, after a first drain that mapped its pages: a flusher's mapping

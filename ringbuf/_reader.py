@@ -63,7 +63,7 @@ from ._layout import (
     align8,
 )
 from ._probe import read_stats
-from ._scan import _STOP_DONE, _STOP_END, _scan_crc, _scan_tagged, scan_bins, scan_packed
+from ._scan import _STOP_DONE, _STOP_END, _scan_crc, _scan_tagged, pack_bins, scan_packed
 
 _FRAME_UNPACK = FRAME_HEADER.unpack_from
 _WORD_UNPACK = WORD.unpack_from
@@ -145,7 +145,6 @@ class RingReader:
         # read_packed's native scanner (TAG rings on the native path), else pack_bin
         self._scan_packed = (scan_packed if scan_packed is not None and not self.checksum
                              and not _native.forced_pure() else None)
-        self._scan_bins = functools.partial(scan_bins, crc=self.checksum)
         self.producer_pid = header.producer_pid
         self.producer_start_time = header.producer_start_time
         self.created_at = header.created_at
@@ -201,14 +200,14 @@ class RingReader:
         if self._scan_packed is not None:
             self._read(max_records, max_bytes, batch, self._scan_packed, batch.parts.append)
         else:
-            buf = bytearray()
-            self._read(max_records, max_bytes, batch, self._scan_bins, buf)
-            if buf:
-                batch.parts.append(bytes(buf))
+            records: list[bytes] = []
+            self._read(max_records, max_bytes, batch, self._scan, records.append)
+            if records:
+                batch.parts.append(pack_bins(records))
         return batch
 
     def _read(self, max_records: int, max_bytes: int | None, batch: RecordBatch | PackedBatch,
-              scan: Scanner, append: Callable[[bytes], object] | bytearray) -> None:
+              scan: Scanner, append: Callable[[bytes], object]) -> None:
         """The reading of :meth:`read_batch`: ``scan`` hands records to ``append``;
         sets ``batch``'s ``first_seq`` and ``nbytes`` (and ``n``)."""
         if max_records < 1:

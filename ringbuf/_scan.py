@@ -12,7 +12,8 @@ bytes) concatenated into one bytes object per segment, which a stream
 entry's ``recs`` array takes as it is. :data:`scan_packed` is the native
 scanner that does it with one copy per record and no object per record
 (``ringbuf._cread``, ringbuf/_cread.c; TAG rings on the native path); else
-:func:`scan_bins` builds the same bytes in pure Python (the reference).
+:func:`pack_bins` builds the same bytes from what ``_scan_tagged`` or
+``_scan_crc`` took (the reference).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
+from itertools import chain
 
 from ._layout import FRAME_HEADER, TAG
 
@@ -97,47 +99,34 @@ def _scan_crc(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbyte
     return off, seq, nbytes, _STOP_DONE
 
 
-_BIN8 = [bytes((0xC4, n)) for n in range(256)]
+_BIN16 = struct.Struct(">BH").pack
+_BIN32 = struct.Struct(">BI").pack
 
 
 def bin_header(n: int) -> bytes:
     """The msgpack bin header of an ``n``-byte string (bin8, bin16 or bin32)."""
     if n < 256:
-        return _BIN8[n]
+        return bytes((0xC4, n))
     if n < 65536:
-        return b"\xc5" + n.to_bytes(2, "big")
-    return b"\xc6" + n.to_bytes(4, "big")
+        return _BIN16(0xC5, n)
+    return _BIN32(0xC6, n)
 
 
-def scan_bins(mm: mmap.mmap, off: int, seg_end: int, seq: int, count: int, nbytes: int,
-              budget: int, limit: int, nonempty: bool, buf: bytearray,
-              crc: bool = False) -> tuple[int, int, int, int]:
-    """:func:`_scan_tagged` (``crc``: :func:`_scan_crc`) that appends each record taken
-    to ``buf`` as a msgpack bin (header, then the payload, copied once) instead of
-    handing out a bytes object: the pure ``read_packed``, the reference of
-    :data:`scan_packed`."""
-    unpack = _FRAME_UNPACK
-    mv = memoryview(mm)
-    start = off
-    crc32 = zlib.crc32
-    for _ in range(count):
-        try:
-            length, check, fseq = unpack(mm, off)
-        except struct.error:
-            return off, seq, nbytes, _STOP_ODD
-        end = off + 16 + ((length + 7) & -8)
-        if end > seg_end or length > limit or fseq != seq:
-            return off, seq, nbytes, _STOP_ODD
-        payload = mv[off + 16:off + 16 + length]
-        if (crc32(payload) != check) if crc else (check != TAG):
-            return off, seq, nbytes, _STOP_ODD
-        if nbytes + length > budget and (nonempty or off != start):
-            return off, seq, nbytes, _STOP_DONE
-        buf += _BIN8[length] if length < 256 else bin_header(length)
-        buf += payload
-        nbytes += length
-        seq += 1
-        off = end
-        if end == seg_end:
-            return off, seq, nbytes, _STOP_END
-    return off, seq, nbytes, _STOP_DONE
+class _BinHeaders(dict):  # type: ignore[type-arg]
+    """bin_header(n) by n, made on first use (the lookups run in C)."""
+
+    def __missing__(self, n: int) -> bytes:
+        h = self[n] = bin_header(n)
+        return h
+
+
+_HEADERS = _BinHeaders()
+
+
+def pack_bins(payloads: list[bytes]) -> bytes:
+    """``payloads`` as consecutive msgpack bins in one bytes object: the pure
+    ``read_packed``, what :data:`scan_packed` makes from the frames."""
+    if len(_HEADERS) > 4096:  # bounded, whatever sizes come
+        _HEADERS.clear()
+    return b"".join(chain.from_iterable(zip(map(_HEADERS.__getitem__, map(len, payloads)),
+                                            payloads, strict=True)))

@@ -78,7 +78,7 @@ class RingModel(RuleBasedStateMachine):
 
     def _open_reader(self) -> ringbuf.RingReader:
         """A reader whose read_packed takes the native scanner (when built and drawn)
-        or the pure one (ringbuf._scan.scan_bins)."""
+        or the pure one (ringbuf._scan.pack_bins)."""
         assert self.writer is not None
         r = ringbuf.RingReader.open(self.writer.path)
         if not self.native_scan:

@@ -1,7 +1,7 @@
 """``RingReader.read_packed``, the flusher's read: the records as msgpack bins, ready for an entry.
 
 Against ``read_batch`` (the same records, positions and errors) on both
-scanners (the native ``ringbuf._cread`` and the pure ``scan_bins``), and the
+scanners (the native ``ringbuf._cread`` and the pure ``pack_bins``), and the
 entry it makes against ``encode_entry`` byte for byte, down to the RESP the
 flusher sends. The state machine of tests/test_ring_model.py reads packed
 too (wrap-around, padding, commits, rollbacks, restarts).
