@@ -209,11 +209,18 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
               f"{s['p99_ms']['median']:.1f} ms [{s['p99_ms']['min']:.1f}-"
               f"{s['p99_ms']['max']:.1f}]")
     if "saturated_rounds" in summary:
-        print_table("(e) gunicorn saturated, interleaved rounds (one run per design per round)",
-                    summary["saturated_rounds"], [("requests/s", "rps", 0)],
+        print_table("(e) gunicorn saturated, interleaved rounds (one run per design per round; "
+                    "server CPU: workers + daemon + Redis)",
+                    summary["saturated_rounds"],
+                    [("requests/s", "rps", 0),
+                     ("server CPU us/req", "server_cpu_us_per_request", 0),
+                     ("worker CPU us/req", "worker_cpu_us_per_request", 0),
+                     ("machine CPU us/req", "machine_cpu_us_per_request", 0)],
                     ratio_key="rps", ratio_bases=("none", "ours"))
         for a, b in RATIOS:
-            r = summary.get("saturated_paired", {}).get(f"{a}/{b}")
-            if r:
-                print(f"  {LABELS[a]} / {LABELS[b]}: median of {r['n']} paired ratios "
-                      f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]")
+            for suffix, what in (("", "requests/s"), (" cpu", "requests/s at equal CPU")):
+                r = summary.get("saturated_paired", {}).get(f"{a}/{b}{suffix}")
+                if r:
+                    print(f"  {LABELS[a]} / {LABELS[b]}, {what}: median of {r['n']} paired "
+                          f"ratios {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}], 95% "
+                          f"interval of the median [{r['ci_low']:.3f}-{r['ci_high']:.3f}]")

@@ -93,3 +93,63 @@ def serve(name: str, env: dict[str, str], workdir: Path, workers: int, duration:
         for key in ("p50_ns", "p99_ns", "mean_ns"):
             sat[f"record_in_worker_{key}"] = statistics.fmean(w[key] for w in per_worker)
     return {"paced": paced_run, "saturated": sat}
+
+
+class RoundServers:
+    """(e)'s servers: one gunicorn per design, started (and warmed up) at its first run
+    and kept until :meth:`close`, so the saturated runs of a round follow each other
+    within seconds (:mod:`bench._compare_rounds`)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int,
+                 daemon: Daemon | None = None, redis_pid: int | None = None) -> None:
+        self.env, self.workdir, self.workers = env, workdir, workers
+        self.daemon, self.redis_pid = daemon, redis_pid
+        self.servers: dict[str, Gunicorn] = {}
+
+    def _server(self, name: str) -> Gunicorn:
+        g = self.servers.get(name)
+        if g is None:
+            g = Gunicorn("bench._wsgi:app", workers=self.workers, cwd=h.ROOT,
+                         args=["-k", "sync", "--backlog", "2048", "--log-level", "warning"],
+                         log=self.workdir / "logs" / f"gunicorn-rounds-{name}.log", env={
+                             "BENCH_DESIGN": name,
+                             "BENCH_REDIS_URL": self.env.get("redis_url", ""),
+                             "BENCH_COLLECTOR_YAML": self.env.get("collector_yaml", ""),
+                             "COLLECTOR_CONFIG": self.env.get("collector_yaml", ""),
+                             "PYTHONPATH": str(h.ROOT)}).start()
+            self.servers[name] = g
+            h.run_wrk(self._url(g), duration_s=1, connections=self.workers * 2, threads=1,
+                      body=_WRK_BODY, workdir=self.workdir)  # every worker builds its design
+        return g
+
+    @staticmethod
+    def _url(g: Gunicorn) -> str:
+        return f"http://127.0.0.1:{g.port}/v1/authz"
+
+    def run(self, name: str, duration: float, connections: int = 16) -> dict[str, Any]:
+        """One saturated run of design ``name``: wrk's figures and the CPU per request of
+        the processes serving it (its workers; Redis; for ours the daemon), whatever
+        else the machine runs (``server_cpu_us_per_request`` is their sum)."""
+        g = self._server(name)
+        wpids = sorted(g.worker_pids())
+        dpids = _tree(self.daemon.pid) if name == "ours" and self.daemon is not None else []
+        rpids = [self.redis_pid] if self.redis_pid else []
+        c0, d0, r0 = _cpu_seconds(wpids), _cpu_seconds(dpids), _cpu_seconds(rpids)
+        m0 = _machine_cpu_seconds()
+        sat = h.run_wrk(self._url(g), duration_s=duration, connections=connections, threads=2,
+                        body=_WRK_BODY, workdir=self.workdir)
+        n = max(1.0, sat["requests"])
+        per = {"worker": (_cpu_seconds(wpids) - c0) * 1e6 / n,
+               "daemon": (_cpu_seconds(dpids) - d0) * 1e6 / n,
+               "redis": (_cpu_seconds(rpids) - r0) * 1e6 / n}
+        sat["machine_cpu_us_per_request"] = (_machine_cpu_seconds() - m0) * 1e6 / n
+        for k, v in per.items():
+            sat[f"{k}_cpu_us_per_request"] = v
+        sat["server_cpu_us_per_request"] = sum(per.values())
+        return sat
+
+    def close(self) -> None:
+        for g in self.servers.values():
+            g.stop(30)
+            g.close()
+        self.servers.clear()

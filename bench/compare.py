@@ -35,8 +35,10 @@ fresh processes, designs interleaved within a repeat:
     (``collector-pump`` with a JSON Lines file sink; the record carries
     ``time.time()``, the bench tails the file);
 (e) the saturated-throughput target: ``--rounds`` (10; 3 with ``--quick``)
-    interleaved rounds of none / ours / OTel-style, one saturated run each,
-    judged on the median of the paired ratios (:mod:`bench._compare_rounds`).
+    interleaved rounds of none / ours / OTel-style, one saturated run of
+    ``--round-seconds`` each on gunicorns kept running, judged on the median
+    of the paired ratios of requests/s and of CPU per request, with a 95%
+    interval of the median (:mod:`bench._compare_rounds`).
 
 Prints medians with min/max and ratios to ours, writes
 ``bench/results/<date>.json`` and ``bench/results/<date>.png``.
@@ -64,7 +66,7 @@ from . import _harness as h
 from ._compare_measure import DAEMON_SETTINGS, end_to_end, sink_latency, tight_loop
 from ._compare_report import chart, report, summarize, targets
 from ._compare_rounds import paired, round_order, verdicts
-from ._compare_serve import serve
+from ._compare_serve import RoundServers, serve
 from ._designs import DESIGNS
 
 __all__ = ["main", "summarize", "targets"]
@@ -86,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="sections to skip: comma-separated of loop,gunicorn,e2e,latency,rounds")
     ap.add_argument("--rounds", type=int, default=None,
                     help="paired saturated rounds of none/ours/OTel (default 10; quick 3)")
+    ap.add_argument("--round-seconds", type=float, default=None,
+                    help="seconds of each saturated run of (e) (default 5; quick 2)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2,
                     help="gunicorn sync workers (default: number of cores)")
     ap.add_argument("--out", default=None, help="results JSON path (default bench/results/)")
@@ -101,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 5
     if args.rounds is None:
         args.rounds = 3 if args.quick else 10
+    if args.round_seconds is None:
+        args.round_seconds = 2.0 if args.quick else 5.0
     return args
 
 
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = ours.start() if "ours" in args.names else None
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
     errors: list[str] = []
+    round_servers = RoundServers(env, workdir, args.workers, daemon,
+                                 redis.proc.pid if redis.proc else None)
     t_start = time.monotonic()
     bar = tqdm(total=len(steps), unit="step", dynamic_ncols=True) if tqdm else None
     try:
@@ -172,11 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     res = end_to_end(name, env, extra, n, redis, daemon)
                     raw.setdefault(f"end_to_end_{extra}", {}).setdefault(name, []).append(res)
                 elif kind == "round":
-                    res = serve(name, env, workdir, args.workers, wrk_s, saturate_conns=16,
-                                daemon=daemon, paced=False,
-                                redis_pid=redis.proc.pid if redis.proc else None)
+                    res = round_servers.run(name, args.round_seconds)
                     raw.setdefault("saturated_rounds", {}).setdefault(name, []).append(
-                        dict(res["saturated"], round=extra))
+                        dict(res, round=extra))
                 elif kind == "latency":
                     res = sink_latency(workdir, redis.url, ccfg, rate=1000 if q else 2000,
                                        seconds=2 if q else 5)
@@ -190,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        round_servers.close()
         ours.stop()
         ours.close()
         redis.kill()
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": q, "repeat": args.repeat,
-        "seconds": round(elapsed, 1), "machine": {
+        "seconds": round(elapsed, 1), "rounds": args.rounds,
+        "round_seconds": args.round_seconds, "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()},
         "load_average_start": load_start, "load_average_end": list(os.getloadavg()),

@@ -65,13 +65,31 @@ def test_rounds_rotate_and_paired_ratios_take_the_median() -> None:
     none = [5000, 5000, 2500, 5000, 5000]
     ours = [4900, 5050, 2480, 4975, 4950]
     otel = [4800, 5100, 2400, 4900, 4900]
-    rounds = {n: [{"round": i, "rps": v} for i, v in enumerate(vals)]
+    cpu = {"none": 400.0, "ours": 404.0, "otel_deque": 410.0}  # us per request
+    rounds = {n: [{"round": i, "rps": v, "server_cpu_us_per_request": cpu[n]}
+                  for i, v in enumerate(vals)]
               for n, vals in (("none", none), ("ours", ours), ("otel_deque", otel))}
     p = paired(rounds)
     assert p["rounds"] == 5
     assert p["ours/none"]["median"] == pytest.approx(0.992) and p["ours/none"]["n"] == 5
     assert p["ours/otel_deque"]["min"] == 5050 / 5100
+    # capacity at equal CPU: none's CPU per request over ours'
+    assert p["ours/none cpu"]["median"] == pytest.approx(400 / 404)
     lines = verdicts(p)
     assert lines[0].startswith("ours keeps 99.2% of no analytics' saturated requests/s, "
-                               "median of 5 paired rounds") and lines[0].endswith(": met")
-    assert lines[1].endswith(": met")  # ahead of the OTel-style design in the median round
+                               "median of 5 paired rounds")
+    assert ": met; " in lines[0]
+    # 5 rounds: the interval of the median is their min and max, 99.2% [98.0%-101.0%]
+    assert lines[0].endswith("contains 99.0%: NOT decided by this run")
+    assert lines[1].startswith("ours keeps 99.0% of no analytics' saturated requests/s at "
+                               "equal CPU") and ": met; " in lines[1]
+    assert ": met; " in lines[2]  # ahead of the OTel-style design in the median round
+    assert "requests/s at equal CPU = 1.015" in lines[3] and lines[3].endswith(": decided")
+
+
+def test_the_interval_of_the_median_is_distribution_free() -> None:
+    from bench._compare_rounds import median_interval
+
+    assert median_interval([float(i) for i in range(1, 11)]) == (2.0, 9.0)  # 97.9%
+    assert median_interval([float(i) for i in range(1, 21)]) == (6.0, 15.0)  # 95.9%
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
