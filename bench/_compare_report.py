@@ -215,8 +215,16 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
                     [("requests/s", "rps", 0),
                      ("server CPU us/req", "server_cpu_us_per_request", 0),
                      ("worker CPU us/req", "worker_cpu_us_per_request", 0),
+                     ("daemon CPU us/req", "daemon_cpu_us_per_request", 1),
+                     ("redis CPU us/req", "redis_cpu_us_per_request", 1),
                      ("machine CPU us/req", "machine_cpu_us_per_request", 0)],
                     ratio_key="rps", ratio_bases=("none", "ours"))
+        if "rounds_record" in summary:
+            print_table("(e) record() inside the rounds' workers, every call (ns)",
+                        summary["rounds_record"],
+                        [("record() p50 ns", "record_in_worker_p50_ns", 0),
+                         ("record() p99 ns", "record_in_worker_p99_ns", 0),
+                         ("record() mean ns", "record_in_worker_mean_ns", 0)])
         for a, b in RATIOS:
             for suffix, what in (("", "requests/s"), (" cpu", "requests/s at equal CPU")):
                 r = summary.get("saturated_paired", {}).get(f"{a}/{b}{suffix}")

@@ -105,10 +105,13 @@ class RoundServers:
         self.env, self.workdir, self.workers = env, workdir, workers
         self.daemon, self.redis_pid = daemon, redis_pid
         self.servers: dict[str, Gunicorn] = {}
+        self.stats_dirs: dict[str, Path] = {}
 
     def _server(self, name: str) -> Gunicorn:
         g = self.servers.get(name)
         if g is None:
+            stats = self.stats_dirs[name] = Path(tempfile.mkdtemp(prefix=f"rounds-{name}-",
+                                                                  dir=self.workdir))
             g = Gunicorn("bench._wsgi:app", workers=self.workers, cwd=h.ROOT,
                          args=["-k", "sync", "--backlog", "2048", "--log-level", "warning"],
                          log=self.workdir / "logs" / f"gunicorn-rounds-{name}.log", env={
@@ -116,6 +119,7 @@ class RoundServers:
                              "BENCH_REDIS_URL": self.env.get("redis_url", ""),
                              "BENCH_COLLECTOR_YAML": self.env.get("collector_yaml", ""),
                              "COLLECTOR_CONFIG": self.env.get("collector_yaml", ""),
+                             "BENCH_RECORD_STATS": str(stats),
                              "PYTHONPATH": str(h.ROOT)}).start()
             self.servers[name] = g
             h.run_wrk(self._url(g), duration_s=1, connections=self.workers * 2, threads=1,
@@ -148,8 +152,17 @@ class RoundServers:
         sat["server_cpu_us_per_request"] = sum(per.values())
         return sat
 
-    def close(self) -> None:
+    def close(self) -> dict[str, dict[str, float]]:
+        """Stop the servers; per design, ``record()`` timed in its workers over all its
+        runs (``record_in_worker_{p50,p99,mean}_ns``: the mean over workers)."""
         for g in self.servers.values():
             g.stop(30)
             g.close()
         self.servers.clear()
+        out: dict[str, dict[str, float]] = {}
+        for name, d in self.stats_dirs.items():
+            per_worker = [json.loads(f.read_text()) for f in d.glob("*.json")]
+            if per_worker:
+                out[name] = {f"record_in_worker_{k}": statistics.fmean(w[k] for w in per_worker)
+                             for k in ("p50_ns", "p99_ns", "mean_ns")}
+        return out

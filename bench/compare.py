@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
-        round_servers.close()
+        for name, rec in round_servers.close().items():
+            raw.setdefault("rounds_record", {}).setdefault(name, []).append(rec)
         ours.stop()
         ours.close()
         redis.kill()
