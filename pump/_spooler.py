@@ -43,6 +43,7 @@ import redis
 
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
+from collector.common.stream import parse_entry_id
 
 from ._budget import Budget
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
@@ -128,9 +129,16 @@ class Spooler:
         pipe.xlen(key)
         pipe.memory_usage(key)
         pipe.xrange(key, count=1)
-        length, usage, first = pipe.execute()
+        pipe.xinfo_stream(key)
+        length, usage, first, info = pipe.execute()
         if not length:
             return 0
+        last = _s(mine.get("last-delivered-id") or "0-0")
+        if parse_entry_id(last) >= parse_entry_id(_s(info.get("last-generated-id") or "0-0")):
+            # caught up: Redis's own lag can be stale after an AOF restart or a failover
+            # (seen as 203 with nothing left to read), which kept the spooler moving and
+            # the worker off the stream for good
+            lag = 0
         held = (int(lag) if lag is not None else int(length)) + pending
         if pending and first:
             low = self.r.xpending(key, self.group).get("min")
