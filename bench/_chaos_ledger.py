@@ -105,7 +105,7 @@ class SinkReport:
     uncertain_delivered: int = 0  # in flight when its producer was killed, then delivered
     duplicates_by_fault: dict[str, int] = field(default_factory=dict)
     duplicates_unexplained: int = 0
-    lost_by_fault: dict[str, int] = field(default_factory=dict)  # by the next fault after
+    lost_by_fault: dict[str, int] = field(default_factory=dict)  # as duplicates_by_fault
     # records the pump logged as dropped from this sink's full spool (overflow:
     # drop_oldest): missing here and only here; lost_beyond_spool_drops is the rest
     spool_dropped: int = 0
@@ -136,10 +136,10 @@ class Ledger:
         rep = SinkReport(sink, dedupes)
         sent = self.sent()
         fault_walls = sorted((f.wall, f.kind) for f in faults)
-        # a hung sink lasts on while other faults are injected: a record sent while it
-        # lasted is put down to it (foreign groups make no copies and lose nothing)
+        # a record sent while a fault was under way is put down to it, else to the first
+        # fault after it (foreign groups make no copies and lose nothing: never)
         lasting = sorted((f.wall, f.wall + f.held_s, f.kind) for f in faults
-                         if f.kind == "hung_sink")
+                         if f.kind != "foreign_group")
 
         def cause_of(t: float) -> str | None:
             live = next((k for w0, w1, k in lasting if w0 <= t <= w1 + 1.0), None)
@@ -161,7 +161,7 @@ class Ledger:
                     if len(rep.lost_sample) < 10:
                         rep.lost_sample.append(f"producer {pid} seq {seq} (sent ~"
                                                f"{time.strftime('%H:%M:%S', time.localtime(t))}"
-                                               f", next fault {cause})")
+                                               f", fault {cause})")
             for seq in range(returned, upper):
                 if (pid, seq) in counts:
                     rep.uncertain_delivered += 1

@@ -190,6 +190,20 @@ class Chaos(Faults):
             out["error"] = repr(exc)
         return out
 
+    def dump_shards(self, path: Path) -> None:
+        """Each shard as Redis has it (XINFO STREAM FULL, entry ids), for a run that did
+        not quiesce."""
+        try:
+            client = self.redis.client(socket_timeout=10)
+            with open(path, "w") as out:
+                for key in self.stream_keys():
+                    full = client.xinfo_stream(key, full=True)
+                    ids = [e for e, _ in client.xrange(key, count=1000)]
+                    out.write(f"{key}: entry ids {ids}\n{full!r}\n\n")
+            self.say(f"the shards as Redis has them: {path}")
+        except Exception as exc:
+            self.say(f"could not dump the shards: {exc!r}")
+
     def stream_keys(self) -> list[str]:
         return cluster_keys() if self.args.cluster else shard_keys()
 
@@ -244,6 +258,8 @@ class Chaos(Faults):
             time.sleep(0.2)
         quiescent = quiet_since is not None
         self.xinfo_lag = self.raw_xinfo_lag()
+        if not quiescent:
+            self.dump_shards(self.workdir / "logs" / "unquiet.txt")
         try:
             self.watch.sample_pump()
         except Exception:

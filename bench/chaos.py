@@ -35,12 +35,13 @@ and nowhere else. Each fault reports the records producers dropped while it
 lasted.
 
 At the end everything is healed, producers stop, the harness waits for
-quiescence (every ring empty, every consumer group's lag 0), stops pump and
-daemon and reports per sink: records acknowledged to producers
-(``record_hit`` returned True), delivered, **lost** (acknowledged, never
-delivered, not dead-lettered), **unexpected** (delivered, never sent, or
-sent but dropped by policy), **duplicated** (each attributed to the fault
-that preceded it), dead-lettered, and drops by policy with causes. The exit
+quiescence (every ring empty, every sink's group lag 0, every spool empty),
+stops pump and daemon and reports per sink: records acknowledged to
+producers (``record_hit`` returned True), delivered, **lost** (acknowledged,
+never delivered, not dead-lettered), **unexpected** (delivered, never sent,
+or sent but dropped by policy), **duplicated** (each attributed to the
+fault under way when the record was sent, else the first one after),
+dead-lettered, and drops by policy with causes. The exit
 status is 1 when anything is lost or unexpected. The seed is printed first;
 ``--seed`` replays the same schedule of faults (timings of the processes
 themselves still vary).
@@ -108,8 +109,8 @@ def print_report(rep: dict[str, Any], *, no_persistence: bool) -> None:
               f"{s['delivered']:>10,}{s['lost']:>7,}{s['unexpected']:>9,}{s['duplicated']:>9,}"
               f"{s['dead_lettered']:>6,}{s['uncertain_delivered']:>9,}  {causes or '-'}")
         if s["lost"]:
-            print("    lost, by the first fault after the record was sent: " + ", ".join(
-                f"{k} {v}" for k, v in sorted(s["lost_by_fault"].items())))
+            causes = ", ".join(f"{k} {v}" for k, v in sorted(s["lost_by_fault"].items()))
+            print(f"    lost, by the fault under way or the first after: {causes}")
         if s["spool_dropped"] or s["records_spooled_seen"]:
             d, lost = s["spool_dropped"], s["lost"]
             exact = ("= missing" if d == lost else
