@@ -30,23 +30,24 @@ from typing import Any
 KEY = "collector:analytics"
 
 
-def _config(url: str, sink: str, work: Path, fsync: str) -> Any:
+def _config(url: str, sink: str, work: Path, fsync: str, read_count: int) -> Any:
     from pump.config import load_config
 
     meta: dict[str, Any] = {}
     if sink == "file":
         meta = {"path": str(work / "out.jsonl"), "format": "jsonl", "fsync": fsync}
-    return load_config({"redis_url": url, "read_block_s": 0.05, "read_count": 50,
+    return load_config({"redis_url": url, "read_block_s": 0.05, "read_count": read_count,
                         "pumps": {"s": {"type": sink, "meta": meta}}}, environ={})
 
 
-def drain(url: str, sink: str, work: Path, fsync: str, entries: int) -> None:
+def drain(url: str, sink: str, work: Path, fsync: str, entries: int, read_count: int = 50
+          ) -> None:
     """One worker reads and delivers ``entries`` entries (the child's whole job)."""
     from pump._metrics import WORKER_COUNTERS
     from pump._worker import Stopper, Worker, tune_process
 
-    w = Worker(_config(url, sink, work, fsync), "s", counters=WORKER_COUNTERS.local_slot(),
-               stopper=Stopper())
+    w = Worker(_config(url, sink, work, fsync, read_count), "s",
+               counters=WORKER_COUNTERS.local_slot(), stopper=Stopper())
     w.sink.open()
     tune_process()
     _instrument("on")
@@ -83,9 +84,11 @@ def _fill(url: str, entries: int, group: str) -> None:
     r.xgroup_create(KEY, group, id="0")
 
 
-def _child_cmd(url: str, sink: str, work: Path, fsync: str, entries: int) -> list[str]:
+def _child_cmd(url: str, sink: str, work: Path, fsync: str, entries: int,
+               read_count: int) -> list[str]:
     return [sys.executable, "-m", "bench._pump_cost", "child", sink, "--url", url,
-            "--work", str(work), "--fsync", fsync, "--entries", str(entries)]
+            "--work", str(work), "--fsync", fsync, "--entries", str(entries),
+            "--read-count", str(read_count)]
 
 
 def _instructions(cmd: list[str], out: Path) -> int:
@@ -105,11 +108,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("sink", choices=("null", "file"))
     ap.add_argument("--entries", type=int, default=100)
     ap.add_argument("--fsync", default="batch", choices=("batch", "never"))
+    ap.add_argument("--read-count", type=int, default=50, help="entries per XREADGROUP")
     ap.add_argument("--url", default="")
     ap.add_argument("--work", default="")
     args = ap.parse_args(argv)
     if args.mode == "child":
-        drain(args.url, args.sink, Path(args.work), args.fsync, args.entries)
+        drain(args.url, args.sink, Path(args.work), args.fsync, args.entries, args.read_count)
         return 0
 
     from collector.testing import RedisServer
@@ -125,7 +129,8 @@ def main(argv: list[str]) -> int:
                 prof = Profiler(interval=0.0005)
                 t0 = time.perf_counter()
                 with prof:
-                    drain(server.url, args.sink, work, args.fsync, args.entries)
+                    drain(server.url, args.sink, work, args.fsync, args.entries,
+                          args.read_count)
                 print(f"{args.entries * 100:,} records in {time.perf_counter() - t0:.2f} s")
                 print(prof.output_text(unicode=False, color=False, show_all=False))
                 return 0
@@ -133,7 +138,8 @@ def main(argv: list[str]) -> int:
             for n in (args.entries, 2 * args.entries):
                 _fill(server.url, n, "s")
                 (work / "out.jsonl").unlink(missing_ok=True)
-                counts[n] = _instructions(_child_cmd(server.url, args.sink, work, args.fsync, n),
+                counts[n] = _instructions(_child_cmd(server.url, args.sink, work, args.fsync, n,
+                                                     args.read_count),
                                           work / f"cg.{n}")
             per = (counts[2 * args.entries] - counts[args.entries]) / (args.entries * 100)
             print(json.dumps({"sink": args.sink, "fsync": args.fsync,
