@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -21,6 +20,7 @@ from collector.testing import RedisServer, drop_tables, locked_tables, pg_dsn, w
 
 from ._e2e_sinks import COUNT, POISON, PRODUCERS, make_record, settle, sink_stack, start
 from .test_e2e import KEY, Stack
+from .test_sinks_aggregate import expected_rows, stored_rows
 
 
 @pytest.fixture
@@ -95,10 +95,11 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
                        "a worker to see the outage", interval=0.1)
         settle(stack, load)
         assert pump.stop() == 0
-        got = _stored(table)
+        got = stored_rows(table)
     finally:
         drop_tables(table, f"{table}_applied")
-    want = _expected_aggregates()
+    want = expected_rows(make_record(p, s) for p in range(PRODUCERS) for s in range(COUNT)
+                         if (p, s) != POISON)
     total = sum(v[0] for v in want.values())
     twice = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
     print(f"aggregate kill-9: {len(want)} rows, {total} records expected; stored "
@@ -106,29 +107,3 @@ def test_aggregate_counts_each_record_once_across_kill_9(stack: Stack) -> None:
           f"{len(twice)} rows differ")
     assert not twice, f"rows that differ (stored, expected): {list(twice.items())[:5]}"
     assert set(got) == set(want)
-
-
-def _expected_aggregates() -> dict[tuple, tuple]:
-    out: dict[tuple, list] = {}
-    for p in range(PRODUCERS):
-        for s in range(COUNT):
-            if (p, s) == POISON:
-                continue
-            rec = make_record(p, s)
-            bucket = datetime.fromtimestamp(rec["timestamp"] // 60 * 60, UTC)
-            row = out.setdefault((bucket, rec["username"], rec["effect"]),
-                                 [0, 0, 0.0, None, None])
-            v = rec["latency_ms"]
-            row[0] += 1
-            row[1] += 1
-            row[2] += v
-            row[3] = v if row[3] is None else min(row[3], v)
-            row[4] = v if row[4] is None else max(row[4], v)
-    return {k: (v[0], v[1], pytest.approx(v[2]), v[3], v[4]) for k, v in out.items()}
-
-
-def _stored(table: str) -> dict[tuple, tuple]:
-    with psycopg.connect(pg_dsn()) as conn:
-        rows = conn.execute(f"SELECT bucket, username, effect, count, latency_ms_count, "
-                            f"latency_ms_sum, latency_ms_min, latency_ms_max FROM {table}")
-        return {r[:3]: tuple(r[3:]) for r in rows}
