@@ -11,7 +11,8 @@ from setuptools import Extension, setup
 _C = ["-O2", "-std=c11"]
 
 setup(ext_modules=[
-    Extension("ringbuf._cring", ["ringbuf/_cring.c"], optional=True, extra_compile_args=_C),
+    Extension("ringbuf._cring", ["ringbuf/_cring.c"], optional=True, extra_compile_args=_C,
+              depends=["ringbuf/_cenc.h"]),  # its encoder
     # the reader's frame scanner for the flusher (ringbuf/_scan.py)
     Extension("ringbuf._cread", ["ringbuf/_cread.c"], optional=True, extra_compile_args=_C),
 ])

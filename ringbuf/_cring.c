@@ -23,11 +23,12 @@
  * Python path. Bytes scribbled past tail by an abandoned encoding are never
  * read: only tail publishes.
  *
- * The encoder writes what msgpack.packb and ormsgpack.packb write for the
- * types it takes (exact types only, no subclasses): None, bool, int (the
- * smallest of fixint/uint8..64/int8..64), float (float64), str (fixstr,
- * str8/16/32 of its UTF-8), bytes (bin8/16/32), list and tuple (arrays),
- * dict with str keys (maps, in iteration order).
+ * The encoder (ringbuf/_cenc.h) writes what msgpack.packb and
+ * ormsgpack.packb write for the types it takes (exact types only, no
+ * subclasses): None, bool, int (the smallest of fixint/uint8..64/int8..64),
+ * float (float64), str (fixstr, str8/16/32 of its UTF-8), bytes
+ * (bin8/16/32), list and tuple (arrays), dict with str keys (maps, in
+ * iteration order).
  *
  * It runs no Python code and never releases the GIL, so one call is atomic
  * with respect to the other threads of the process; `busy` (set by the
@@ -47,18 +48,18 @@
 #define TAG 0xC0113C70u
 #define TAIL_OFF 128
 #define WRITTEN_OFF 136
-#define MAX_DEPTH 32
 
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
-    int have_view;
+    /* what a write reads, together after the object's head */
     char *base;
-    Py_ssize_t size;
+    Py_ssize_t off, stop, seq, tbase;
     Py_ssize_t max_record;
-    Py_ssize_t off, tbase, seq, stop;
     double deadline;  /* CLOCK_MONOTONIC seconds (time.monotonic()); 0: none */
     int busy;
+    int have_view;
+    Py_ssize_t size;
+    Py_buffer view;
 } Writer;
 
 /* Whether the careful path is due for a look at the ring's file: a coarse
@@ -70,138 +71,7 @@ static inline int look_due(Writer *w) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec >= w->deadline;
 }
 
-typedef struct {
-    unsigned char *p;
-    unsigned char *end;
-} Enc;
-
-#define NO_ROOM (-1)
-#define NOT_TAKEN (-2)
-
-static inline int put1(Enc *e, unsigned char b) {
-    if (e->p >= e->end) return NO_ROOM;
-    *e->p++ = b;
-    return 0;
-}
-
-static inline int put_be(Enc *e, unsigned char lead, uint64_t v, int n) {
-    if (e->end - e->p < 9) {  /* near the end: byte by byte */
-        if (e->end - e->p < 1 + n) return NO_ROOM;
-        *e->p++ = lead;
-        for (int i = n - 1; i >= 0; i--) *e->p++ = (unsigned char)(v >> (8 * i));
-        return 0;
-    }
-    /* lead, then the n low bytes of v big-endian: one 8-byte store of the
-     * byte-swapped value shifted into place (the bytes past n are scratch) */
-    uint64_t be = __builtin_bswap64(v << (8 * (8 - n)));
-    e->p[0] = lead;
-    memcpy(e->p + 1, &be, 8);
-    e->p += 1 + n;
-    return 0;
-}
-
-static inline int put_raw(Enc *e, const char *s, Py_ssize_t n) {
-    if (e->end - e->p < n) return NO_ROOM;
-    memcpy(e->p, s, (size_t)n);
-    e->p += n;
-    return 0;
-}
-
-static int put_len(Enc *e, Py_ssize_t n, unsigned char fix, Py_ssize_t fixmax,
-                   unsigned char b8, unsigned char b16, unsigned char b32) {
-    if (n < fixmax) return put1(e, (unsigned char)(fix | n));
-    if (b8 && n < 256) return put_be(e, b8, (uint64_t)n, 1);
-    if (n < 65536) return put_be(e, b16, (uint64_t)n, 2);
-    if ((uint64_t)n <= 0xFFFFFFFFu) return put_be(e, b32, (uint64_t)n, 4);
-    return NOT_TAKEN;
-}
-
-static int put_str(Enc *e, PyObject *o) {
-    Py_ssize_t n;
-    const char *s;
-    if (PyUnicode_IS_COMPACT_ASCII(o)) {  /* ASCII: its characters are its UTF-8 */
-        s = (const char *)PyUnicode_DATA(o);
-        n = PyUnicode_GET_LENGTH(o);
-    } else if ((s = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) {
-        PyErr_Clear();  /* lone surrogates: the careful path explains */
-        return NOT_TAKEN;
-    }
-    int r = put_len(e, n, 0xa0, 32, 0xd9, 0xda, 0xdb);
-    return r ? r : put_raw(e, s, n);
-}
-
-static int put_int(Enc *e, PyObject *o) {
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow > 0) {
-        unsigned long long u = PyLong_AsUnsignedLongLong(o);
-        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return NOT_TAKEN;
-        }
-        return put_be(e, 0xcf, u, 8);
-    }
-    if (overflow < 0) return NOT_TAKEN;
-    if (v == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return NOT_TAKEN;
-    }
-    if (v >= 0) {
-        if (v < 128) return put1(e, (unsigned char)v);
-        if (v <= 0xFF) return put_be(e, 0xcc, (uint64_t)v, 1);
-        if (v <= 0xFFFF) return put_be(e, 0xcd, (uint64_t)v, 2);
-        if (v <= 0xFFFFFFFFLL) return put_be(e, 0xce, (uint64_t)v, 4);
-        return put_be(e, 0xcf, (uint64_t)v, 8);
-    }
-    if (v >= -32) return put1(e, (unsigned char)(int8_t)v);
-    if (v >= -128) return put_be(e, 0xd0, (uint64_t)v & 0xFF, 1);
-    if (v >= -32768) return put_be(e, 0xd1, (uint64_t)v & 0xFFFF, 2);
-    if (v >= -2147483648LL) return put_be(e, 0xd2, (uint64_t)v & 0xFFFFFFFFu, 4);
-    return put_be(e, 0xd3, (uint64_t)v, 8);
-}
-
-static int put_obj(Enc *e, PyObject *o, int depth);
-
-static int put_seq(Enc *e, PyObject **items, Py_ssize_t n, int depth) {
-    int r = put_len(e, n, 0x90, 16, 0, 0xdc, 0xdd);
-    for (Py_ssize_t i = 0; r == 0 && i < n; i++) r = put_obj(e, items[i], depth + 1);
-    return r;
-}
-
-static int put_obj(Enc *e, PyObject *o, int depth) {
-    PyTypeObject *t = Py_TYPE(o);
-    if (t == &PyUnicode_Type) return put_str(e, o);
-    if (t == &PyLong_Type) return put_int(e, o);
-    if (o == Py_None) return put1(e, 0xc0);
-    if (o == Py_True) return put1(e, 0xc3);
-    if (o == Py_False) return put1(e, 0xc2);
-    if (t == &PyFloat_Type) {
-        double d = PyFloat_AS_DOUBLE(o);
-        uint64_t bits;
-        memcpy(&bits, &d, 8);
-        return put_be(e, 0xcb, bits, 8);
-    }
-    if (depth >= MAX_DEPTH) return NOT_TAKEN;
-    if (t == &PyDict_Type) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        int r = put_len(e, PyDict_GET_SIZE(o), 0x80, 16, 0, 0xde, 0xdf);
-        while (r == 0 && PyDict_Next(o, &pos, &k, &v)) {
-            if (Py_TYPE(k) != &PyUnicode_Type) return NOT_TAKEN;
-            r = put_str(e, k);
-            if (r == 0) r = put_obj(e, v, depth + 1);
-        }
-        return r;
-    }
-    if (t == &PyList_Type) return put_seq(e, PySequence_Fast_ITEMS(o), PyList_GET_SIZE(o), depth);
-    if (t == &PyTuple_Type) return put_seq(e, PySequence_Fast_ITEMS(o), PyTuple_GET_SIZE(o), depth);
-    if (t == &PyBytes_Type) {
-        Py_ssize_t n = PyBytes_GET_SIZE(o);
-        int r = put_len(e, n, 0, 0, 0xc4, 0xc5, 0xc6);
-        return r ? r : put_raw(e, PyBytes_AS_STRING(o), n);
-    }
-    return NOT_TAKEN;
-}
+#include "_cenc.h"
 
 /* The frame's payload goes at off + 16; it may use up to `room` bytes. */
 static inline Py_ssize_t payload_room(Writer *w) {
@@ -214,7 +84,14 @@ static PyObject *publish(Writer *w, Py_ssize_t n) {
     Py_ssize_t end = w->off + 16 + ((n + 7) & ~(Py_ssize_t)7);
     if (end > w->stop) Py_RETURN_NONE;
     char *frame = w->base + w->off;
-    memset(frame + 16 + n, 0, (size_t)(end - w->off - 16 - n));
+    Py_ssize_t part = n & 7;
+    if (part) {  /* zero the padding: keep the low `part` bytes of the last word */
+        unsigned char *last = (unsigned char *)frame + 16 + (n - part);
+        uint64_t word;
+        __builtin_memcpy(&word, last, 8);
+        word &= ((uint64_t)1 << (8 * part)) - 1;
+        __builtin_memcpy(last, &word, 8);
+    }
     uint64_t head[2] = {(uint64_t)n | ((uint64_t)TAG << 32), (uint64_t)w->seq};
     memcpy(frame, head, 16);
     w->seq += 1;
@@ -231,9 +108,10 @@ static PyObject *Writer_write_record(Writer *w, PyObject *record) {
     Py_ssize_t room = payload_room(w);
     if (room <= 0) Py_RETURN_NONE;
     unsigned char *start = (unsigned char *)w->base + w->off + 16;
-    Enc e = {start, start + room};
-    if (put_obj(&e, record, 0) != 0) Py_RETURN_NONE;
-    return publish(w, (Py_ssize_t)(e.p - start));
+    int why;
+    unsigned char *p = put_record(start, start + room, record, &why);
+    if (p == NULL) Py_RETURN_NONE;
+    return publish(w, (Py_ssize_t)(p - start));
 }
 
 static PyObject *Writer_write_bytes(Writer *w, PyObject *payload) {
@@ -435,10 +313,11 @@ static PyObject *encode(PyObject *mod, PyObject *obj) {
         PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
         if (out == NULL) return NULL;
         unsigned char *start = (unsigned char *)PyBytes_AS_STRING(out);
-        Enc e = {start, start + cap};
-        int r = put_obj(&e, obj, 0);
-        if (r == 0) {
-            _PyBytes_Resize(&out, (Py_ssize_t)(e.p - start));
+        int r = 0;
+        unsigned char *p = Py_TYPE(obj) == &PyDict_Type
+            ? put_record(start, start + cap, obj, &r) : put_obj(start, start + cap, obj, 0, &r);
+        if (p != NULL) {
+            _PyBytes_Resize(&out, (Py_ssize_t)(p - start));
             return out;
         }
         Py_DECREF(out);

@@ -197,3 +197,47 @@ def test_native_true_needs_the_extension_and_no_checksum(rings_dir: Path) -> Non
                                   checksum=True)
     assert not w.native and w.write_record({"a": 1}) is None
     w.close()
+
+
+# The encoder's inline paths (ringbuf/_cenc.h) change at these lengths and values: the
+# overlapping copies (4, 8, 16, 32 bytes; a loop of 32 up to 256, libc above), fixstr
+# and str8/16, and the one-digit int read in place (|v| < 2**30) or through the C API.
+_LENGTHS = [*range(0, 70), 95, 96, 97, 127, 128, 129, 255, 256, 257, 300, 65535, 65536]
+_INTS = [2**30 - 1, 2**30, 2**30 + 1, -(2**30) + 1, -(2**30), -(2**30) - 1, 2**60, -(2**60)]
+
+
+@pytest.mark.parametrize("n", _LENGTHS)
+def test_strings_of_every_copy_length_encode_as_ormsgpack(n: int) -> None:
+    ascii_, other = "".join(chr(97 + i % 26) for i in range(n)), "é" * n
+    for s in (ascii_, other):
+        for record in ({s: s}, {"k": [s, s.encode()], s[:40]: (s,)}):
+            assert _native.encode(record) == ormsgpack.packb(record), (n, record.keys())
+
+
+def test_ints_on_both_sides_of_the_inline_read_encode_as_ormsgpack() -> None:
+    record = {str(v): v for v in _INTS} | {"list": _INTS}
+    assert _native.encode(record) == ormsgpack.packb(record)
+
+
+@pytest.mark.parametrize("record", [AUTHZ, {"s": "x" * 31}, {"s": "x" * 32}, {"i": 2**31},
+                                    {"f": 1.5, "n": None, "t": True}, {"b": b"z" * 300},
+                                    {"s": "é" * 20, "l": [1, -1, 2**40]}])
+def test_a_record_that_fills_max_record_bytes_exactly_is_taken(rings_dir: Path,
+                                                              record: dict[str, Any]) -> None:
+    """Every inline write checks the room it needs and no more: a payload of exactly
+    ``max_record_bytes`` is written natively, one byte more is declined."""
+    payload = ormsgpack.packb(record)
+    for limit, taken in ((len(payload), True), (len(payload) - 1, None)):
+        w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 13,
+                                      max_record_bytes=max(limit, 16), native=True)
+        r = ringbuf.RingReader.open(w.path)
+        try:
+            assert w.try_write(b"\xc0")  # the first write goes the careful way
+            if limit < 16:
+                continue
+            assert w.write_record(record) is taken, limit
+            got = list(r.read_batch(5))
+            assert got[-1] == (payload if taken else b"\xc0")
+        finally:
+            r.close()
+            w.close()
