@@ -25,6 +25,42 @@
 #ifndef RINGBUF_CENC_H
 #define RINGBUF_CENC_H
 
+/* The layout of a dict's keys object in CPython 3.11 to 3.13 (with the GIL;
+ * Include/internal/pycore_dict.h, the same in the three): the items of a
+ * combined table of str keys are walked in place (dict_walk_ok, set at import
+ * by check_dict_walk in _cring.c only if the walk gives what PyDict_Next
+ * gives), anything else through PyDict_Next. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DICT_WALK 1
+typedef struct {
+    Py_ssize_t dk_refcnt;
+    uint8_t dk_log2_size;
+    uint8_t dk_log2_index_bytes;
+    uint8_t dk_kind;  /* 1: DICT_KEYS_UNICODE, a combined table of str keys */
+    uint32_t dk_version;
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];  /* then the entries */
+} DictKeys;
+typedef struct {
+    PyObject *me_key;
+    PyObject *me_value;  /* NULL: a deleted entry */
+} DictEntry;
+
+static int dict_walk_ok;
+
+/* The entries of d and how many (NULL: walk it with PyDict_Next). */
+static inline DictEntry *dict_entries(PyObject *d, Py_ssize_t *n) {
+    PyDictObject *dd = (PyDictObject *)d;
+    DictKeys *ks = (DictKeys *)dd->ma_keys;
+    if (!dict_walk_ok || dd->ma_values != NULL || ks->dk_kind != 1) return NULL;
+    *n = ks->dk_nentries;
+    return (DictEntry *)(ks->dk_indices + ((size_t)1 << ks->dk_log2_index_bytes));
+}
+#else
+#define DICT_WALK 0
+#endif
+
 #define MAX_DEPTH 32
 #define NO_ROOM (-1)
 #define NOT_TAKEN (-2)
@@ -100,6 +136,13 @@ INLINE unsigned char *put_raw(unsigned char *p, unsigned char *end, const unsign
     return p + n;
 }
 
+/* A str of 32 bytes or more: str8/16/32, out of line (the common short one is inline). */
+static unsigned char *put_str_long(unsigned char *p, unsigned char *end, const unsigned char *s,
+                                   Py_ssize_t n, int *why) {
+    p = put_len(p, end, n, 0xa0, 32, 0xd9, 0xda, 0xdb, why);
+    return p ? put_raw(p, end, s, n, why) : NULL;
+}
+
 /* A str that is not ASCII: its UTF-8 (cached in the object by CPython). */
 static unsigned char *put_str_utf8(unsigned char *p, unsigned char *end, PyObject *o,
                                    int *why) {
@@ -109,8 +152,7 @@ static unsigned char *put_str_utf8(unsigned char *p, unsigned char *end, PyObjec
         PyErr_Clear();  /* lone surrogates: the careful path explains */
         return FAIL(NOT_TAKEN);
     }
-    p = put_len(p, end, n, 0xa0, 32, 0xd9, 0xda, 0xdb, why);
-    return p ? put_raw(p, end, (const unsigned char *)s, n, why) : NULL;
+    return put_str_long(p, end, (const unsigned char *)s, n, why);
 }
 
 INLINE unsigned char *put_str(unsigned char *p, unsigned char *end, PyObject *o, int *why) {
@@ -124,8 +166,7 @@ INLINE unsigned char *put_str(unsigned char *p, unsigned char *end, PyObject *o,
         copy_bytes(p + 1, s, (size_t)n);
         return p + 1 + n;
     }
-    p = put_len(p, end, n, 0xa0, 32, 0xd9, 0xda, 0xdb, why);
-    return p ? put_raw(p, end, s, n, why) : NULL;
+    return put_str_long(p, end, s, n, why);
 }
 
 INLINE unsigned char *put_i64(unsigned char *p, unsigned char *end, int64_t v, int *why) {
@@ -197,17 +238,34 @@ INLINE unsigned char *put_value(unsigned char *p, unsigned char *end, PyObject *
     return put_obj(p, end, o, depth, why);
 }
 
-/* A dict as a map: its items in one loop, str keys only. */
+/* A dict as a map: its items in one loop, str keys only; in place when
+ * dict_entries allows (in the order PyDict_Next gives), else PyDict_Next. */
 static unsigned char *put_items(unsigned char *p, unsigned char *end, PyObject *d, int depth,
                                 int *why) {
-    Py_ssize_t pos = 0;
     PyObject *k, *v;
+    Py_ssize_t pos = 0, n = 0;
     p = put_len(p, end, PyDict_GET_SIZE(d), 0x80, 16, 0, 0xde, 0xdf, why);
-    while (p != NULL && PyDict_Next(d, &pos, &k, &v)) {
+#if DICT_WALK
+    DictEntry *ent = dict_entries(d, &n);
+#else
+    void *ent = NULL;
+#endif
+    while (p != NULL) {
+#if DICT_WALK
+        if (ent != NULL) {
+            if (pos >= n) break;
+            k = ent[pos].me_key;
+            v = ent[pos++].me_value;
+            if (v == NULL) continue;  /* a deleted entry */
+        } else
+#endif
+        if (!PyDict_Next(d, &pos, &k, &v)) break;
         if (Py_TYPE(k) != &PyUnicode_Type) return FAIL(NOT_TAKEN);
         p = put_str(p, end, k, why);
         if (p != NULL) p = put_value(p, end, v, depth + 1, why);
     }
+    (void)ent;
+    (void)n;
     return p;
 }
 

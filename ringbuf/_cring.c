@@ -339,10 +339,56 @@ static struct PyModuleDef module = {
     "The native fast path of a ring's producer (ringbuf/_native.py).", -1, module_methods,
 };
 
+#if DICT_WALK
+/* Sets dict_walk_ok when walking entries in place (ringbuf/_cenc.h) gives
+ * what PyDict_Next gives, for dicts of 0 to 300 str keys with a deleted
+ * one: the layout there is this interpreter's. -1 with an exception set. */
+static int check_dict_walk(void) {
+    static const int sizes[] = {0, 1, 5, 9, 40, 300};
+    int ok = 1;
+    dict_walk_ok = 1;
+    for (size_t s = 0; ok && s < sizeof sizes / sizeof sizes[0]; s++) {
+        PyObject *d = PyDict_New(), *k, *v;
+        if (d == NULL) return -1;
+        for (int i = 0; ok && i < sizes[s]; i++) {
+            k = PyUnicode_FromFormat("k%d", i);
+            v = PyLong_FromLong(i);
+            ok = k != NULL && v != NULL && PyDict_SetItem(d, k, v) == 0;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+        }
+        if (ok && sizes[s] > 2) ok = PyDict_DelItemString(d, "k1") == 0;
+        Py_ssize_t n = 0, pos = 0, i = 0;
+        DictEntry *ent = ok ? dict_entries(d, &n) : NULL;
+        ok = ok && ent != NULL;
+        while (ok && PyDict_Next(d, &pos, &k, &v)) {
+            while (i < n && ent[i].me_value == NULL) i++;
+            ok = i < n && ent[i].me_key == k && ent[i].me_value == v;
+            i++;
+        }
+        while (ok && i < n && ent[i].me_value == NULL) i++;
+        ok = ok && i == n;
+        Py_DECREF(d);
+    }
+    dict_walk_ok = ok;
+    return PyErr_Occurred() ? -1 : 0;
+}
+#endif
+
 PyMODINIT_FUNC PyInit__cring(void) {
     if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&HotType) < 0) return NULL;
+#if DICT_WALK
+    if (check_dict_walk() < 0) return NULL;
+    int walk = dict_walk_ok;
+#else
+    int walk = 0;
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "dict_walk", walk) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) {
         Py_DECREF(&WriterType);

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import sysconfig
 import uuid
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,45 @@ def test_a_record_that_fills_max_record_bytes_exactly_is_taken(rings_dir: Path,
         finally:
             r.close()
             w.close()
+
+
+def test_the_dict_walk_in_place_is_on_where_its_layout_is_known() -> None:
+    """CPython 3.11 to 3.13 with the GIL: the encoder walks a dict's entries in
+    place (checked against PyDict_Next when the extension is imported)."""
+    from ringbuf import _cring  # type: ignore[attr-defined]
+
+    known = ((3, 11) <= sys.version_info[:2] <= (3, 13)
+             and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert _cring.dict_walk == int(known)
+
+
+class _Obj:
+    def __init__(self) -> None:
+        self.a, self.b, self.c = 1, "two", [3.0]
+
+
+def _with_holes(n: int) -> dict[str, Any]:
+    d = {f"k{i}": i for i in range(n)}
+    for i in range(0, n, 3):
+        del d[f"k{i}"]
+    d["late"] = "after the holes"
+    return d
+
+
+@pytest.mark.parametrize("record", [
+    _with_holes(10), _with_holes(300), {"inner": _with_holes(20)},
+    vars(_Obj()),  # a split table (an instance's __dict__): walked by PyDict_Next
+    {"nested": vars(_Obj())},
+    dict.fromkeys(["x", "y"], None) | {"z": {}},
+], ids=["holes-10", "holes-300", "nested-holes", "split", "nested-split", "fromkeys"])
+def test_dicts_with_deleted_entries_and_split_tables_encode_as_ormsgpack(
+        record: dict[str, Any]) -> None:
+    assert _native.encode(record) == ormsgpack.packb(record)
+
+
+def test_a_non_str_key_after_str_keys_is_declined() -> None:
+    record: dict[Any, Any] = {"a": 1, "b": 2}
+    record[3] = "three"  # the keys table becomes a general one
+    assert _native.encode(record) is None
+    del record[3]
+    assert _native.encode(record) == ormsgpack.packb(record)  # still general, via PyDict_Next
