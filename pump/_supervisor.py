@@ -265,9 +265,19 @@ class Supervisor:
                             worker=slot.index, exitcode=code, delay_s=round(delay, 2))
             if now >= slot.restart_at:
                 self._spawn(slot)
-        if self.config.trim and now >= self._next_trim:
+        if self.config.trim and (now >= self._next_trim or self._stream_filling()):
             self._next_trim = now + self.config.trim_interval_s
             self.trim()
+
+    def _stream_filling(self) -> bool:
+        """A shard holds a quarter of its share of the budget or more (``MEMORY USAGE``):
+        trim now, not at the next ``trim_interval_s``, so that what every group has
+        acknowledged (or a spooler moved) leaves Redis before the daemon holds back."""
+        mark = self.budget.per_shard() // 4
+        try:
+            return any(int(self.r.memory_usage(key) or 0) >= mark for key in self.keys)
+        except redis.RedisError:  # an ACL user without MEMORY: trim_interval_s alone
+            return False
 
     def trim(self) -> int:
         """Trim every shard below what the configured (and respected) groups acknowledged."""

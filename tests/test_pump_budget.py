@@ -116,3 +116,34 @@ def test_the_pump_follows_the_daemons_budget_and_its_own_setting_wins_visibly(
         pump.close()
         explicit.close()
         daemon.close()
+
+
+def test_a_stream_filling_up_is_trimmed_before_the_interval(
+        tmp_path: Path, rings_dir: Path, redis_server: RedisServer) -> None:
+    """trim_interval_s an hour: only the trims a filling stream asks for (a quarter of
+    the daemon's 256 KiB) let 6,000 records (~2.7 MB) through, every one of them."""
+    ctl, out = tmp_path / "t.ctl", tmp_path / "t.jsonl"
+    set_control(ctl, mode="ok", healthy=True)
+    daemon = daemon_config(tmp_path, redis_server, 256 << 10)
+    pump = Pump.write(tmp_path, redis_server.url,
+                      {"t": {"type": "testjsonl", "meta": {"path": str(out),
+                                                           "control": str(ctl)}}},
+                      log=tmp_path / "pump.log", env={"PYTHONPATH": str(ROOT)},
+                      plugins=["tests.pump_plugins"], trim_interval_s=3600)
+    count = 6000
+    try:
+        daemon.start()
+        pump.start()
+        assert Producers.analytics(daemon.config, 1, count).start().join() == 0
+        wait_until(lambda: set(count_jsonl(out)) >= set(range(count)), 120,
+                   "every record at the sink")
+        acc = account(count_jsonl(out), range(count))
+        trimmed = pump.metrics()["collector_pump_trimmed_entries_total"]
+        print(f"filling stream: {acc}, {trimmed:.0f} entries trimmed")
+        assert (acc.lost, acc.unexpected) == (0, 0) and trimmed > 0
+        assert daemon.metrics()["collector_daemon_backpressure_total"] > 0, \
+            "the budget was never reached: the test shows nothing"
+        assert pump.stop() == 0 and daemon.stop() == 0
+    finally:
+        pump.close()
+        daemon.close()
