@@ -31,6 +31,11 @@ with a partial batch is looked at again at the earliest of
 * the time a burst of ``BURST_BYTES_PER_S`` would take to fill half the
   ring (64 ms for an 8 MiB ring).
 
+After a send the ring is looked at again at once only if the batch was full,
+the ring is half full or closed, or the daemon stops; else as a partial
+batch counted old from the read before the send: one wake-up per batch of
+a trickle, not three.
+
 With ``min_replicas_acked: N`` the round trip ends with ``WAIT N
 replica_ack_timeout_ms`` and the ring is committed only if N replicas have
 the batch; otherwise it stays pending and is sent again (the stream may hold
@@ -82,7 +87,7 @@ from collector.config import CollectorConfig
 
 from ._budget import BACKLOG_RECHECK_S, StreamBudget, entry_bytes
 from ._messages import Assign, BadKind, BadRing, Release, Stop
-from ._served import MIN_SLEEP_S, RingGone, ServedRing, Unservable
+from ._served import RingGone, ServedRing, Unservable
 from ._xadd import NotReplicated, StreamWriter
 
 _log = get_logger(__name__)
@@ -280,7 +285,7 @@ class Flusher:
             if ring.corrupt is not None:
                 self._drop(ring, BadRing(ring.path, BadKind.CORRUPTED, ring.corrupt))
                 return state, INF
-            return state, self._next_look(ring, reader, now, now + self.idle_s)
+            return state, ring.next_look(now, now + self.idle_s, self.batch_size, self.batch_bytes)
         # A ring half full goes now, whatever the batch limits: a small ring must
         # never make its producer wait (or drop) for a batch that cannot fill.
         # A closed ring's batch cannot grow any more: it goes now too.
@@ -291,27 +296,23 @@ class Flusher:
         if not due:
             wake = ring.first_at + self.due_s
             if now < wake:
-                return state, self._next_look(ring, reader, now, wake)
+                return state, ring.next_look(now, wake, self.batch_size, self.batch_bytes)
         if now < self.retry_at:
             return state, self.retry_at
         if self.budget.over(ring.key, now):
             self.counters.add("backpressure")
             retry = self.retry_at if self.retry_at > now else INF
             return state, min(now + BACKLOG_RECHECK_S, retry)
+        full = ring.pending_n >= self.batch_size or ring.pending_bytes >= self.batch_bytes
         if self._send(ring):
-            return 2, now
+            # A full batch: more may be waiting, look again at once; else the records
+            # arriving now count old from the read before the send (``checked_at``)
+            if (full or stopping or reader.producer_closed()
+                    or 2 * reader.used_bytes() >= reader.capacity):
+                return 2, now
+            return 2, ring.next_look(now, ring.checked_at + self.due_s, self.batch_size,
+                                     self.batch_bytes)
         return state, self.retry_at
-
-    def _next_look(self, ring: ServedRing, reader: ringbuf.RingReader, now: float,
-                   due: float) -> float:
-        """When to read ``ring`` again, its batch being due at ``due`` (module doc)."""
-        wake = min(due, now + ring.burst_s)
-        if ring.byte_rate > 0.0 and ring.rec_rate > 0.0:
-            left = min((self.batch_size - ring.pending_n) / ring.rec_rate,
-                       (self.batch_bytes - ring.pending_bytes) / ring.byte_rate,
-                       (reader.capacity / 2 - reader.used_bytes()) / ring.byte_rate)
-            wake = min(wake, now + left)
-        return max(wake, now + MIN_SLEEP_S)
 
     def _drained(self) -> bool:
         counters = self.counters
@@ -343,7 +344,6 @@ class Flusher:
                     return self._finish()
             # no ring: wait for a command (the pipe wakes the poll at once)
             wake = now + self.due_s
-            sent = False
             for ring in list(self.rings.values()):
                 counters.set("ring_in_use", ring.no)
                 if ring.reader is None:
@@ -353,15 +353,14 @@ class Flusher:
                         continue
                 elif not self._intact(ring):
                     continue
-                state, w = self._service(ring, now, stopping)
-                sent = sent or state == 2
+                _state, w = self._service(ring, now, stopping)
                 if w < wake:
                     wake = w
             counters.set("ring_in_use", 0)
             counters.set("rings", len(self.rings))
-            # sent a batch: look again at once (more may be waiting); else sleep
-            # until the earliest ring's next look, retry or lock attempt
-            timeout = 0.0 if sent else max(0.0, wake - time.monotonic())
+            # sleep until the earliest ring's next look (at once after a full batch:
+            # more may be waiting), retry or lock attempt
+            timeout = max(0.0, wake - time.monotonic())
             if stopping:
                 timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()))  # type: ignore[operator]
             self._poll_commands(timeout)

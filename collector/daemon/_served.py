@@ -156,6 +156,20 @@ class ServedRing:
             self.win_start = now
             self.win_bytes = self.win_recs = 0
 
+    def next_look(self, now: float, due: float, batch_size: int, batch_bytes: int) -> float:
+        """When to read the ring again, its batch being due at ``due`` (the flusher's
+        module doc: sooner when, at the measured rate, the batch fills or the ring
+        would be half full, or a burst could fill half of it)."""
+        assert self.reader is not None
+        reader = self.reader
+        wake = min(due, now + self.burst_s)
+        if self.byte_rate > 0.0 and self.rec_rate > 0.0:
+            left = min((batch_size - self.pending_n) / self.rec_rate,
+                       (batch_bytes - self.pending_bytes) / self.byte_rate,
+                       (reader.capacity / 2 - reader.used_bytes()) / self.byte_rate)
+            wake = min(wake, now + left)
+        return max(wake, now + MIN_SLEEP_S)
+
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()  # uncommitted records stay for the next reader
