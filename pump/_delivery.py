@@ -74,7 +74,8 @@ class Delivery(PerRecord):
         self.pipeline = RecordPipeline(
             spec.filters, omit=config.omit_for(sink_name),
             detail_fields=config.detail_fields, max_record_size=spec.max_record_bytes,
-            sink=sink_name, decode=not sink.forwards_bytes)
+            sink=sink_name, decode=not sink.forwards_bytes,
+            encode=sink.encode if type(sink).encode is not Sink.encode else None)
         self.dead = DeadLetters(r, sink_name, self.group, counters,
                                 config.dead_letter_max_entries, limited)
         self.first_failure: dict[str, float] = {}  # entry id -> time.time() it first failed

@@ -22,6 +22,10 @@ there, packed again only if something reads it (``max_record_bytes``, a
 sink that forwards bytes; :class:`~pump.sinks.ChangedRecord`). A sink that
 says ``forwards_bytes`` and has no steps to run gets its records undecoded
 (no fields column; decoded only if read, :class:`~pump.sinks.RawRecord`).
+A sink with its own ``encode`` (the file sink's JSON Lines) encodes each
+entry's records as soon as they are decoded, while their fields are in the
+CPU's caches (``Sink.encode``); a batch decoded whole and encoded after costs
+about a quarter more.
 """
 
 from __future__ import annotations
@@ -220,7 +224,9 @@ class RecordPipeline:
     """
 
     def __init__(self, filters: Filters, *, omit: bool, detail_fields: Sequence[str],
-                 max_record_size: int | None, sink: str = "", decode: bool = True) -> None:
+                 max_record_size: int | None, sink: str = "", decode: bool = True,
+                 encode: Callable[[Records], list[Any] | None] | None = None) -> None:
+        self.encode = encode  # the sink's own Sink.encode, if it has one
         self.keep = compile_filter(filters)
         self.omit_fields = tuple(detail_fields) if omit else ()
         self.max_record_size = max_record_size
@@ -250,6 +256,10 @@ class RecordPipeline:
                 continue
             out.n_in += len(entry.records)
             recs = self._entry(entry, eid, out)
+            if recs and self.encode is not None and recs.datas is not None:
+                recs.encoded = self.encode(recs)
+                if recs.encoded is not None and all(recs.raws):
+                    recs.datas = None  # freed while in cache; decoded again if read
             if recs:
                 out.entries.append(EntryRecords(eid, recs, fields))
             else:

@@ -10,7 +10,10 @@ unexpected).
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -24,6 +27,7 @@ from pump._worker import Stopper, Worker
 from pump.config import Filters, load_config
 from pump.sinks import Batch, ChangedRecord, RawRecord, Record, Records
 from pump.sinks._encode import json_lines_of
+from pump.sinks.file import FileConfig, FileSink
 
 from .pump_plugins import make_record, produce
 
@@ -165,3 +169,33 @@ def test_json_lines_of_columns_leave_the_fields_as_they_were() -> None:
     datas.append({"deep": deep})
     lines, rejected = json_lines_of(["r:1", "r:2", "r:3", "r:4"], datas, "_id")
     assert len(lines) == 3 and list(rejected) == ["r:4"] and "_id" not in datas[3]
+
+
+def test_a_file_sink_encodes_each_entry_as_it_is_decoded_and_writes_the_same(
+        tmp_path: Path) -> None:
+    """Sink.encode: the file sink's lines made per entry in the pipeline are the lines
+    it makes from the fields at write time; the fields let go are decoded again when
+    read; halves of an entry keep their lines."""
+    sink = FileSink(FileConfig(path=str(tmp_path / "pre.jsonl"), fsync="never"))
+    plain = FileSink(FileConfig(path=str(tmp_path / "plain.jsonl"), fsync="never"))
+    entries = [(f"{i + 1}-0".encode(), encode_entry(RING, 10 * i,
+                                                      [make_record(10 * i + j) for j in range(10)]))
+               for i in range(3)]
+    pre = RecordPipeline(Filters(), omit=False, detail_fields=[], max_record_size=None,
+                         encode=sink.encode).prepare(entries)
+    decoded = RecordPipeline(Filters(), omit=False, detail_fields=[],
+                             max_record_size=None).prepare(entries)
+    chunks = [e.records for e in pre.entries]
+    assert all(c.encoded is not None and c.datas is None for c in chunks)
+    batch = Batch(chunks=chunks)
+    assert batch.datas() == Batch(chunks=[e.records for e in decoded.entries]).datas()
+    assert batch.encoded() == json_lines_of(batch.ids(), batch.datas(), "_id")[0]
+    assert chunks[1][5:].encoded == chunks[1].encoded[5:]  # type: ignore[index]
+    for s, b in ((sink, Batch(chunks=chunks)),
+                 (plain, Batch(chunks=[e.records for e in decoded.entries]))):
+        s.open()
+        s.write(b, deadline=time.monotonic() + 10)
+        s.close()
+    assert (tmp_path / "pre.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+    lines = (tmp_path / "pre.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["_id"] for x in lines] == [f"{RING}:{i}" for i in range(30)]

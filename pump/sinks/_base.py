@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from collector.common.settings import Settings
 
@@ -123,6 +123,21 @@ class Sink:
         Returns ``Verdict.OK`` (or None) once written; raises a :class:`SinkError`
         otherwise."""
         raise NotImplementedError
+
+    def encode(self, records: Records) -> list[Any] | None:
+        """Optional: encode one stream entry's records for the target.
+
+        A sink that defines it is called by the worker with each entry's records
+        right after they are decoded (filtered, trimmed), while the decoded fields
+        are still in the CPU's caches; what it returns, one item per record in
+        order, is kept as ``records.encoded`` and ``write`` reads it with
+        ``batch.encoded()`` (parts of a batch and retries reuse it: it must depend
+        on the records alone). Return None to leave an entry to ``write``. A
+        sink's ``encode`` must not raise. Once an entry's records are encoded
+        and none was changed by the pump, their decoded fields are let go (read
+        again, they are decoded from the bytes).
+        """
+        return None
 
     def health_check(self, *, deadline: float) -> None:
         """Raise a SinkError if a write would fail now; no side effects."""

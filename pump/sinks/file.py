@@ -41,7 +41,8 @@ own), and when the UTC hour changes.
 
 Writing: a batch is encoded in one pass over its columns (``batch.ids()``,
 ``batch.datas()``; ``_encode.json_lines_of``: one ``orjson.dumps`` per
-record, the id merged in, the newline appended by orjson) and appended
+record, the id merged in, the newline appended by orjson; done per stream
+entry as soon as the worker decodes it, ``Sink.encode``) and appended
 with one ``write`` of the joined buffer (several when ``max_bytes`` rotates
 inside the batch, one per record with ``fsync: always``). Torn-line repair
 and the health probe live in ``_files.py``.
@@ -90,6 +91,7 @@ from . import _csv
 from ._base import (
     Batch,
     PermanentError,
+    Records,
     RetryableError,
     Sink,
     SinkConfig,
@@ -257,9 +259,20 @@ class FileSink(Sink):
         if limit and self._size and self._size + next_bytes > limit:
             self._rotate()
 
+    def encode(self, records: Records) -> list[bytes] | None:
+        """An entry's JSON Lines as soon as it is decoded (``Sink.encode``); None for
+        CSV, and for an entry with a record JSON refuses (``write`` names it)."""
+        if self.cfg.format != "jsonl":
+            return None
+        lines, rejected = json_lines_of(records.ids(), records.data_list(), self.cfg.id_key)
+        return None if rejected else lines
+
     def _lines(self, batch: Batch) -> tuple[list[bytes], dict[str, str]]:
         """One encoded line per record, and the records that cannot be encoded."""
         if self.cfg.format == "jsonl":
+            lines = batch.encoded()
+            if lines is not None:
+                return lines, {}
             return json_lines_of(batch.ids(), batch.datas(), self.cfg.id_key)
         if self.cfg.csv_style == "iam":
             return _csv.iam_lines(batch.records), {}
