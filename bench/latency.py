@@ -62,6 +62,7 @@ class Tail(threading.Thread):
         self.stamps: list[float] = []  # the records' own time.time()
         self.seen: list[float] = []  # when their line was read
         self.keys: Counter[tuple[int, int]] = Counter()
+        self._parsed, self._rest = 0, b""
 
     def run(self) -> None:
         while not self.path.exists() and not self.stop.wait(self.poll_s):
@@ -75,22 +76,20 @@ class Tail(threading.Thread):
                     self.cpu_s = time.thread_time()
                     return
 
-    def lines(self) -> int:
-        """Lines read so far (complete or not)."""
-        return sum(piece.count(b"\n") for _, piece in list(self.pieces))
-
-    def parse(self) -> None:
-        """Each record's stamp, when its line was read (its last byte), its key."""
-        rest = b""
-        for now, chunk in self.pieces:
-            data = rest + chunk
+    def parse(self) -> int:
+        """Each record's stamp, when its line was read (its last byte), its key, for the
+        pieces read since the last call (the thread only appends); the records seen."""
+        pieces, self._parsed = self.pieces[self._parsed:], len(self.pieces)
+        for now, chunk in pieces:
+            data = self._rest + chunk
             end = data.rfind(b"\n") + 1
-            rest = data[end:]
+            self._rest = data[end:]
             for line in data[:end].splitlines():
                 rec = orjson.loads(line)
                 self.stamps.append(rec["timestamp"])
                 self.seen.append(now)
                 self.keys[record_key(rec)] += 1
+        return len(self.keys)
 
 
 class Stages(threading.Thread):
@@ -190,6 +189,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="5 seconds a round")
     ap.add_argument("--by-second", action="store_true",
                     help="also p50/p99 per second, the stream's progress and the CPU used")
+    ap.add_argument("--keep", action="store_true", help="keep each round's directory (logs)")
     args = ap.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
     flush_ms = load_config({}).flush_interval_ms  # the shipped value, which the demo runs
@@ -247,7 +247,7 @@ def _round(args: argparse.Namespace, seconds: float, n: int) -> Round:
         sent = sum(r[0] for r in results)
         began, ended = min(r[2] for r in results), max(r[3] for r in results)
         deadline = time.monotonic() + 120
-        while tail.lines() < sent and time.monotonic() < deadline:
+        while tail.parse() < sent and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         tail.stop.set()
@@ -258,7 +258,10 @@ def _round(args: argparse.Namespace, seconds: float, n: int) -> Round:
         daemon.close()
         tail.join(5)
         stages.join(5)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"round {n + 1}: files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     tail.parse()
     lat = [seen - stamp for stamp, seen in zip(tail.stamps, tail.seen, strict=True)]
     first = min(tail.stamps, default=0.0)
