@@ -66,6 +66,25 @@ def test_copy_then_insert_deduplicates_redelivery(pg_table: str) -> None:
     assert row[4]["policies"] == ["p1", "p2"]
 
 
+def test_failure_mid_copy_stores_nothing_and_the_next_write_works(pg_table: str) -> None:
+    """Rows go to the server a chunk at a time while the rest are encoded: a failure
+    after the first chunk (here an id with a lone surrogate, which UTF-8 cannot hold;
+    the pump's ids are ASCII) must leave none of the batch stored and the sink usable."""
+    bad = _batch(0, 600)
+    bad.records[550].id = "ring:\ud800"  # in the second chunk of 512
+    sink = build_sink("postgres", {"dsn": pg_dsn(), "table": pg_table})
+    sink.open()
+    try:
+        with pytest.raises(UnicodeEncodeError):
+            sink.write(bad, deadline=time.monotonic() + 10)
+        assert _rows(pg_table) == []
+        assert sink.write(_batch(0, 600), deadline=time.monotonic() + 10) is Verdict.OK
+    finally:
+        sink.close()
+    seqs = [r[4]["seq"] for r in _rows(pg_table)]
+    assert sorted(seqs) == list(range(600))
+
+
 def test_table_has_the_documented_columns(pg_table: str) -> None:
     sink = build_sink("postgres", {"dsn": pg_dsn(), "table": pg_table})
     sink.open()
