@@ -45,9 +45,16 @@ rather than moving the position under it. A native call holds the GIL and
 runs no Python code, so it is atomic with respect to the process's other
 threads; checksum rings have no native fast path (the CRC is computed in
 ``careful``). With ``on_gone`` the native writer also declines once
-``next_check`` is reached (``deadline``, a coarse clock read in C): the
-byte bound alone, from a rate measured over a burst, would let a producer
-that slowed down after it write for long without a look at its file.
+``next_check`` is reached (``deadline``, a coarse clock read in C), and
+its ``stop`` has no byte bound from the write rate: the clock is the bound.
+Given ``watch`` (``RingWriter.create`` does, with ``on_gone``) the native
+writer makes the look itself when ``deadline`` is due, deciding what
+:func:`ringbuf._files.ring_file_problem` decides with one ``stat`` of the
+path (its device, inode and size against the open file's), and declines
+only when the file is not fine: the careful path (some 10 us: encoding in
+Python, the lock, the write) then runs once per lap of the ring or a
+reload of ``head``, not once a second, which in a request-rate producer
+was the tail of ``record_hit`` (``python -m bench record_tail``).
 """
 
 from __future__ import annotations
@@ -181,9 +188,10 @@ def _make_writers(q: memoryview, mv: memoryview, capacity: int, max_record: int,
         off += frame
         free = capacity - (tbase + off - head)
         room = min(free, dend - off)
-        if check is not None:
+        if check is not None and native is None:
             # Bytes the fast path may write before the next check is due, at the
-            # rate since the last careful write (0: careful again next time).
+            # rate since the last careful write (0: careful again next time);
+            # the native writer watches the time itself (module doc).
             pos = tbase + off
             dt = now - mark_t
             if dt > 0:

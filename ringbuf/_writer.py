@@ -152,6 +152,8 @@ class RingWriter:
             def check() -> str | None:
                 problem = ring_file_problem(fd, self.path, size)
                 return None if problem is None else problem[1]
+        if self._native is not None and on_gone is not None:
+            self._native.watch(fd, self.path, size, check_interval_s)  # the look, in C
         self.try_write, self.write_unlocked, self._written_fn = _make_writers(
             self._q, self._mv, capacity_bytes, max_record_bytes, checksum,
             self._lock, count_full_drops, check, on_gone, check_interval_s, self._native)

@@ -16,6 +16,7 @@ import datetime
 import os
 import sys
 import sysconfig
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 import ringbuf
 from collector import Analytics
+from collector.testing import wait_until
 from ringbuf import _native
 
 from ._rings import AUTHZ, H
@@ -285,3 +287,46 @@ def test_a_non_str_key_after_str_keys_is_declined() -> None:
     assert _native.encode(record) is None
     del record[3]
     assert _native.encode(record) == ormsgpack.packb(record)  # still general, via PyDict_Next
+
+
+def _past(seconds: float) -> None:
+    """Wait until ``seconds`` of the monotonic clock have gone by (a deadline to pass)."""
+    end = time.monotonic() + seconds
+    wait_until(lambda: time.monotonic() >= end, 5, "the clock to pass the look's deadline",
+               interval=0.005)
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced", "resized"])
+def test_the_native_writer_looks_at_its_file_itself_and_declines_only_when_it_is_gone(
+        rings_dir: Path, how: str) -> None:
+    """With ``on_gone`` the look at the file (every ``check_interval_s``) is made in C:
+    a file that is fine keeps the record on the native path; one removed, replaced or
+    resized is declined, and the careful path hands the write to ``on_gone``."""
+    gone: list[str] = []
+
+    def on_gone(payload: bytes, why: str) -> bool:
+        gone.append(why)
+        return False
+
+    w = ringbuf.RingWriter.create(rings_dir, capacity_bytes=1 << 16, max_record_bytes=1024,
+                                  native=True, on_gone=on_gone, check_interval_s=0.05)
+    try:
+        assert w.try_write(b"\xc0")  # the careful way: the first look, the deadline set
+        assert w.write_record({"a": 1}) is True
+        _past(0.1)
+        assert w.write_record({"a": 2}) is True  # due, looked at in C: fine
+        assert w.write_record({"a": 3}) is True
+        path = Path(w.path)
+        if how == "removed":
+            path.unlink()
+        elif how == "replaced":
+            path.rename(rings_dir / "moved")
+            path.write_bytes(b"")
+        else:
+            os.truncate(path, 8192)  # never written to past it: no fault
+        _past(0.1)
+        assert w.write_record({"a": 4}) is None
+        assert w.write_unlocked(ormsgpack.packb({"a": 4})) is False
+        assert len(gone) == 1
+    finally:
+        w.abandon()
