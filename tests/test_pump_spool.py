@@ -218,6 +218,12 @@ def test_hung_http_sink_spools_while_file_and_postgres_take_everything(
     try:
         daemon.start()
         pump.start()
+        # producers start once every sink's worker reads (its consumer is in its group):
+        # spawned workers take seconds to start under load, and the budget would fill
+        # before any of them reads, which is not what this test is about
+        r = redis_server.client()
+        wait_until(lambda: all(r.xinfo_consumers(KEY, sink) for sink in sinks), 120,
+                   "every sink's worker reading the stream")
         producers = Producers.analytics(daemon.config, n, count, pace=(50, 0.01)).start()
         drops = producers.join()
         print(f"hung http: producers dropped {drops}")
