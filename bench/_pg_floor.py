@@ -28,7 +28,6 @@ from pathlib import Path
 
 import ormsgpack
 
-from pump.sinks._base import Record
 from pump.sinks._pgcopy import copy_stream
 from pump.sinks.postgres import PostgresConfig, PostgresSink
 
@@ -79,10 +78,12 @@ def server_floor(dsn: str, table: str, raws: Sequence[bytes], batch: int, total:
     import psycopg
 
     datas = [ormsgpack.unpackb(raw) for raw in raws]
-    records = [Record(f"{'f' * 32}:{i}", datas[i % len(datas)]) for i in range(total)]
+    ids = [f"{'f' * 32}:{i}" for i in range(total)]
+    fields = [datas[i % len(datas)] for i in range(total)]
     cfg = PostgresConfig(dsn=dsn, table=table)
-    streams = [copy_stream(records[i:i + batch], cfg.timestamp_field, cfg.username_field,
-                           cfg.effect_field)[0] for i in range(0, total, batch)]
+    streams = [copy_stream(ids[i:i + batch], fields[i:i + batch], cfg.timestamp_field,
+                           cfg.username_field, cfg.effect_field)[0]
+               for i in range(0, total, batch)]
     best_rate, best_cpu, best_commit = 0.0, float("inf"), 0.0
     for _ in range(repeat):
         with psycopg.connect(dsn) as conn:

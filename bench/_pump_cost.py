@@ -10,8 +10,9 @@ record of the difference: start-up cancels out, the worker's own reading,
 decoding, delivering and acknowledging stays (Redis's own work and the
 kernel's are not counted). ``profile SINK`` runs it once under pyinstrument
 and prints the call tree. The child prints its wall, user and system time
-per record of the drain. SINK is ``null`` or ``file`` (JSON Lines;
-``--fsync batch|never``).
+per record of the drain. SINK is ``null``, ``file`` (JSON Lines;
+``--fsync batch|never``) or ``postgres`` (a table of its own per child in
+$COLLECTOR_TEST_PG_DSN, dropped after; the server's work is not counted).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _config(url: str, sink: str, work: Path, fsync: str, read_count: int) -> Any
     meta: dict[str, Any] = {}
     if sink == "file":
         meta = {"path": str(work / "out.jsonl"), "format": "jsonl", "fsync": fsync}
+    elif sink == "postgres":
+        from collector.testing import pg_dsn
+
+        meta = {"dsn": pg_dsn(), "table": _pg_table()}
     return load_config({"redis_url": url, "read_block_s": 0.05, "read_count": read_count,
                         "pumps": {"s": {"type": sink, "meta": meta}}}, environ={})
 
@@ -58,10 +63,19 @@ def drain(url: str, sink: str, work: Path, fsync: str, entries: int, read_count:
     c1, t1 = os.times(), time.perf_counter()
     _instrument("off")
     w.sink.close()
+    if sink == "postgres":
+        from collector.testing import drop_tables
+
+        drop_tables(_pg_table())
     n = entries * 100
     print(json.dumps({"records": n, "wall_us": round((t1 - t0) / n * 1e6, 3),
                       "user_us": round((c1.user - c0.user) / n * 1e6, 3),
                       "sys_us": round((c1.system - c0.system) / n * 1e6, 3)}), file=sys.stderr)
+
+
+def _pg_table() -> str:
+    """The postgres sink's table of this child (its own: the children store the same ids)."""
+    return f"bench_pump_cost_{os.getpid()}"
 
 
 def _instrument(state: str) -> None:
@@ -105,7 +119,7 @@ def _instructions(cmd: list[str], out: Path) -> int:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench._pump_cost")
     ap.add_argument("mode", choices=("callgrind", "profile", "child"))
-    ap.add_argument("sink", choices=("null", "file"))
+    ap.add_argument("sink", choices=("null", "file", "postgres"))
     ap.add_argument("--entries", type=int, default=100)
     ap.add_argument("--fsync", default="batch", choices=("batch", "never"))
     ap.add_argument("--read-count", type=int, default=50, help="entries per XREADGROUP")

@@ -70,9 +70,10 @@ def test_copy_cells_and_rows_line_up() -> None:
                               "effect": "allow", "s": 'q"\\\x00', "t": "\\u0000"}),
             Record("ring\x002", {"username": None}),
             Record("ring:3", {"deep": _too_deep()})]
-    data, rejected = binary_rows(recs, "timestamp", "username", "effect")
+    ids, datas = [r.id for r in recs], [r.data for r in recs]
+    data, rejected = binary_rows(ids, datas, "timestamp", "username", "effect")
     assert list(rejected) == ["ring:3"]
-    stream, _ = copy_stream(recs, "timestamp", "username", "effect")
+    stream, _ = copy_stream(ids, datas, "timestamp", "username", "effect")
     assert stream == SIGNATURE + data + TRAILER
     rows = _rows(data)
     assert len(rows) == 2

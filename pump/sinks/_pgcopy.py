@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ._base import PermanentError, Record
+from ._base import PermanentError
 from ._encode import dumps
 from ._time import epoch_seconds
 from ._values import json_default
@@ -47,11 +47,10 @@ _OPTION = orjson.OPT_PASSTHROUGH_DATETIME  # as _encode.dumps: every time throug
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-def binary_rows(records: Sequence[Record], ts_field: str, user_field: str, effect_field: str
-                ) -> tuple[bytes, dict[str, str]]:
-    """The binary COPY rows of ``records`` (no signature, no trailer), and the ids
-    of those JSON cannot encode (with why)."""
-    ids = [r.id for r in records]
+def binary_rows(ids: Sequence[str], datas: Sequence[Any], ts_field: str, user_field: str,
+                effect_field: str) -> tuple[bytes, dict[str, str]]:
+    """The binary COPY rows of the records ``ids`` with fields ``datas`` (no signature,
+    no trailer), and the ids of those JSON cannot encode (with why)."""
     if "\x00" in "".join(ids):
         id_bytes = [text_bytes(i) for i in ids]
     else:
@@ -64,15 +63,14 @@ def binary_rows(records: Sequence[Record], ts_field: str, user_field: str, effec
     out: list[bytes] = []
     add = out.extend
     rejected: dict[str, str] = {}
-    for rec, rid in zip(records, id_bytes, strict=True):
-        data = rec.data
+    for rec_id, data, rid in zip(ids, datas, id_bytes, strict=True):
         try:
             js = dump(data, default=json_default, option=_OPTION)
         except (TypeError, orjson.JSONEncodeError):
             try:
                 js = dumps(data)  # its fallbacks (non-string keys), or PermanentError
             except PermanentError as exc:
-                rejected[rec.id] = str(exc)
+                rejected[rec_id] = str(exc)
                 continue
         if b"\\u0000" in js:
             js = _JSON_NUL.sub(rb"\1\\ufffd", js)
@@ -92,10 +90,10 @@ def binary_rows(records: Sequence[Record], ts_field: str, user_field: str, effec
     return b"".join(out), rejected
 
 
-def copy_stream(records: Sequence[Record], ts_field: str, user_field: str,
+def copy_stream(ids: Sequence[str], datas: Sequence[Any], ts_field: str, user_field: str,
                 effect_field: str) -> tuple[bytes, dict[str, str]]:
-    """A whole binary COPY stream (signature, rows, trailer) of ``records``."""
-    rows, rejected = binary_rows(records, ts_field, user_field, effect_field)
+    """A whole binary COPY stream (signature, rows, trailer) of the records."""
+    rows, rejected = binary_rows(ids, datas, ts_field, user_field, effect_field)
     return SIGNATURE + rows + TRAILER, rejected
 
 

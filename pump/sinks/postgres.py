@@ -82,7 +82,6 @@ from ._base import (
     Batch,
     OutageError,
     PermanentError,
-    Record,
     RetryableError,
     Sink,
     SinkConfig,
@@ -259,16 +258,18 @@ class PostgresSink(Sink):
     # writing
     def write(self, batch: Batch, *, deadline: float) -> Verdict:
         self.time_left(deadline)
-        if not batch.records:
+        if not batch:
             return Verdict.OK
-        rejected = self._copy(batch.records, deadline)
+        # the batch's columns: no Record object per record
+        rejected = self._copy(batch.ids(), batch.datas(), deadline)
         if rejected:
             raise PermanentError.for_records("postgres", rejected, "stored")
         return Verdict.OK
 
-    def _copy(self, records: list[Record], deadline: float) -> dict[str, str]:
-        """COPY ``records`` into the table in one transaction, deduplicating a
-        redelivery; the ids of those JSON cannot encode (left out)."""
+    def _copy(self, ids: list[str], datas: list[Any], deadline: float) -> dict[str, str]:
+        """COPY the records (``ids``, their fields ``datas``) into the table in one
+        transaction, deduplicating a redelivery; the ids of those JSON cannot encode
+        (left out)."""
         import psycopg
 
         cfg = self.cfg
@@ -282,8 +283,9 @@ class PostgresSink(Sink):
                     with cur.copy(f"COPY {cfg.table} {_COLUMNS} FROM STDIN {_BINARY}") as copy:
                         copy.write(SIGNATURE)
                         # a chunk at a time: the server stores one while the next is encoded
-                        for start in range(0, len(records), CHUNK):
-                            rows, bad = binary_rows(records[start:start + CHUNK],
+                        for start in range(0, len(ids), CHUNK):
+                            end = start + CHUNK
+                            rows, bad = binary_rows(ids[start:end], datas[start:end],
                                                     cfg.timestamp_field, cfg.username_field,
                                                     cfg.effect_field)
                             rejected.update(bad)
@@ -352,8 +354,8 @@ class PostgresSink(Sink):
         cfg = self.cfg
         probe = {cfg.timestamp_field: datetime.now(UTC), cfg.username_field: "probe",
                  cfg.effect_field: "probe"}
-        row, _ = copy_stream([Record(PROBE_ID, probe)], cfg.timestamp_field,
-                             cfg.username_field, cfg.effect_field)
+        row, _ = copy_stream([PROBE_ID], [probe], cfg.timestamp_field, cfg.username_field,
+                             cfg.effect_field)
         conn = self._connection(deadline)
         try:
             with conn.cursor() as cur:
