@@ -15,10 +15,10 @@ Poison is per record; an outage is not poison:
   would hit: an outage, not poison. (Isolating: ``pump/_isolate.py``.)
 - retries exhausted with an ``OutageError`` (a full disk, a missing table), or
   while the health check fails: an *outage*. The worker keeps the batch, keeps
-  its entries claimed (``XCLAIM JUSTID`` resets their idle time without
-  counting a delivery), marks its slot (``/readyz`` says 503 with the reason)
-  and retries with backoff until the sink takes it. Nothing is dead-lettered
-  for an outage. Only this sink's group waits.
+  its entries claimed (``XCLAIM JUSTID`` of those still its own resets their
+  idle time without counting a delivery: ``pump/_ownclaim.py``), marks its
+  slot (``/readyz`` says 503 with the reason) and retries with backoff until
+  the sink takes it. Nothing is dead-lettered for an outage. Only this sink's group waits.
 - retries exhausted while the sink is healthy: the batch may be poison. Its
   entries stay pending and are re-read later one at a time; the PEL delivery
   counter counts the attempts, and once an entry has been delivered
@@ -42,6 +42,7 @@ from collector.common.log import RateLimited, get_logger
 from ._deadletter import DeadLetters, DeadReason
 from ._isolate import Isolated, PerRecord
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
+from ._ownclaim import claim_own
 from ._pipeline import EntryRecords, Prepared, RecordPipeline
 from ._retry import RetryPolicy, WriteFailed, write_with_retries
 from ._stop import Stopper
@@ -201,8 +202,8 @@ class Delivery(PerRecord):
                                  sink=self.sink_name, attempt=attempt, error=err)
             if self.spooling() and batch.entry_ids and batch.stream:
                 try:  # still ours? (this also keeps them ours, counting no delivery)
-                    taken = not self.r.xclaim(batch.stream, self.group, self.consumer, 0,
-                                              list(batch.entry_ids), justid=True)
+                    taken = not claim_own(self.r, batch.stream, self.group, self.consumer,
+                                          list(batch.entry_ids))
                 except redis.RedisError:
                     pass
 
@@ -252,7 +253,7 @@ class Delivery(PerRecord):
         c = self.counters
         ids = [e.entry_id for e in entries]
         try:
-            if not self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True):
+            if not claim_own(self.r, key, self.group, self.consumer, ids):
                 return  # not ours: moved into the spool, or fed from it (it retries)
         except redis.RedisError:
             pass
@@ -271,7 +272,7 @@ class Delivery(PerRecord):
                 attempt += 1
                 c.set("heartbeat", time.monotonic())
                 try:  # keep the entries ours without counting a delivery
-                    if not self.r.xclaim(key, self.group, self.consumer, 0, ids, justid=True):
+                    if not claim_own(self.r, key, self.group, self.consumer, ids):
                         # none is ours any more: the spooler moved them into the spool
                         # (or they came from it); the spool feeds them again
                         return
