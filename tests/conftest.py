@@ -17,6 +17,17 @@ def rings_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def _private_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own ``$XDG_STATE_HOME``: a pump whose config names no
+    ``spool_dir`` spools under it (``pump.config.default_spool_dir``), so no test
+    writes into the machine's ``~/.local/state`` or shares a spool (and its lock)
+    with another run."""
+    state = tmp_path / "xdg-state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server on a free port, append-only file fsynced on every write
