@@ -39,6 +39,7 @@ import redis
 from collector.common.counters import Slot
 from collector.common.log import RateLimited, get_logger
 
+from ._claims import Claims
 from ._deadletter import DeadLetters, DeadReason
 from ._isolate import Isolated, PerRecord
 from ._metrics import STATE_OUTAGE, STATE_RUNNING
@@ -79,6 +80,10 @@ class Delivery(PerRecord):
             encode=sink.encode if type(sink).encode is not Sink.encode else None)
         self.dead = DeadLetters(r, sink_name, self.group, counters,
                                 config.dead_letter_max_entries, limited)
+        # the entries in hand (the reader says which) claimed again before a write
+        self.claims = Claims(r, self.group, consumer, claim_idle_s=config.claim_idle_ms / 1000,
+                             deadline_s=config.batch_deadline_s, limited=limited,
+                             sink_name=sink_name)
         self.first_failure: dict[str, float] = {}  # entry id -> time.time() it first failed
         self.done: set[str] = set()  # entries delivered or dead-lettered (the spool's commit)
         self.spooling: Callable[[], bool] = lambda: False  # the spooler moves entries now
@@ -175,7 +180,11 @@ class Delivery(PerRecord):
     # -- writing -------------------------------------------------------------------
     def write(self, batch: Batch, *, single_attempt: bool = False) -> None:
         """Write ``batch`` with retries under ``batch_deadline_s``, or in one attempt
-        (each attempt under the sink's ``timeout_s`` and within ``batch_deadline_s``)."""
+        (each attempt under the sink's ``timeout_s`` and within ``batch_deadline_s``).
+
+        First the entries in hand are claimed again if they could otherwise go idle past
+        ``claim_idle_ms`` before the write ends (``pump/_claims.py``)."""
+        self.claims.keep()
         c = self.counters
         now = time.monotonic()
         overall = now + self.config.batch_deadline_s

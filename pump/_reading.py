@@ -12,6 +12,7 @@ import redis
 
 from collector.common.log import get_logger
 
+from ._claims import Claims
 from ._stop import Stopper
 from .config import PumpConfig
 
@@ -30,11 +31,12 @@ class EntryReader:
 
     New entries come with ``deliveries=None`` (first delivery); re-read pending
     ones one at a time with their delivery count from the PEL (kept by Redis,
-    so it survives restarts).
+    so it survives restarts). ``claims`` is told which entries are in hand until
+    ``handle`` returns (``pump/_claims.py``).
     """
 
     def __init__(self, r: redis.Redis, config: PumpConfig, group: str, consumer: str,
-                 stopper: Stopper, handle: Handler) -> None:
+                 stopper: Stopper, handle: Handler, claims: Claims | None = None) -> None:
         self.r = r
         self.config = config
         self.keys = config.shard_keys()
@@ -42,6 +44,7 @@ class EntryReader:
         self.consumer = consumer
         self.stopper = stopper
         self.handle = handle
+        self.claims = claims
         self.block_ms = max(1, int(config.read_block_s * 1000))
         self.pending_due = 0.0  # look at our own pending entries first (restart)
         self.claim_due = 0.0
@@ -71,15 +74,24 @@ class EntryReader:
             handled += self._own_pending()
         if self.stopper.is_set():
             return handled
+        read_at = time.monotonic()
         if self.per_shard:
             resp = self._read_shards()
         else:
             resp = self.r.xreadgroup(self.group, self.consumer, {k: ">" for k in self.keys},
                                      count=self.config.read_count, block=self.block_ms)
-        for key, entries in resp or ():
-            if entries:
-                handled += len(entries)
-                self.handle(_s(key), entries, None)
+        got = [(_s(key), entries) for key, entries in resp or () if entries]
+        claims = self.claims
+        if claims is not None:  # every shard's entries are in hand until delivered
+            for key, entries in got:
+                claims.hold(key, [eid for eid, _ in entries], read_at)
+        for key, entries in got:
+            handled += len(entries)
+            try:
+                self.handle(key, entries, None)
+            finally:
+                if claims is not None:
+                    claims.release(key)
         return handled
 
     def _read_shards(self) -> list[Any]:
@@ -136,6 +148,7 @@ class EntryReader:
         for key in self.keys:
             last: Any = "0-0"
             while not self.stopper.is_set():
+                read_at = time.monotonic()
                 resp = self.r.xreadgroup(self.group, self.consumer, {key: last}, count=1)
                 entries = resp[0][1] if resp else []
                 if not entries:
@@ -149,5 +162,11 @@ class EntryReader:
                 info = self.r.xpending_range(key, self.group, min=eid, max=eid, count=1,
                                              consumername=self.consumer)
                 deliveries = int(info[0]["times_delivered"]) if info else 1
-                self.handle(key, [(eid, fields)], {_s(eid): deliveries})
+                if self.claims is not None:
+                    self.claims.hold(key, [eid], read_at)
+                try:
+                    self.handle(key, [(eid, fields)], {_s(eid): deliveries})
+                finally:
+                    if self.claims is not None:
+                        self.claims.release(key)
         return n

@@ -12,7 +12,8 @@ Loop (``Worker.step``)::
 
 The parts: reading and claiming (``_reading.py``), preparing records
 (``_pipeline.py``), delivering, outages and poison (``_delivery.py``, the
-records at fault found by ``_isolate.py``), dead letters (``_deadletter.py``),
+records at fault found by ``_isolate.py``, the entries in hand kept claimed by
+``_claims.py``), dead letters (``_deadletter.py``),
 stop requests (``_stop.py``). This
 module owns the worker's life cycle: opening the sink, the loop, Redis
 trouble, shutdown.
@@ -95,7 +96,7 @@ class Worker:
             on_outage=self._outage_reason)
         self.reading_since: float | None = None  # in a turn on the stream since (monotonic)
         self.reader = EntryReader(self.r, config, self.group, self.consumer, self.stopper,
-                                  self.delivery.handle)
+                                  self.delivery.handle, self.delivery.claims)
         self.index = index
         self.spool: Spool | None = None
         self.spooler: Spooler | None = None
@@ -174,6 +175,7 @@ class Worker:
         else from the stream."""
         if self.feeder is not None and self.spooler is not None and (
                 len(self.feeder.spool) or self.spooler.moving()):
+            self.delivery.claims.clear()  # the spool's entries are no longer pending
             return self.feeder.step()
         self.reading_since = time.monotonic()  # from before the read: no batch unaccounted
         try:
