@@ -341,7 +341,29 @@ def load_config(
     if lines:
         raise ConfigError("\n".join(lines))
     _warn_filter_fields(config, label)
+    _warn_timeouts(config, label, sources)
     return config
+
+
+def _warn_timeouts(config: PumpConfig, label: str,
+                   sources: Mapping[tuple[str, ...], str]) -> None:
+    """A sink's ``timeout_s`` set above ``batch_deadline_s`` is not what its writes get:
+    every attempt ends by the batch's deadline. A warning, not an error: the value still
+    bounds the sink's health checks, and an iam-pump file's ``timeout`` has no deadline
+    beside it. The default (30 s, not set) is capped without a word."""
+    deadline = config.batch_deadline_s
+    for name, spec in config.pumps.items():
+        if "timeout_s" not in spec.model_fields_set or spec.timeout_s <= deadline:
+            continue
+        var = sources.get(("pumps", name, "timeout_s"))
+        where = f" (from {var})" if var else ""
+        dvar = sources.get(("batch_deadline_s",))
+        dwhere = f" (from {dvar})" if dvar else ""
+        warnings.warn(ConfigWarning(label, (
+            f"pumps.{name}.timeout_s ({spec.timeout_s:g}){where} is more than "
+            f"batch_deadline_s ({deadline:g}){dwhere}: each write attempt of sink {name!r} "
+            f"gets {deadline:g} s at most; raise batch_deadline_s (and claim_idle_ms above it) "
+            "or lower timeout_s")), stacklevel=2)
 
 
 def _warn_filter_fields(config: PumpConfig, label: str) -> None:

@@ -178,3 +178,24 @@ def test_a_sink_whose_driver_is_missing_fails_at_start_with_the_pip_command(
 
 def _env_without() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+
+
+def test_a_sinks_timeout_above_the_batch_deadline_is_warned_about() -> None:
+    """An attempt never outlasts batch_deadline_s: a sink's timeout_s set above it is
+    named at load, with both values (and the variable that set it); the default is not."""
+    from collector.common.settings import ConfigWarning
+
+    base = {"batch_deadline_s": 10, "claim_idle_ms": 20_000}
+    with pytest.warns(ConfigWarning) as caught:
+        load_config({**base, "pumps": {"slow": {"type": "memory", "timeout_s": 45}}},
+                    environ={})
+    text = " ".join(str(w.message) for w in caught)
+    assert "pumps.slow.timeout_s (45)" in text and "batch_deadline_s (10)" in text
+    with pytest.warns(ConfigWarning, match="COLLECTOR_PUMP_SLOW_TIMEOUT_S"):
+        load_config({**base, "pumps": {"slow": {"type": "memory"}}},
+                    environ={"COLLECTOR_PUMP_SLOW_TIMEOUT_S": "11"})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        load_config({**base, "pumps": {"m": {"type": "memory"}}}, environ={})  # default 30
+        load_config({**base, "pumps": {"m": {"type": "memory", "timeout_s": 10}}}, environ={})
