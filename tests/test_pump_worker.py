@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from collector.common.settings import ConfigWarning
 from collector.common.stream import decode_entry, encode_entry
 from collector.testing import RedisServer, account, wait_until
 from pump._metrics import WORKER_COUNTERS
@@ -365,11 +366,13 @@ def test_every_shard_is_read(redis_server: RedisServer) -> None:
 
 
 def test_delivery_limit_isolates_with_one_attempt_per_part(redis_server: RedisServer) -> None:
-    """Past max_deliveries each part gets one attempt, not retries until timeout_s."""
+    """Past max_deliveries each part gets one attempt, not retries until timeout_s
+    (set above the batch deadline on purpose, which the config warns about)."""
     r = redis_server.client()
-    cfg = config(redis_server, {"m": {**memory("limit", poison_field="poison",
-                                               poison_mode="retryable"), "timeout_s": 30}},
-                 max_deliveries=2)
+    with pytest.warns(ConfigWarning, match="timeout_s"):
+        cfg = config(redis_server, {"m": {**memory("limit", poison_field="poison",
+                                                   poison_mode="retryable"), "timeout_s": 30}},
+                     max_deliveries=2)
     w = make_worker(cfg, "m")
     sink = MemorySink.instances["limit"]
     _ready(r, w)
