@@ -41,6 +41,7 @@ def claim_own(r: Any, key: str, group: str, consumer: str, ids: Sequence[Any]) -
     """Claim again those of ``ids`` pending for ``consumer``; their ids (module doc)."""
     if not ids:
         return []
-    # only on the failure paths (a failed write, an outage's retries): made each time
+    # made each call: it runs on a failed write, an outage's retries and a refresh of
+    # long-held entries (pump/_claims.py), never per record or per ordinary write
     got = r.register_script(_SCRIPT)(keys=[key], args=[group, consumer, *ids])
     return [i.decode() if isinstance(i, bytes) else str(i) for i in got or ()]
